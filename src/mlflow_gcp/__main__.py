@@ -1,0 +1,5 @@
+import sys
+
+from mlflow_gcp.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,107 @@
+"""The database connection budget: the one place that does its arithmetic.
+
+Every server instance runs `workers` processes; each process opens `ENGINES_PER_WORKER`
+SQLAlchemy engines (MLflow's tracking, model-registry and jobs stores each keep their own), and each
+engine holds up to pool_size + max_overflow connections. All instances together, plus a reserve for
+the migration job and an operator's psql session, must fit in the tier's max_connections, or small
+tiers fail under load with "remaining connection slots are reserved".
+
+Imported by both the control plane (plan refuses a config that does not fit) and the server
+(which sizes its pools from the per-instance share it is given), so it depends on nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Connections kept free of our server's pools: 3 that Cloud SQL keeps for its superuser
+# (superuser_reserved_connections) and 2 for the migration job and one admin session.
+RESERVED_CONNECTIONS = 5
+
+# SQLAlchemy engines one MLflow server process opens against the backend store: tracking and model
+# registry each cache their own engine (mlflow/store/*/sqlalchemy_store.py). The jobs store would
+# add a third; our server runs with job execution off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false).
+ENGINES_PER_WORKER = 2
+
+# Default max_connections of Cloud SQL for PostgreSQL by machine memory (Cloud SQL quotas page).
+_MAX_CONNECTIONS_BY_MEMORY_MB = (
+    (6 * 1024 - 1, 100),  # 3.75 GB up to 6 GB
+    (7680 - 1, 200),  # 6 GB up to 7.5 GB
+    (15 * 1024 - 1, 400),
+    (30 * 1024 - 1, 500),
+    (60 * 1024 - 1, 600),
+    (120 * 1024 - 1, 800),
+)
+
+SHARED_CORE_TIERS = {"db-f1-micro": 25, "db-g1-small": 50}
+
+
+def tier_max_connections(tier: str) -> int:
+    """max_connections Cloud SQL sets by default for `tier`; ValueError for an unknown tier."""
+    if tier in SHARED_CORE_TIERS:
+        return SHARED_CORE_TIERS[tier]
+    parts = tier.split("-")
+    # db-custom-<vCPUs>-<memory MB>
+    if len(parts) == 4 and parts[:2] == ["db", "custom"] and parts[2].isdigit() and parts[3].isdigit():
+        cpus, memory_mb = int(parts[2]), int(parts[3])
+        if cpus < 1 or memory_mb < 3840:
+            raise ValueError(f"{tier} is below Cloud SQL's smallest custom machine (1 vCPU, 3840 MB)")
+        for limit, conns in _MAX_CONNECTIONS_BY_MEMORY_MB:
+            if memory_mb <= limit:
+                return conns
+        return 1000
+    raise ValueError(
+        f"unknown tier {tier!r}; use db-f1-micro, db-g1-small or db-custom-<vCPUs>-<memory MB>"
+    )
+
+
+@dataclass(frozen=True)
+class Pool:
+    """SQLAlchemy pool settings for every engine of one server process."""
+
+    pool_size: int
+    max_overflow: int
+
+    @property
+    def per_engine(self) -> int:
+        return self.pool_size + self.max_overflow
+
+
+def connections_per_instance(max_connections: int, max_instances: int) -> int:
+    """The share of one instance once the reserve is set aside (may be 0 when it does not fit)."""
+    return max(0, (max_connections - RESERVED_CONNECTIONS) // max(1, max_instances))
+
+
+def pool_for(connections: int, workers: int, engines: int = ENGINES_PER_WORKER) -> Pool:
+    """Largest pool per engine such that workers x engines x pool fits in `connections`.
+
+    Raises ValueError when not even one connection per engine fits.
+    """
+    per_engine = connections // (workers * engines)
+    if per_engine < 1:
+        raise ValueError(
+            f"{connections} connection(s) cannot give {workers} worker(s) x {engines} engines "
+            "one connection each"
+        )
+    # Half kept open, half opened on demand: a quiet instance holds fewer connections.
+    pool_size = max(1, (per_engine + 1) // 2)
+    return Pool(pool_size=pool_size, max_overflow=per_engine - pool_size)
+
+
+def check(tier: str, max_instances: int, workers: int, engines: int = ENGINES_PER_WORKER) -> Pool:
+    """The pool that fits, or ValueError that names the knob to turn."""
+    max_conn = tier_max_connections(tier)
+    share = connections_per_instance(max_conn, max_instances)
+    need = workers * engines
+    if share >= need:
+        return pool_for(share, workers, engines)
+    fits_instances = (max_conn - RESERVED_CONNECTIONS) // need
+    advice = [f"lower max_instances to {fits_instances}" if fits_instances >= 1 else None]
+    if workers > 1:
+        advice.append("use fewer workers")
+    advice.append(f"choose a tier with more than {max_conn} connections")
+    raise ValueError(
+        f"{max_instances} instance(s) x {workers} worker(s) x {engines} engines need at least "
+        f"{max_instances * need + RESERVED_CONNECTIONS} connections but {tier} allows {max_conn}: "
+        + ", or ".join(a for a in advice if a)
+    )
