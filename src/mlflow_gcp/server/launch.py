@@ -1,0 +1,218 @@
+"""Build the `mlflow server` command (pure) and supervise it.
+
+`build_command(settings)` returns the argv and the environment additions; nothing starts. The
+supervisor (`run`) starts that command in its own process group, turns its output into our log
+lines (JSON for Cloud Logging, passwords redacted), forwards SIGTERM/SIGINT to the whole group
+and kills what is left after a grace period, so no uvicorn worker outlives the container's main
+process.
+
+`python -m mlflow_gcp.server.launch` is what the entrypoint execs into once the database is ready:
+a fresh interpreter that never imported MLflow, so the supervisor stays a few MB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from mlflow_gcp.server import logs
+from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
+from mlflow_gcp.server.pool import with_pool
+
+# Cloud Run sends SIGTERM and SIGKILLs 10 s later; leave uvicorn most of that to finish requests.
+GRACE_SECONDS = 8.0
+
+# Settings we always give `mlflow server`, and why.
+FIXED_ENV = {
+    # The job runner and its 7 huey consumers cost ~1.8 GB RSS and this server runs no jobs.
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    # No usage telemetry from a private company server.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    # Log lines leave the process at once (Cloud Logging, tests reading the output).
+    "PYTHONUNBUFFERED": "1",
+    # Library deprecation notices are not operator information; keep them out of the logs.
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+}
+
+
+def backend_store_uri(settings: Settings) -> str:
+    """The URI `mlflow server` gets: the budgeted pool rides along for the engine plugin."""
+    if settings.pool is None:
+        return settings.db_uri
+    return with_pool(settings.db_uri, settings.pool.pool_size, settings.pool.max_overflow)
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The --allowed-hosts list; empty means MLflow's default (localhost and private IPs)."""
+    if not settings.allowed_hosts:
+        return []
+    if "*" in settings.allowed_hosts:
+        return ["*"]
+    # MLflow replaces its localhost defaults with the list, so keep local checks working.
+    return list(dict.fromkeys([*settings.allowed_hosts, *LOCAL_HOSTS]))
+
+
+def build_command(settings: Settings, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment for `mlflow server` (pure; nothing is started)."""
+    argv = [
+        python,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri(settings),
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(settings.workers),
+    ]
+    if settings.artifact_mode == "proxied":
+        argv += ["--serve-artifacts", "--artifacts-destination", settings.artifact_root]
+    else:
+        argv += ["--no-serve-artifacts", "--default-artifact-root", settings.artifact_root]
+    hosts = allowed_hosts(settings)
+    if hosts:
+        argv += ["--allowed-hosts", ",".join(hosts)]
+    return argv, dict(FIXED_ENV)
+
+
+def describe(argv: list[str]) -> str:
+    """The command as one loggable line (passwords redacted)."""
+    return redact(" ".join(argv))
+
+
+_SEVERITY_RE = re.compile(r"\b(CRITICAL|ERROR|WARNING|WARN|INFO|DEBUG)\b")
+
+
+def _severity(line: str, previous: str) -> str:
+    match = _SEVERITY_RE.search(line[:120])
+    if match:
+        return "WARNING" if match.group(1) == "WARN" else match.group(1)
+    if line.startswith(("Traceback", " ", "\t")) and previous == "ERROR":
+        return "ERROR"
+    if line.startswith("Traceback"):
+        return "ERROR"
+    return "INFO"
+
+
+def _pump(stream, out, log_format: str) -> None:
+    """Copy the child's lines to `out`, redacted, wrapped in JSON unless they already are."""
+    previous = "INFO"
+    for raw in iter(stream.readline, b""):
+        line = redact(raw.decode("utf-8", "replace").rstrip("\n"))
+        if log_format == "json" and not line.startswith("{"):
+            previous = _severity(line, previous)
+            line = json.dumps({"severity": previous, "message": line}, ensure_ascii=False)
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+
+
+class Supervisor:
+    """One `mlflow server` process group, its log pumps and its shutdown."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_format: str):
+        self.log = logs.get()
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: one signal reaches every worker
+        )
+        self.pumps = [
+            threading.Thread(target=_pump, args=(self.proc.stdout, sys.stdout, log_format), daemon=True),
+            threading.Thread(target=_pump, args=(self.proc.stderr, sys.stderr, log_format), daemon=True),
+        ]
+        for pump in self.pumps:
+            pump.start()
+        self.stopping = False
+
+    def signal_group(self, signum: int) -> None:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, signum: int = signal.SIGTERM, grace: float = GRACE_SECONDS) -> int:
+        """Forward `signum` to the group, wait `grace` seconds, then SIGKILL what is left."""
+        self.stopping = True
+        self.signal_group(signum)
+        try:
+            return self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.log.warning("mlflow server did not stop within %.0f s; killing it", grace)
+            self.signal_group(signal.SIGKILL)
+            return self.proc.wait()
+        finally:
+            # uvicorn workers may linger a moment after their parent; never leave one behind.
+            self._reap_group()
+
+    def _reap_group(self) -> None:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            self.signal_group(signal.SIGKILL)
+        for pump in self.pumps:
+            pump.join(timeout=1.0)
+
+    def wait(self) -> int:
+        """Block until the server exits on its own or a forwarded signal stops it."""
+        received: list[int] = []
+
+        def on_signal(signum, _frame):
+            received.append(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, on_signal)
+        while True:
+            if received:
+                signum = received[0]
+                self.log.info("received %s; stopping mlflow server", signal.Signals(signum).name)
+                self.stop(signum)
+                # A requested stop is a clean exit, whatever the children died of.
+                return 0
+            code = self.proc.poll()
+            if code is not None:
+                self._reap_group()
+                return code
+            time.sleep(0.2)
+
+
+def run(settings: Settings) -> int:
+    """Start `mlflow server` for `settings` and supervise it until it exits or is told to stop."""
+    argv, env = build_command(settings)
+    log = logs.get()
+    log.info("starting: %s", describe(argv))
+    supervisor = Supervisor(argv, env, settings.log_format)
+    code = supervisor.wait()
+    if code and not supervisor.stopping:
+        log.error("mlflow server exited with code %s", code)
+    return code
+
+
+def main() -> int:
+    settings = settings_from_env(os.environ)
+    logs.setup(settings.log_format)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Wait for the database, then create or upgrade MLflow's schema exactly once.
+
+`mlflow server` creates the tables itself on an empty database and refuses to start on an old
+schema. Two Cloud Run instances starting together on an empty database would both run the
+initial migration and one of them would crash; so the entrypoint does it first, holding a
+PostgreSQL advisory lock (a local file lock for SQLite), and `mlflow server` then finds the schema
+current. With DB_MIGRATE=never it only checks and refuses to start on an old schema.
+
+MLflow, SQLAlchemy and alembic are imported inside the functions: they take seconds to import
+and only these steps need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+
+from mlflow_gcp.errors import DatabaseUnavailable, MlflowGcpError
+from mlflow_gcp.server.env import Settings, redact
+
+# Any fixed 64-bit number works; every instance must use the same one. ASCII "mlflowgc".
+ADVISORY_LOCK_KEY = 0x6D6C666C6F776763
+MIGRATE_HINT = (
+    "back up the database, then run `python -m mlflow_gcp.server migrate` with the same "
+    "environment (the migration job), or set DB_MIGRATE=auto"
+)
+
+# Errors that waiting does not cure: fail at once instead of retrying for DB_WAIT_SECONDS.
+_PERMANENT = (
+    "password authentication failed",
+    "does not exist",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "invalid dsn",
+)
+
+
+class SchemaOutOfDate(MlflowGcpError):
+    """DB_MIGRATE=never and the schema is missing or older than this MLflow."""
+
+    exit_code = 4
+
+
+def _first_line(err: BaseException) -> str:
+    orig = getattr(err, "orig", None) or err
+    text = str(orig).strip().splitlines()
+    return redact(text[0] if text else type(orig).__name__)
+
+
+def make_engine(db_uri: str):
+    """An engine that keeps no connection open: these steps run once, before the server."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from mlflow.store.db.utils import _make_parent_dirs_if_sqlite
+
+    _make_parent_dirs_if_sqlite(db_uri)
+    connect_args = {"connect_timeout": 5} if db_uri.startswith("postgresql") else {}
+    return sqlalchemy.create_engine(db_uri, poolclass=NullPool, connect_args=connect_args)
+
+
+def wait_for_database(engine, budget_seconds: float, log: logging.Logger, *, sleep=time.sleep) -> None:
+    """Connect until it works, for at most `budget_seconds`; DatabaseUnavailable after that."""
+    import sqlalchemy
+
+    deadline = time.monotonic() + budget_seconds
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT 1"))
+            if attempt > 1:
+                log.info("database reachable after %d attempts", attempt)
+            return
+        except sqlalchemy.exc.DBAPIError as err:
+            reason = _first_line(err)
+            if any(p in reason.lower() for p in _PERMANENT):
+                raise DatabaseUnavailable(f"database refused the connection: {reason}") from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DatabaseUnavailable(
+                    f"database unreachable after {attempt} attempts in {budget_seconds:g} s: {reason}",
+                    hint="check DB_HOST/INSTANCE_CONNECTION_NAME and that the instance is running; "
+                    "DB_WAIT_SECONDS sets the wait",
+                ) from None
+            pause = min(delay, left)
+            log.warning("database not reachable yet (attempt %d, retrying in %.1f s): %s", attempt, pause, reason)
+            sleep(pause)
+            delay = min(delay * 2, 5.0)
+
+
+@contextlib.contextmanager
+def _exclusive(engine, settings: Settings, log: logging.Logger):
+    """Only one process at a time inside: a PostgreSQL advisory lock, or a file lock for SQLite."""
+    import sqlalchemy
+
+    if settings.db_kind == "sqlite":
+        path = Path(engine.url.database or "mlflow.db")
+        with open(path.with_name(path.name + ".migrate-lock"), "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            yield
+        return
+    with engine.connect() as conn:
+        got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar()
+        if not got:
+            log.info("another instance is migrating the schema; waiting for it")
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
+            conn.commit()
+
+
+def schema_state(engine) -> tuple[str | None, str, bool]:
+    """(current revision, head revision, all tables present)."""
+    from mlflow.store.db import utils
+
+    return utils._get_schema_version(engine), utils._get_latest_schema_revision(), utils._all_tables_exist(engine)
+
+
+def migrate(engine, settings: Settings, log: logging.Logger) -> str:
+    """Bring the schema to this MLflow's head under the lock; returns what was done."""
+    from mlflow.store.db import utils
+
+    with _exclusive(engine, settings, log):
+        # Checked again under the lock: another instance may have just finished.
+        current, head, complete = schema_state(engine)
+        if complete and current == head:
+            return f"schema is current ({head})"
+        started = time.monotonic()
+        if not complete and current is None:
+            log.info("creating the MLflow schema")
+            utils._initialize_tables(engine)
+            done = f"schema created at {head}"
+        else:
+            log.info("upgrading the MLflow schema from %s to %s", current, head)
+            if not complete:
+                utils._initialize_tables(engine)  # what `mlflow server` itself does then
+            else:
+                utils._upgrade_db(engine)
+            done = f"schema upgraded from {current} to {head}"
+        return f"{done} in {time.monotonic() - started:.1f} s"
+
+
+def check(engine) -> str:
+    """DB_MIGRATE=never: refuse to go on unless the schema is exactly this MLflow's head."""
+    current, head, complete = schema_state(engine)
+    if current is None or not complete:
+        raise SchemaOutOfDate(f"the database has no (complete) MLflow schema; {MIGRATE_HINT}")
+    if current != head:
+        raise SchemaOutOfDate(f"the database schema is at {current} but this MLflow needs {head}; {MIGRATE_HINT}")
+    return f"schema is current ({head})"
+
+
+def route_library_logs(handler: logging.Handler) -> None:
+    """Send MLflow's and alembic's log lines through our (redacting) handler."""
+    for name in ("mlflow", "alembic"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+        logger.setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def prepare(settings: Settings, log: logging.Logger, *, mode: str | None = None) -> str:
+    """Wait for the database, then migrate (auto) or check (never); returns a summary line."""
+    import mlflow  # noqa: F401  (configures its loggers on import; route them afterwards)
+
+    if log.handlers:
+        route_library_logs(log.handlers[0])
+    engine = make_engine(settings.db_uri)
+    try:
+        if settings.db_kind == "postgresql":
+            wait_for_database(engine, settings.db_wait_seconds, log)
+        mode = mode or settings.migrate
+        try:
+            return migrate(engine, settings, log) if mode == "auto" else check(engine)
+        except MlflowGcpError:
+            raise
+        except Exception as err:  # a failed migration: say what, keep the password out
+            raise MlflowGcpError(f"schema migration failed: {_first_line(err)}") from err
+    finally:
+        engine.dispose()
