@@ -1,0 +1,571 @@
+"""Cloud Run Admin v2: services (with revisions, IAM, operations) and jobs (run -> executions).
+
+Faithful where the deploy depends on it:
+- services.patch replaces the whole service when no updateMask is given (v2 semantics), so a
+  client must send everything it wants to keep;
+- a template change creates a new revision named <service>-<generation:05d>-<suffix>; other
+  changes (scaling, traffic, labels) do not;
+- the API fills defaults (port 8080, 1 CPU / 512Mi, timeout 300s, default compute service
+  account, concurrency 80, a TCP startup probe), so naive diffs show up as perpetual changes;
+- a service account that does not exist in the fake's IAM is refused as Google refuses actAs;
+- uri is https://<service>-<projectnumber>.<region>.run.app (also in urls).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+
+from ..core.api import (ApiModule, IamPolicies, Operation, Request, apply_mask, handles, new_id,
+                        now, project_number)
+from ..core.errors import GcpError, already_exists, invalid_argument
+
+_ID = re.compile(r"[a-z]([-a-z0-9]{0,47}[a-z0-9])?")
+_ENV = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+_RESERVED_ENV = {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION", "CLOUD_RUN_JOB",
+                 "CLOUD_RUN_EXECUTION", "CLOUD_RUN_TASK_INDEX", "CLOUD_RUN_TASK_ATTEMPT",
+                 "CLOUD_RUN_TASK_COUNT"}
+# Fields a client sets on a service; everything else is output only and ignored on input.
+SERVICE_INPUT = ("description", "labels", "annotations", "client", "clientVersion", "ingress",
+                 "launchStage", "binaryAuthorization", "template", "traffic", "scaling",
+                 "defaultUriDisabled", "invokerIamDisabled", "customAudiences", "iapEnabled",
+                 "multiRegionSettings", "buildConfig", "threatDetectionEnabled")
+JOB_INPUT = ("labels", "annotations", "client", "clientVersion", "launchStage",
+             "binaryAuthorization", "template", "startExecutionToken", "runExecutionToken")
+
+
+def _suffix(*parts: str, n: int = 3) -> str:
+    digest = hashlib.sha256("/".join(parts).encode()).hexdigest()
+    return "".join(chr(ord("a") + int(digest[i:i + 2], 16) % 26) for i in range(0, 2 * n, 2))
+
+
+def _ready(kind: str = "Ready") -> dict:
+    return {"type": kind, "state": "CONDITION_SUCCEEDED", "lastTransitionTime": now()}
+
+
+class Run(ApiModule):
+    name = "run"
+    versions = ("v2",)
+    service = "run.googleapis.com"
+    title = "Cloud Run Admin API"
+
+    def reset(self) -> None:
+        self.state: dict[str, dict] = {}  # service name -> Service
+        self.revisions: dict[str, dict] = {}  # revision name -> Revision
+        self.jobs: dict[str, dict] = {}  # job name -> Job
+        self.executions: dict[str, dict] = {}  # execution name -> Execution
+        self.ops: dict[str, Operation] = {}
+        self.iam = IamPolicies()  # key: service or job name
+
+    # -- shared -------------------------------------------------------------------------
+
+    @staticmethod
+    def _split(parent: str) -> tuple[str, str]:
+        parts = parent.split("/")
+        return parts[1], parts[3]
+
+    def _lro(self, parent: str, resource: dict, type_name: str, on_done) -> dict:
+        project, region = self._split(parent)
+        name = f"projects/{project}/locations/{region}/operations/{new_id()}"
+
+        def done(op):
+            result = on_done(op)
+            return {"@type": f"type.googleapis.com/google.cloud.run.v2.{type_name}", **result}
+
+        op = self.new_operation(name, done, metadata={
+            "@type": f"type.googleapis.com/google.cloud.run.v2.{type_name}", **copy.deepcopy(resource)})
+        self.ops[name] = op
+        return op.lro()
+
+    @handles("run.projects.locations.operations.get")
+    def get_operation(self, req: Request) -> dict:
+        op = self.ops.get(req.get("name"))
+        if op is None:
+            raise GcpError(404, f"Operation {req.get('name')} not found.", "NOT_FOUND")
+        op.poll()
+        return op.lro()
+
+    def _check_account(self, project: str, account: str | None) -> None:
+        if not account or account.endswith("-compute@developer.gserviceaccount.com"):
+            return
+        if account not in self.fake.modules["iam"].state:
+            raise GcpError(403, f"Permission 'iam.serviceaccounts.actAs' denied on service "
+                           f"account {account} (or it may not exist).", "PERMISSION_DENIED")
+
+    def _check_containers(self, template: dict, field: str, service: bool) -> None:
+        containers = template.get("containers") or []
+        if not containers:
+            raise invalid_argument(f"{field}.containers: at least one container is required.",
+                                   field=f"{field}.containers")
+        volumes = {v.get("name") for v in template.get("volumes") or []}
+        for v in template.get("volumes") or []:
+            for inst in (v.get("cloudSqlInstance") or {}).get("instances") or []:
+                if len(inst.split(":")) != 3:
+                    raise invalid_argument(f"Invalid Cloud SQL instance connection name {inst!r}; "
+                                           "expected project:region:instance.",
+                                           field=f"{field}.volumes.cloudSqlInstance.instances")
+        ported = 0
+        for i, c in enumerate(containers):
+            where = f"{field}.containers[{i}]"
+            if not c.get("image"):
+                raise invalid_argument(f"{where}.image: Required.", field=f"{where}.image")
+            ported += bool(c.get("ports"))
+            names = set()
+            for env in c.get("env") or []:
+                name = env.get("name") or ""
+                if not _ENV.fullmatch(name) or name in _RESERVED_ENV:
+                    raise invalid_argument(f"{where}.env: invalid or reserved name {name!r}.",
+                                           field=f"{where}.env.name")
+                if name in names:
+                    raise invalid_argument(f"{where}.env: duplicate name {name!r}.",
+                                           field=f"{where}.env.name")
+                names.add(name)
+                if "value" in env and env.get("valueSource"):
+                    raise invalid_argument(f"{where}.env[{name}]: value and valueSource are "
+                                           "mutually exclusive.", field=f"{where}.env.valueSource")
+                ref = (env.get("valueSource") or {}).get("secretKeyRef")
+                if ref is not None and not ref.get("secret"):
+                    raise invalid_argument(f"{where}.env[{name}]: secretKeyRef.secret is required.",
+                                           field=f"{where}.env.valueSource.secretKeyRef.secret")
+            for m in c.get("volumeMounts") or []:
+                if m.get("name") not in volumes:
+                    raise invalid_argument(f"{where}.volumeMounts: volume {m.get('name')!r} is not "
+                                           "defined.", field=f"{where}.volumeMounts.name")
+        if service and ported > 1:
+            raise invalid_argument(f"{field}: only one container may declare a port.",
+                                   field=f"{field}.containers.ports")
+
+    def _missing_secrets(self, project: str, template: dict) -> list[str]:
+        secrets = self.fake.modules["secretmanager"]
+        missing = []
+        for c in template.get("containers") or []:
+            for env in c.get("env") or []:
+                ref = (env.get("valueSource") or {}).get("secretKeyRef")
+                if ref and not secrets.has_secret(project, ref["secret"]):
+                    missing.append(ref["secret"])
+        for v in template.get("volumes") or []:
+            ref = v.get("secret")
+            if ref and not secrets.has_secret(project, ref.get("secret", "")):
+                missing.append(ref.get("secret", ""))
+        return missing
+
+    @staticmethod
+    def _container_defaults(c: dict, service: bool) -> None:
+        c.setdefault("resources", {}).setdefault("limits", {})
+        c["resources"]["limits"].setdefault("cpu", "1000m")
+        c["resources"]["limits"].setdefault("memory", "512Mi")
+        if service:
+            c["resources"].setdefault("cpuIdle", True)
+            if not c.get("ports"):
+                c["ports"] = [{"name": "http1", "containerPort": 8080}]
+            for p in c["ports"]:
+                p.setdefault("containerPort", 8080)
+                p.setdefault("name", "http1")
+            c.setdefault("startupProbe", {"timeoutSeconds": 240, "periodSeconds": 240,
+                                          "failureThreshold": 1,
+                                          "tcpSocket": {"port": c["ports"][0]["containerPort"]}})
+
+    # -- services -----------------------------------------------------------------------
+
+    def service_missing(self, name: str) -> GcpError:
+        return GcpError(404, f"Resource '{name.rsplit('/', 1)[-1]}' of kind 'SERVICE' in region "
+                        f"'{name.split('/')[3]}' in project '{name.split('/')[1]}' does not exist.",
+                        "NOT_FOUND")
+
+    def _service(self, name: str) -> dict:
+        svc = self.state.get(name)
+        if svc is None:
+            raise self.service_missing(name)
+        return svc
+
+    def _template(self, project: str, svc: dict) -> dict:
+        tpl = svc.setdefault("template", {})
+        tpl.setdefault("timeout", "300s")
+        tpl.setdefault("serviceAccount", f"{project_number(project)}-compute@developer.gserviceaccount.com")
+        tpl.setdefault("maxInstanceRequestConcurrency", 80)
+        tpl.setdefault("scaling", {}).setdefault("maxInstanceCount", 100)
+        for c in tpl.get("containers") or []:
+            self._container_defaults(c, service=True)
+        return tpl
+
+    def _roll(self, svc: dict, force: bool, previous_template: dict | None) -> str | None:
+        """Create a revision if the template changed; return the revision name or None."""
+        project, region = self._split(svc["name"])
+        sid = svc["name"].rsplit("/", 1)[-1]
+        tpl = svc["template"]
+        comparable = {k: v for k, v in tpl.items() if k != "revision"}
+        prev = {k: v for k, v in (previous_template or {}).items() if k != "revision"}
+        if previous_template is not None and comparable == prev and not force and not tpl.get("revision"):
+            return None
+        gen = svc["generation"]
+        rev_id = tpl.get("revision") or f"{sid}-{int(gen):05d}-{_suffix(svc['uid'], gen)}"
+        if not rev_id.startswith(sid + "-"):
+            raise invalid_argument(f"template.revision must start with '{sid}-'.", field="template.revision")
+        rev_name = f"projects/{project}/locations/{region}/services/{sid}/revisions/{rev_id}"
+        if rev_name in self.revisions:
+            raise GcpError(409, f"Revision named '{rev_id}' with different configuration already "
+                           "exists.", "ALREADY_EXISTS")
+        revision = {k: copy.deepcopy(v) for k, v in comparable.items()}
+        revision.update({"name": rev_name, "uid": new_id(), "generation": "1", "createTime": now(),
+                         "updateTime": now(), "service": sid, "launchStage": "GA",
+                         "reconciling": True, "conditions": [], "etag": new_id()})
+        self.revisions[rev_name] = revision
+        svc["latestCreatedRevision"] = rev_name
+        return rev_name
+
+    def _start(self, svc: dict, rev_name: str | None) -> dict:
+        """Mark reconciling and return an operation that makes the service Ready when done."""
+        project, _ = self._split(svc["name"])
+        svc["reconciling"] = True
+        svc["terminalCondition"] = {"type": "Ready", "state": "CONDITION_RECONCILING",
+                                    "lastTransitionTime": now()}
+
+        def done(op):
+            if svc["name"] not in self.state:
+                return svc
+            missing = self._missing_secrets(project, svc["template"])
+            if op.error is None and missing:
+                op.error = GcpError(400, f"Revision '{(rev_name or '').rsplit('/', 1)[-1]}' is not "
+                                    f"ready and cannot serve traffic. Secret projects/{project}/"
+                                    f"secrets/{missing[0]}/versions/latest was not found",
+                                    "FAILED_PRECONDITION")
+            svc["reconciling"] = False
+            svc["observedGeneration"] = svc["generation"]
+            if op.error is not None:
+                svc["terminalCondition"] = {"type": "Ready", "state": "CONDITION_FAILED",
+                                            "message": op.error.message, "lastTransitionTime": now()}
+                if rev_name in self.revisions:
+                    self.revisions[rev_name]["reconciling"] = False
+                    self.revisions[rev_name]["conditions"] = [
+                        {"type": "Ready", "state": "CONDITION_FAILED", "message": op.error.message}]
+                return svc
+            if rev_name:
+                rev = self.revisions[rev_name]
+                rev["reconciling"] = False
+                rev["conditions"] = [_ready(), _ready("ContainerHealthy"), _ready("ResourcesAvailable")]
+                svc["latestReadyRevision"] = rev_name
+            svc["terminalCondition"] = _ready()
+            svc["conditions"] = [_ready("RoutesReady"), _ready("ConfigurationsReady")]
+            svc["trafficStatuses"] = self._traffic_status(svc)
+            return self._public(svc)
+
+        return self._lro(svc["name"], self._public(svc), "Service", done)
+
+    def _traffic_status(self, svc: dict) -> list[dict]:
+        out = []
+        for t in svc.get("traffic") or []:
+            entry = {k: v for k, v in t.items() if k in ("type", "revision", "percent", "tag")}
+            if entry.get("type") == "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST":
+                entry.pop("revision", None)
+            out.append(entry)
+        return out
+
+    @staticmethod
+    def _public(svc: dict) -> dict:
+        return copy.deepcopy(svc)
+
+    def _check_service_input(self, project: str, body: dict) -> None:
+        tpl = body.get("template") or {}
+        self._check_containers(tpl, "template", service=True)
+        self._check_account(project, tpl.get("serviceAccount"))
+        scaling = tpl.get("scaling") or {}
+        lo, hi = scaling.get("minInstanceCount"), scaling.get("maxInstanceCount")
+        if lo is not None and hi is not None and int(lo) > int(hi):
+            raise invalid_argument("template.scaling.minInstanceCount must not exceed "
+                                   "maxInstanceCount.", field="template.scaling")
+        total = sum(int(t.get("percent") or 0) for t in body.get("traffic") or [])
+        if body.get("traffic") and total != 100:
+            raise invalid_argument("traffic percentages must sum to 100.", field="traffic")
+
+    @handles("run.projects.locations.services.create")
+    def create(self, req: Request) -> dict:
+        parent = req.get("parent")
+        project, region = self._split(parent)
+        sid = req.get("serviceId") or ""
+        if not _ID.fullmatch(sid):
+            raise invalid_argument("service_id must be 1-49 lowercase letters, digits or hyphens, "
+                                   "starting with a letter.", field="service_id")
+        name = f"{parent}/services/{sid}"
+        if name in self.state:
+            raise already_exists(f"Resource '{sid}'")
+        body = copy.deepcopy(req.body or {})
+        self._check_service_input(project, body)
+        if req.get("validateOnly") in (True, "true"):
+            return {"name": f"{parent}/operations/validate", "done": True}
+        number = project_number(project)
+        url = f"https://{sid}-{number}.{region}.run.app"
+        svc = {k: body[k] for k in SERVICE_INPUT if k in body}
+        svc.update({
+            "name": name, "uid": new_id(), "generation": "1", "createTime": now(),
+            "updateTime": now(), "creator": "fake-user@example.com",
+            "lastModifier": "fake-user@example.com", "etag": new_id(),
+            "uri": url,
+            "urls": [url, f"https://{sid}-{_suffix(sid, project, n=10)}-{region[:2]}.a.run.app"],
+        })
+        svc.setdefault("ingress", "INGRESS_TRAFFIC_ALL")
+        svc.setdefault("launchStage", "GA")
+        svc.setdefault("traffic", [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}])
+        self._template(project, svc)
+        rev = self._roll(svc, True, None)
+        self.state[name] = svc
+        return self._start(svc, rev)
+
+    @handles("run.projects.locations.services.get")
+    def get(self, req: Request) -> dict:
+        return self._public(self._service(req.get("name")))
+
+    @handles("run.projects.locations.services.list")
+    def list(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/services/"
+        items = [self._public(s) for n, s in sorted(self.state.items()) if n.startswith(prefix)]
+        return {"services": items} if items else {}
+
+    @handles("run.projects.locations.services.patch")
+    def patch(self, req: Request) -> dict:
+        name = req.get("name")
+        project, region = self._split(name)
+        if name not in self.state:
+            if req.get("allowMissing") in (True, "true"):
+                req.params["parent"] = name.rsplit("/services/", 1)[0]
+                req.params["serviceId"] = name.rsplit("/", 1)[-1]
+                return self.create(req)
+            raise self.service_missing(name)
+        svc = self.state[name]
+        body = copy.deepcopy(req.body or {})
+        etag = body.get("etag")
+        if etag and etag != svc["etag"]:
+            raise GcpError(409, "The service has been modified since it was read (etag "
+                           "mismatch).", "ABORTED")
+        new = copy.deepcopy(svc)
+        given = {k: body[k] for k in SERVICE_INPUT if k in body}
+        mask = req.get("updateMask")
+        if mask:
+            apply_mask(new, given, mask)
+        else:
+            for k in SERVICE_INPUT:
+                new.pop(k, None)
+            new.update(given)
+            new.setdefault("ingress", "INGRESS_TRAFFIC_ALL")
+            new.setdefault("launchStage", "GA")
+            new.setdefault("traffic", [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100}])
+        self._check_service_input(project, new)
+        if req.get("validateOnly") in (True, "true"):
+            return {"name": f"projects/{project}/locations/{region}/operations/validate", "done": True}
+        self._template(project, new)
+        new["generation"] = str(int(svc["generation"]) + 1)
+        new["updateTime"] = now()
+        new["etag"] = new_id()
+        new["lastModifier"] = "fake-user@example.com"
+        rev = self._roll(new, req.get("forceNewRevision") in (True, "true"), svc.get("template"))
+        self.state[name] = new
+        return self._start(new, rev)
+
+    @handles("run.projects.locations.services.delete")
+    def delete(self, req: Request) -> dict:
+        name = req.get("name")
+        svc = self._service(name)
+        del self.state[name]
+        for r in [r for r in self.revisions if r.startswith(name + "/revisions/")]:
+            del self.revisions[r]
+        self.iam.delete(name)
+        snapshot = self._public(svc)
+        return self._lro(name, snapshot, "Service", lambda op: snapshot)
+
+    @handles("run.projects.locations.services.getIamPolicy", "run.projects.locations.jobs.getIamPolicy")
+    def get_iam_policy(self, req: Request) -> dict:
+        name = req.get("resource")
+        if name not in self.state and name not in self.jobs:
+            raise self.service_missing(name)
+        return self.iam.get(name)
+
+    @handles("run.projects.locations.services.setIamPolicy", "run.projects.locations.jobs.setIamPolicy")
+    def set_iam_policy(self, req: Request) -> dict:
+        name = req.get("resource")
+        if name not in self.state and name not in self.jobs:
+            raise self.service_missing(name)
+        return self.iam.set(name, (req.body or {}).get("policy") or {})
+
+    @handles("run.projects.locations.services.revisions.list")
+    def list_revisions(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/revisions/"
+        items = [copy.deepcopy(r) for n, r in self.revisions.items() if n.startswith(prefix)]
+        items.reverse()  # newest first, as Cloud Run lists them
+        return {"revisions": items} if items else {}
+
+    @handles("run.projects.locations.services.revisions.get")
+    def get_revision(self, req: Request) -> dict:
+        rev = self.revisions.get(req.get("name"))
+        if rev is None:
+            raise GcpError(404, f"Revision {req.get('name')} does not exist.", "NOT_FOUND")
+        return copy.deepcopy(rev)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def _job(self, name: str) -> dict:
+        job = self.jobs.get(name)
+        if job is None:
+            raise GcpError(404, f"Resource '{name.rsplit('/', 1)[-1]}' of kind 'JOB' in region "
+                           f"'{name.split('/')[3]}' in project '{name.split('/')[1]}' does not "
+                           "exist.", "NOT_FOUND")
+        return job
+
+    def _job_template(self, project: str, job: dict) -> None:
+        tpl = job.setdefault("template", {})
+        tpl.setdefault("taskCount", 1)
+        tpl.setdefault("parallelism", 0)
+        task = tpl.setdefault("template", {})
+        self._check_containers(task, "template.template", service=False)
+        self._check_account(project, task.get("serviceAccount"))
+        task.setdefault("maxRetries", 3)
+        task.setdefault("timeout", "600s")
+        task.setdefault("serviceAccount", f"{project_number(project)}-compute@developer.gserviceaccount.com")
+        for c in task.get("containers") or []:
+            self._container_defaults(c, service=False)
+
+    def _job_ready(self, job: dict):
+        def done(op):
+            job["reconciling"] = False
+            job["observedGeneration"] = job["generation"]
+            job["terminalCondition"] = _ready() if op.error is None else {
+                "type": "Ready", "state": "CONDITION_FAILED", "message": op.error.message}
+            job["conditions"] = []
+            return copy.deepcopy(job)
+        return done
+
+    @handles("run.projects.locations.jobs.create")
+    def create_job(self, req: Request) -> dict:
+        parent = req.get("parent")
+        project, _ = self._split(parent)
+        jid = req.get("jobId") or ""
+        if not _ID.fullmatch(jid):
+            raise invalid_argument("job_id must be lowercase letters, digits or hyphens, "
+                                   "starting with a letter.", field="job_id")
+        name = f"{parent}/jobs/{jid}"
+        if name in self.jobs:
+            raise already_exists(f"Resource '{jid}'")
+        body = copy.deepcopy(req.body or {})
+        job = {k: body[k] for k in JOB_INPUT if k in body}
+        job.update({"name": name, "uid": new_id(), "generation": "1", "createTime": now(),
+                    "updateTime": now(), "creator": "fake-user@example.com",
+                    "lastModifier": "fake-user@example.com", "launchStage": body.get("launchStage", "GA"),
+                    "etag": new_id(), "reconciling": True, "executionCount": 0})
+        self._job_template(project, job)
+        self.jobs[name] = job
+        return self._lro(name, job, "Job", self._job_ready(job))
+
+    @handles("run.projects.locations.jobs.get")
+    def get_job(self, req: Request) -> dict:
+        return copy.deepcopy(self._job(req.get("name")))
+
+    @handles("run.projects.locations.jobs.list")
+    def list_jobs(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/jobs/"
+        items = [copy.deepcopy(j) for n, j in sorted(self.jobs.items()) if n.startswith(prefix)]
+        return {"jobs": items} if items else {}
+
+    @handles("run.projects.locations.jobs.patch")
+    def patch_job(self, req: Request) -> dict:
+        name = req.get("name")
+        project, _ = self._split(name)
+        if name not in self.jobs and req.get("allowMissing") in (True, "true"):
+            req.params["parent"] = name.rsplit("/jobs/", 1)[0]
+            req.params["jobId"] = name.rsplit("/", 1)[-1]
+            return self.create_job(req)
+        job = self._job(name)
+        body = copy.deepcopy(req.body or {})
+        new = copy.deepcopy(job)
+        for k in JOB_INPUT:
+            new.pop(k, None)
+        new.update({k: body[k] for k in JOB_INPUT if k in body})
+        self._job_template(project, new)
+        new["generation"] = str(int(job["generation"]) + 1)
+        new["updateTime"] = now()
+        new["etag"] = new_id()
+        new["reconciling"] = True
+        self.jobs[name] = new
+        return self._lro(name, new, "Job", self._job_ready(new))
+
+    @handles("run.projects.locations.jobs.delete")
+    def delete_job(self, req: Request) -> dict:
+        name = req.get("name")
+        job = self._job(name)
+        del self.jobs[name]
+        for e in [e for e in self.executions if e.startswith(name + "/executions/")]:
+            del self.executions[e]
+        self.iam.delete(name)
+        snapshot = copy.deepcopy(job)
+        return self._lro(name, snapshot, "Job", lambda op: snapshot)
+
+    @handles("run.projects.locations.jobs.run")
+    def run_job(self, req: Request) -> dict:
+        name = req.get("name")
+        job = self._job(name)
+        if job.get("reconciling"):
+            raise GcpError(400, f"Job {name.rsplit('/', 1)[-1]} is not ready: it is still being "
+                           "created or updated.", "FAILED_PRECONDITION")
+        job["executionCount"] = int(job.get("executionCount", 0)) + 1
+        jid = name.rsplit("/", 1)[-1]
+        eid = f"{jid}-{_suffix(job['uid'], str(job['executionCount']), n=5)}"
+        ename = f"{name}/executions/{eid}"
+        overrides = (req.body or {}).get("overrides") or {}
+        template = copy.deepcopy(job["template"])
+        task_count = overrides.get("taskCount") or template.get("taskCount", 1)
+        execution = {
+            "name": ename, "uid": new_id(), "generation": "1", "createTime": now(),
+            "startTime": now(), "updateTime": now(), "job": jid, "launchStage": "GA",
+            "taskCount": task_count, "parallelism": template.get("parallelism", 0),
+            "template": template.get("template", {}), "reconciling": True, "runningCount": task_count,
+            "conditions": [{"type": "Completed", "state": "CONDITION_PENDING"}],
+            "etag": new_id(), "logUri": f"https://console.cloud.google.com/logs/viewer?execution={eid}",
+        }
+        if overrides:
+            execution["annotations"] = {"run.googleapis.com/overrides": "true"}
+            execution["overrides"] = overrides  # kept out of the public JSON below
+        self.executions[ename] = execution
+        job["latestCreatedExecution"] = {"name": ename, "createTime": execution["createTime"]}
+
+        def done(op):
+            execution["reconciling"] = False
+            execution["runningCount"] = 0
+            execution["completionTime"] = now()
+            if op.error is None:
+                execution["succeededCount"] = task_count
+                execution["conditions"] = [
+                    {"type": "Completed", "state": "CONDITION_SUCCEEDED", "lastTransitionTime": now()},
+                    {"type": "ResourcesAvailable", "state": "CONDITION_SUCCEEDED"},
+                    {"type": "Started", "state": "CONDITION_SUCCEEDED"}]
+                status = "EXECUTION_SUCCEEDED"
+            else:
+                execution["failedCount"] = task_count
+                execution["conditions"] = [
+                    {"type": "Completed", "state": "CONDITION_FAILED", "message": op.error.message,
+                     "lastTransitionTime": now()}]
+                status = "EXECUTION_FAILED"
+            job["latestCreatedExecution"].update(completionTime=execution["completionTime"],
+                                                 completionStatus=status)
+            return self._execution(execution)
+
+        return self._lro(name, self._execution(execution), "Execution", done)
+
+    @staticmethod
+    def _execution(execution: dict) -> dict:
+        return {k: copy.deepcopy(v) for k, v in execution.items() if k != "overrides"}
+
+    def execution_overrides(self, name: str) -> dict:
+        """For tests: the overrides a run was started with."""
+        return self.executions[name].get("overrides", {})
+
+    @handles("run.projects.locations.jobs.executions.get")
+    def get_execution(self, req: Request) -> dict:
+        execution = self.executions.get(req.get("name"))
+        if execution is None:
+            raise GcpError(404, f"Execution {req.get('name')} does not exist.", "NOT_FOUND")
+        return self._execution(execution)
+
+    @handles("run.projects.locations.jobs.executions.list")
+    def list_executions(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/executions/"
+        items = [self._execution(e) for n, e in self.executions.items() if n.startswith(prefix)]
+        items.reverse()
+        return {"executions": items} if items else {}

@@ -1,0 +1,515 @@
+"""Cloud SQL Admin (v1, and v1beta4 which gcloud uses): instances, databases, users, backup runs,
+restore, operations.
+
+Faithful where the deploy depends on it: creation is PENDING_CREATE until its operation is done;
+a mutating call on an instance while one of its operations runs is refused with 409
+operationInProgress; delete is refused while deletion protection is on; the root/user passwords
+are accepted and never returned. Reading the instance (instances.get) also advances its pending
+operation, as time passes for a client that polls the instance instead of the operation.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import re
+
+from ..core.api import ApiModule, Operation, Request, deep_merge, handles, new_id, now, project_number
+from ..core.errors import GcpError, invalid_argument
+
+_NAME = re.compile(r"[a-z]([-a-z0-9]{0,96}[a-z0-9])?")
+_BASE = "https://sqladmin.googleapis.com/v1"
+
+
+def _err(code: int, message: str, reason: str) -> GcpError:
+    return GcpError(code, message, None, reason)
+
+
+def instance_missing() -> GcpError:
+    return _err(404, "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
+
+
+def _default_settings(tier: str) -> dict:
+    return {
+        "kind": "sql#settings",
+        "tier": tier,
+        "settingsVersion": "1",
+        "activationPolicy": "ALWAYS",
+        "availabilityType": "ZONAL",
+        "pricingPlan": "PER_USE",
+        "replicationType": "SYNCHRONOUS",
+        "dataDiskSizeGb": "10",
+        "dataDiskType": "PD_SSD",
+        "storageAutoResize": True,
+        "storageAutoResizeLimit": "0",
+        "edition": "ENTERPRISE",
+        "connectorEnforcement": "NOT_REQUIRED",
+        "deletionProtectionEnabled": False,
+        "ipConfiguration": {"ipv4Enabled": True, "requireSsl": False,
+                            "sslMode": "ALLOW_UNENCRYPTED_AND_ENCRYPTED"},
+        "backupConfiguration": {
+            "kind": "sql#backupConfiguration", "enabled": False, "startTime": "00:00",
+            "pointInTimeRecoveryEnabled": False, "transactionLogRetentionDays": 7,
+            "backupRetentionSettings": {"retentionUnit": "COUNT", "retainedBackups": 7},
+            "backupTier": "STANDARD",
+        },
+        "locationPreference": {"kind": "sql#locationPreference"},
+        "maintenanceWindow": {"kind": "sql#maintenanceWindow", "hour": 0, "day": 0},
+    }
+
+
+class SqlAdmin(ApiModule):
+    name = "sqladmin"
+    versions = ("v1", "v1beta4")
+    service = "sqladmin.googleapis.com"
+    title = "Cloud SQL Admin API"
+
+    def reset(self) -> None:
+        self.state: dict[str, dict] = {}  # "project/instance" -> DatabaseInstance
+        self.databases: dict[str, dict] = {}  # "project/instance/db" -> Database
+        self.users: dict[str, dict] = {}  # "project/instance/name@host" -> User (with password)
+        self.backups: dict[str, dict] = {}  # "project/instance/id" -> BackupRun
+        self.ops: dict[str, Operation] = {}  # op name -> Operation
+        self.op_json: dict[str, dict] = {}  # op name -> sql#operation fields
+        self.busy: dict[str, str] = {}  # "project/instance" -> pending op name
+        self._backup_ids = itertools.count(1700000000000)
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def instance(self, project: str, name: str) -> dict:
+        inst = self.state.get(f"{project}/{name}")
+        if inst is None:
+            raise instance_missing()
+        return inst
+
+    def _settle(self, key: str) -> None:
+        name = self.busy.get(key)
+        if name is not None:
+            self.ops[name].poll()
+
+    def _check_idle(self, key: str) -> None:
+        name = self.busy.get(key)
+        if name is not None and not self.ops[name].done:
+            raise _err(409, "Operation failed because another operation was already in progress. "
+                       "Try your request after the current operation is complete.",
+                       "operationInProgress")
+
+    def _operation(self, req: Request, instance: str, op_type: str, on_done=None, **extra) -> dict:
+        project = req.get("project")
+        key = f"{project}/{instance}"
+        self._check_idle(key)
+        name = new_id()
+
+        def done(op):
+            try:
+                return on_done(op) if on_done else None
+            finally:
+                if self.busy.get(key) == name:
+                    del self.busy[key]
+
+        fields = {
+            "kind": "sql#operation",
+            "name": name,
+            "operationType": op_type,
+            "targetId": instance,
+            "targetProject": project,
+            "targetLink": f"{_BASE}/projects/{project}/instances/{instance}",
+            "selfLink": f"{_BASE}/projects/{project}/operations/{name}",
+            "insertTime": now(),
+            "user": "fake-user@example.com",
+            **extra,
+        }
+        self.op_json[name] = fields
+        self.busy[key] = name
+        op = self.new_operation(name, done)
+        self.ops[name] = op
+        return self._render(op)
+
+    def _render(self, op: Operation) -> dict:
+        out = dict(self.op_json[op.name])
+        out["startTime"] = op.created
+        if op.done:
+            out["status"] = "DONE"
+            out["endTime"] = op.ended
+            if op.error is not None:
+                out["error"] = {"kind": "sql#operationErrors", "errors": [
+                    {"kind": "sql#operationError", "code": op.error.status,
+                     "message": op.error.message}]}
+        else:
+            out["status"] = "PENDING" if op.polls_left >= self.fake.op_polls else "RUNNING"
+        return out
+
+    @staticmethod
+    def _public(inst: dict) -> dict:
+        out = copy.deepcopy(inst)
+        out.pop("rootPassword", None)
+        return out
+
+    # -- instances --------------------------------------------------------------------------
+
+    @handles("sql.instances.insert")
+    def insert(self, req: Request) -> dict:
+        project = req.get("project")
+        body = copy.deepcopy(req.body or {})
+        name = body.get("name") or ""
+        if not _NAME.fullmatch(name):
+            raise _err(400, "Invalid request: instance name must be lowercase letters, digits "
+                       "and hyphens, starting with a letter.", "invalid")
+        if f"{project}/{name}" in self.state:
+            raise _err(409, "The Cloud SQL instance already exists.", "instanceAlreadyExists")
+        settings = body.get("settings") or {}
+        if not settings.get("tier"):
+            raise _err(400, "Invalid request: Invalid Tier ().", "invalid")
+        version = body.get("databaseVersion") or "MYSQL_8_0"
+        region = body.get("region") or "us-central1"
+        merged = deep_merge(_default_settings(settings["tier"]), settings)
+        number = project_number(project)
+        inst = {
+            "kind": "sql#instance",
+            "name": name,
+            "project": project,
+            "region": region,
+            "databaseVersion": version,
+            "databaseInstalledVersion": version,
+            "backendType": "SECOND_GEN",
+            "instanceType": "CLOUD_SQL_INSTANCE",
+            "state": "PENDING_CREATE",
+            "connectionName": f"{project}:{region}:{name}",
+            "gceZone": f"{region}-a",
+            "settings": merged,
+            "createTime": now(),
+            "selfLink": f"{_BASE}/projects/{project}/instances/{name}",
+            "serviceAccountEmailAddress": f"p{number}-abcdef@gcp-sa-cloud-sql.iam.gserviceaccount.com",
+            "serverCaCert": {"kind": "sql#sslCert", "instance": name, "commonName": "C=US,O=Google\\, Inc,CN=Google Cloud SQL Server CA",
+                             "sha1Fingerprint": hashlib.sha1(name.encode()).hexdigest()},
+            "sqlNetworkArchitecture": "NEW_NETWORK_ARCHITECTURE",
+            "etag": new_id(),
+        }
+        for extra in ("rootPassword", "userLabels", "diskEncryptionConfiguration"):
+            if extra in body:
+                inst[extra] = body[extra]
+        self._addresses(inst)
+        key = f"{project}/{name}"
+        self.state[key] = inst
+
+        def done(op):
+            inst["state"] = "FAILED" if op.error else "RUNNABLE"
+            if not op.error and version.startswith("POSTGRES"):
+                # Cloud SQL creates the default "postgres" database and user with the instance.
+                self.databases[f"{key}/postgres"] = self._database(project, name, "postgres")
+                self.users.setdefault(f"{key}/postgres@", self._user(project, name, {"name": "postgres"}))
+
+        return self._operation(req, name, "CREATE", done)
+
+    def _addresses(self, inst: dict) -> None:
+        ipc = inst["settings"].get("ipConfiguration") or {}
+        digest = int(hashlib.sha256(inst["name"].encode()).hexdigest(), 16)
+        addrs = []
+        if ipc.get("ipv4Enabled", True):
+            addrs.append({"type": "PRIMARY", "ipAddress": f"34.{digest % 250}.{digest // 250 % 250}.{digest // 62500 % 250}"})
+        if ipc.get("privateNetwork"):
+            addrs.append({"type": "PRIVATE", "ipAddress": f"10.{digest % 250}.0.3"})
+        inst["ipAddresses"] = addrs
+
+    @handles("sql.instances.get")
+    def get(self, req: Request) -> dict:
+        key = f"{req.get('project')}/{req.get('instance')}"
+        self._settle(key)
+        return self._public(self.instance(req.get("project"), req.get("instance")))
+
+    @handles("sql.instances.list")
+    def list(self, req: Request) -> dict:
+        project = req.get("project")
+        items = [self._public(i) for k, i in sorted(self.state.items()) if i["project"] == project]
+        out = {"kind": "sql#instancesList"}
+        if items:
+            out["items"] = items
+        return out
+
+    @handles("sql.instances.patch", "sql.instances.update")
+    def patch(self, req: Request) -> dict:
+        project, name = req.get("project"), req.get("instance")
+        inst = self.instance(project, name)
+        body = copy.deepcopy(req.body or {})
+        for immutable in ("name", "region", "project"):
+            if immutable in body and body[immutable] != inst[immutable]:
+                raise _err(400, f"Invalid request: {immutable} cannot be changed.", "invalid")
+        self._check_idle(f"{project}/{name}")
+        settings = body.pop("settings", None) or {}
+        settings.pop("settingsVersion", None)
+        if req.method_id.endswith(".update"):
+            new_settings = deep_merge(_default_settings(settings.get("tier") or inst["settings"]["tier"]), settings)
+        else:
+            new_settings = deep_merge(copy.deepcopy(inst["settings"]), settings)
+        new_settings["settingsVersion"] = str(int(inst["settings"]["settingsVersion"]) + 1)
+        inst["settings"] = new_settings
+        for field in ("databaseVersion", "userLabels", "rootPassword"):
+            if field in body:
+                inst[field] = body[field]
+        inst["etag"] = new_id()
+        self._addresses(inst)
+        return self._operation(req, name, "UPDATE")
+
+    @handles("sql.instances.delete")
+    def delete(self, req: Request) -> dict:
+        project, name = req.get("project"), req.get("instance")
+        inst = self.instance(project, name)
+        if inst["settings"].get("deletionProtectionEnabled"):
+            raise _err(400, "The instance is protected. Please disable the deletion protection "
+                       "and try again. To disable deletion protection, update the instance "
+                       "settings with deletionProtectionEnabled set to false.", "instanceProtected")
+        key = f"{project}/{name}"
+        self._check_idle(key)
+        inst["state"] = "PENDING_DELETE"
+
+        def done(op):
+            if op.error:
+                inst["state"] = "RUNNABLE"
+                return
+            self.state.pop(key, None)
+            for table in (self.databases, self.users, self.backups):
+                for k in [k for k in table if k.startswith(key + "/")]:
+                    del table[k]
+
+        return self._operation(req, name, "DELETE", done)
+
+    @handles("sql.instances.restoreBackup")
+    def restore_backup(self, req: Request) -> dict:
+        project, name = req.get("project"), req.get("instance")
+        self.instance(project, name)
+        ctx = (req.body or {}).get("restoreBackupContext") or {}
+        source = ctx.get("instanceId") or name
+        source_project = ctx.get("project") or project
+        backup_key = f"{source_project}/{source}/{ctx.get('backupRunId')}"
+        if backup_key not in self.backups:
+            raise _err(404, "The backup run does not exist.", "backupRunDoesNotExist")
+        return self._operation(req, name, "RESTORE_VOLUME")
+
+    # -- operations -------------------------------------------------------------------------
+
+    @handles("sql.operations.get")
+    def get_operation(self, req: Request) -> dict:
+        op = self.ops.get(req.get("operation"))
+        if op is None or self.op_json[op.name]["targetProject"] != req.get("project"):
+            raise _err(404, f"The Cloud SQL operation {req.get('operation')} does not exist.",
+                       "operationDoesNotExist")
+        op.poll()
+        return self._render(op)
+
+    @handles("sql.operations.list")
+    def list_operations(self, req: Request) -> dict:
+        project, instance = req.get("project"), req.get("instance")
+        items = [self._render(op) for op in reversed(list(self.ops.values()))
+                 if self.op_json[op.name]["targetProject"] == project
+                 and (not instance or self.op_json[op.name]["targetId"] == instance)]
+        return {"kind": "sql#operationsList", "items": items}
+
+    # -- databases --------------------------------------------------------------------------
+
+    def _database(self, project: str, instance: str, name: str, body: dict | None = None) -> dict:
+        body = body or {}
+        return {
+            "kind": "sql#database", "name": name, "instance": instance, "project": project,
+            "charset": body.get("charset") or "UTF8",
+            "collation": body.get("collation") or "en_US.UTF8",
+            "selfLink": f"{_BASE}/projects/{project}/instances/{instance}/databases/{name}",
+            "etag": new_id(),
+        }
+
+    def _runnable(self, project: str, instance: str) -> dict:
+        inst = self.instance(project, instance)
+        if inst["state"] != "RUNNABLE":
+            raise _err(400, f"Invalid request since instance is not running.", "invalidState")
+        return inst
+
+    @handles("sql.databases.insert")
+    def insert_database(self, req: Request) -> dict:
+        project, instance = req.get("project"), req.get("instance")
+        self._runnable(project, instance)
+        name = (req.body or {}).get("name")
+        if not name:
+            raise _err(400, "Invalid request: missing database name.", "invalid")
+        key = f"{project}/{instance}/{name}"
+        if key in self.databases:
+            # Cloud SQL reports this as a failed CREATE_DATABASE on Postgres; the API answers 400.
+            raise _err(400, f"Invalid request: failed to create database {name}. Detail: pq: "
+                       f"database \"{name}\" already exists.", "invalid")
+        self._check_idle(f"{project}/{instance}")
+        self.databases[key] = self._database(project, instance, name, req.body)
+        return self._operation(req, instance, "CREATE_DATABASE")
+
+    def _db(self, req: Request) -> tuple[str, dict]:
+        key = f"{req.get('project')}/{req.get('instance')}/{req.get('database')}"
+        self.instance(req.get("project"), req.get("instance"))
+        db = self.databases.get(key)
+        if db is None:
+            raise _err(404, "Not Found", "notFound")
+        return key, db
+
+    @handles("sql.databases.get")
+    def get_database(self, req: Request) -> dict:
+        return dict(self._db(req)[1])
+
+    @handles("sql.databases.list")
+    def list_databases(self, req: Request) -> dict:
+        prefix = f"{req.get('project')}/{req.get('instance')}/"
+        self.instance(req.get("project"), req.get("instance"))
+        return {"kind": "sql#databasesList",
+                "items": [dict(d) for k, d in sorted(self.databases.items()) if k.startswith(prefix)]}
+
+    @handles("sql.databases.delete")
+    def delete_database(self, req: Request) -> dict:
+        key, _ = self._db(req)
+        self._check_idle(f"{req.get('project')}/{req.get('instance')}")
+        del self.databases[key]
+        return self._operation(req, req.get("instance"), "DELETE_DATABASE")
+
+    @handles("sql.databases.patch", "sql.databases.update")
+    def patch_database(self, req: Request) -> dict:
+        _, db = self._db(req)
+        self._check_idle(f"{req.get('project')}/{req.get('instance')}")
+        for field in ("charset", "collation"):
+            if (req.body or {}).get(field):
+                db[field] = req.body[field]
+        return self._operation(req, req.get("instance"), "UPDATE_DATABASE")
+
+    # -- users ------------------------------------------------------------------------------
+
+    def _user(self, project: str, instance: str, body: dict) -> dict:
+        user = {"kind": "sql#user", "name": body["name"], "host": body.get("host", ""),
+                "instance": instance, "project": project, "type": body.get("type") or "BUILT_IN",
+                "etag": new_id()}
+        if body.get("password") is not None:
+            user["password"] = body["password"]
+        return user
+
+    def _user_key(self, req: Request, name: str, host: str | None) -> str:
+        return f"{req.get('project')}/{req.get('instance')}/{name}@{host or ''}"
+
+    @staticmethod
+    def _public_user(user: dict) -> dict:
+        out = dict(user)
+        out.pop("password", None)
+        if not out.get("host"):
+            out.pop("host", None)
+        return out
+
+    @handles("sql.users.insert")
+    def insert_user(self, req: Request) -> dict:
+        project, instance = req.get("project"), req.get("instance")
+        self._runnable(project, instance)
+        body = req.body or {}
+        if not body.get("name"):
+            raise _err(400, "Invalid request: missing user name.", "invalid")
+        key = self._user_key(req, body["name"], body.get("host"))
+        if key in self.users:
+            raise _err(409, f"User {body['name']} already exists.", "alreadyExists")
+        self._check_idle(f"{project}/{instance}")
+        self.users[key] = self._user(project, instance, body)
+        return self._operation(req, instance, "CREATE_USER")
+
+    @handles("sql.users.list")
+    def list_users(self, req: Request) -> dict:
+        self.instance(req.get("project"), req.get("instance"))
+        prefix = f"{req.get('project')}/{req.get('instance')}/"
+        return {"kind": "sql#usersList",
+                "items": [self._public_user(u) for k, u in sorted(self.users.items()) if k.startswith(prefix)]}
+
+    @handles("sql.users.get")
+    def get_user(self, req: Request) -> dict:
+        self.instance(req.get("project"), req.get("instance"))
+        user = self.users.get(self._user_key(req, req.get("name"), req.get("host")))
+        if user is None:
+            raise _err(404, "Not Found", "notFound")
+        return self._public_user(user)
+
+    @handles("sql.users.update")
+    def update_user(self, req: Request) -> dict:
+        project, instance = req.get("project"), req.get("instance")
+        self._runnable(project, instance)
+        name = req.get("name") or (req.body or {}).get("name")
+        user = self.users.get(self._user_key(req, name, req.get("host")))
+        if user is None:
+            raise _err(404, "Not Found", "notFound")
+        self._check_idle(f"{project}/{instance}")
+        if (req.body or {}).get("password") is not None:
+            user["password"] = req.body["password"]
+        user["etag"] = new_id()
+        return self._operation(req, instance, "UPDATE_USER")
+
+    @handles("sql.users.delete")
+    def delete_user(self, req: Request) -> dict:
+        project, instance = req.get("project"), req.get("instance")
+        self.instance(project, instance)
+        key = self._user_key(req, req.get("name"), req.get("host"))
+        if key not in self.users:
+            raise _err(404, "Not Found", "notFound")
+        self._check_idle(f"{project}/{instance}")
+        del self.users[key]
+        return self._operation(req, instance, "DELETE_USER")
+
+    def password_of(self, project: str, instance: str, user: str, host: str = "") -> str | None:
+        """For tests: the password the API was given (the API itself never returns it)."""
+        return self.users.get(f"{project}/{instance}/{user}@{host}", {}).get("password")
+
+    # -- backup runs ------------------------------------------------------------------------
+
+    @handles("sql.backupRuns.insert")
+    def insert_backup(self, req: Request) -> dict:
+        project, instance = req.get("project"), req.get("instance")
+        inst = self._runnable(project, instance)
+        self._check_idle(f"{project}/{instance}")
+        run_id = str(next(self._backup_ids))
+        run = {
+            "kind": "sql#backupRun", "id": run_id, "instance": instance, "status": "ENQUEUED",
+            "type": "ON_DEMAND", "backupKind": "SNAPSHOT", "enqueuedTime": now(),
+            "windowStartTime": now(), "location": inst["region"],
+            "databaseVersion": inst["databaseVersion"],
+            "selfLink": f"{_BASE}/projects/{project}/instances/{instance}/backupRuns/{run_id}",
+        }
+        if (req.body or {}).get("description"):
+            run["description"] = req.body["description"]
+        self.backups[f"{project}/{instance}/{run_id}"] = run
+
+        def done(op):
+            run["status"] = "FAILED" if op.error else "SUCCESSFUL"
+            run["startTime"] = run["endTime"] = now()
+
+        return self._operation(req, instance, "BACKUP_VOLUME", done,
+                               backupContext={"kind": "sql#backupContext", "backupId": run_id})
+
+    def add_backup(self, project: str, instance: str, kind: str = "AUTOMATED") -> dict:
+        """For tests: an automated backup as Cloud SQL takes them nightly."""
+        run_id = str(next(self._backup_ids))
+        run = {"kind": "sql#backupRun", "id": run_id, "instance": instance, "status": "SUCCESSFUL",
+               "type": kind, "backupKind": "SNAPSHOT", "enqueuedTime": now(), "startTime": now(),
+               "endTime": now(), "windowStartTime": now()}
+        self.backups[f"{project}/{instance}/{run_id}"] = run
+        return run
+
+    @handles("sql.backupRuns.list")
+    def list_backups(self, req: Request) -> dict:
+        self.instance(req.get("project"), req.get("instance"))
+        prefix = f"{req.get('project')}/{req.get('instance')}/"
+        items = [dict(b) for k, b in self.backups.items() if k.startswith(prefix)]
+        items.sort(key=lambda b: int(b["id"]), reverse=True)
+        return {"kind": "sql#backupRunsList", "items": items}
+
+    def _backup(self, req: Request) -> tuple[str, dict]:
+        self.instance(req.get("project"), req.get("instance"))
+        key = f"{req.get('project')}/{req.get('instance')}/{req.get('id')}"
+        if key not in self.backups:
+            raise _err(404, "The backup run does not exist.", "backupRunDoesNotExist")
+        return key, self.backups[key]
+
+    @handles("sql.backupRuns.get")
+    def get_backup(self, req: Request) -> dict:
+        return dict(self._backup(req)[1])
+
+    @handles("sql.backupRuns.delete")
+    def delete_backup(self, req: Request) -> dict:
+        key, _ = self._backup(req)
+        self._check_idle(f"{req.get('project')}/{req.get('instance')}")
+        del self.backups[key]
+        return self._operation(req, req.get("instance"), "DELETE_BACKUP")

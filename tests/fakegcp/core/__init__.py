@@ -1,0 +1,1 @@
+"""Routing, discovery validation, operations, errors, faults and the request log."""

@@ -1,0 +1,262 @@
+"""The base of every per-API module: handler registration, the request handed to handlers, and
+helpers the APIs share (timestamps, project numbers, IAM policies with etags, long-running
+operations that finish after a number of polls)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import hashlib
+import itertools
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from .errors import GcpError, aborted, invalid_argument
+
+if TYPE_CHECKING:
+    from ..server import FakeGcp
+
+
+def handles(*method_ids: str, versions: tuple[str, ...] | None = None):
+    """Mark a method as the handler of discovery method ids (for all loaded versions unless told)."""
+
+    def mark(fn):
+        fn._handles = [(v, mid) for mid in method_ids for v in (versions or (None,))]
+        return fn
+
+    return mark
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def project_number(project: str) -> str:
+    """A stable 12-digit project number for any project id (a number stays itself)."""
+    if project.isdigit():
+        return project
+    return str(100000000000 + int(hashlib.sha256(project.encode()).hexdigest(), 16) % 899999999999)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def deep_merge(target: dict, patch: dict) -> dict:
+    """Merge a PATCH body into a resource: nested messages merge, lists and scalars replace."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            deep_merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+def apply_mask(target: dict, patch: dict, mask: str | None) -> dict:
+    """Apply an update mask ("a.b,c") the way AIP-134 says; no mask means merge what is given."""
+    if not mask or mask == "*":
+        return deep_merge(target, patch) if mask is None else _replace_all(target, patch)
+    for path in mask.split(","):
+        keys = path.strip().split(".")
+        src, dst = patch, target
+        for k in keys[:-1]:
+            src = (src or {}).get(k) or {}
+            dst = dst.setdefault(k, {})
+        last = keys[-1]
+        if isinstance(src, dict) and last in src and src[last] is not None:
+            dst[last] = copy.deepcopy(src[last])
+        else:
+            dst.pop(last, None)
+    return target
+
+
+def _replace_all(target: dict, patch: dict) -> dict:
+    for k in list(target):
+        if k not in patch:
+            target.pop(k)
+    target.update(copy.deepcopy(patch))
+    return target
+
+
+@dataclass
+class Request:
+    """What a handler sees: the matched discovery method, decoded params, and the JSON body."""
+
+    method: str
+    api: str
+    version: str
+    method_id: str
+    path: str
+    params: dict[str, Any]
+    body: Any
+    raw_body: bytes = b""
+    headers: dict = field(default_factory=dict)
+
+    def get(self, name: str, default=None):
+        return self.params.get(name, default)
+
+
+class Operation:
+    """A long-running operation that is done after `polls` reads (0: done at once)."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, name: str, polls: int, on_done: Callable[[], Any] | None = None,
+                 metadata: dict | None = None, error: GcpError | None = None, kind: str = ""):
+        self.name = name
+        self.id = name.rsplit("/", 1)[-1]
+        self.polls_left = polls
+        self.on_done = on_done
+        self.metadata = metadata or {}
+        self.response: Any = None
+        self.error = error
+        self.done = False
+        self.kind = kind
+        self.created = now()
+        self.ended: str | None = None
+        if polls <= 0:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self.ended = now()
+        # on_done sees op.error (an injected failure) and may leave state half-done accordingly.
+        if self.on_done is not None:
+            try:
+                response = self.on_done(self)
+            except GcpError as err:
+                self.error = err
+            else:
+                if self.error is None:
+                    self.response = response
+
+    def poll(self) -> None:
+        if self.done:
+            return
+        self.polls_left -= 1
+        if self.polls_left <= 0:
+            self._finish()
+
+    def lro(self) -> dict:
+        """google.longrunning.Operation JSON."""
+        out: dict = {"name": self.name, "done": self.done}
+        if self.metadata:
+            out["metadata"] = self.metadata
+        if self.done:
+            if self.error is not None:
+                out["error"] = {"code": _GRPC_CODE.get(self.error.status, 2),
+                                "message": self.error.message}
+            else:
+                out["response"] = self.response if self.response is not None else {}
+        return out
+
+
+_GRPC_CODE = {"CANCELLED": 1, "INVALID_ARGUMENT": 3, "DEADLINE_EXCEEDED": 4, "NOT_FOUND": 5,
+              "ALREADY_EXISTS": 6, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8,
+              "FAILED_PRECONDITION": 9, "ABORTED": 10, "INTERNAL": 13, "UNAVAILABLE": 14}
+
+
+class IamPolicies:
+    """getIamPolicy / setIamPolicy with etags, for any resource key.
+
+    A setIamPolicy whose etag is not the current one fails like Google: 409 ABORTED for most
+    APIs, 412 for Cloud Storage (set stale_code/stale_status)."""
+
+    def __init__(self, stale_code: int = 409, stale_status: str = "ABORTED"):
+        self.policies: dict[str, dict] = {}
+        self.stale_code = stale_code
+        self.stale_status = stale_status
+        self._serial = itertools.count(1)
+
+    def _etag(self) -> str:
+        return base64.b64encode(next(self._serial).to_bytes(8, "big")).decode()
+
+    def get(self, key: str) -> dict:
+        policy = self.policies.get(key)
+        if policy is None:
+            policy = {"version": 1, "etag": "ACAB"}
+            self.policies[key] = policy
+        return copy.deepcopy(policy)
+
+    def set(self, key: str, policy: dict) -> dict:
+        current = self.get(key)
+        etag = policy.get("etag")
+        if etag is not None and etag != current["etag"]:
+            if self.stale_code == 412:
+                raise GcpError(412, "Precondition Failed", "FAILED_PRECONDITION", "conditionNotMet")
+            raise GcpError(self.stale_code, "There were concurrent policy changes. Please retry "
+                           "the whole read-modify-write with exponential backoff.",
+                           self.stale_status, "aborted")
+        bindings = []
+        for b in policy.get("bindings", []) or []:
+            if not b.get("role"):
+                raise invalid_argument("Policy binding is missing a role.", field="policy.bindings")
+            members = sorted(set(b.get("members", [])))
+            for m in members:
+                if ":" not in m and m not in ("allUsers", "allAuthenticatedUsers"):
+                    raise invalid_argument(f"Invalid member: {m}", field="policy.bindings.members")
+            if members:
+                nb = {"role": b["role"], "members": members}
+                if b.get("condition"):
+                    nb["condition"] = b["condition"]
+                bindings.append(nb)
+        new = {"version": policy.get("version", 1) or 1, "etag": self._etag()}
+        if bindings:
+            new["bindings"] = bindings
+        if policy.get("auditConfigs"):
+            new["auditConfigs"] = policy["auditConfigs"]
+        self.policies[key] = new
+        return copy.deepcopy(new)
+
+    def delete(self, key: str) -> None:
+        self.policies.pop(key, None)
+
+
+class ApiModule:
+    """One Google API. Subclasses set `name`, `versions`, `service`, `title` and handlers."""
+
+    name: str = ""
+    versions: tuple[str, ...] = ()
+    service: str = ""  # e.g. "sqladmin.googleapis.com"
+    title: str = ""  # e.g. "Cloud SQL Admin API"
+
+    def __init__(self, fake: "FakeGcp"):
+        self.fake = fake
+        self.handlers: dict[tuple[str | None, str], Callable] = {}
+        for attr in dir(type(self)):
+            fn = getattr(type(self), attr)
+            for key in getattr(fn, "_handles", ()):
+                self.handlers[key] = getattr(self, attr)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (called for each test)."""
+
+    def handler_for(self, version: str, method_id: str):
+        return self.handlers.get((version, method_id)) or self.handlers.get((None, method_id))
+
+    def project_of(self, req: Request) -> str | None:
+        """The consumer project of a request, for the SERVICE_DISABLED check."""
+        for key in ("project", "projectId", "projectsId"):
+            if req.params.get(key):
+                return req.params[key]
+        for key in ("name", "parent", "resource"):
+            value = req.params.get(key) or ""
+            if value.startswith("projects/"):
+                return value.split("/")[1]
+        return None
+
+    def op_polls(self) -> int:
+        return self.fake.op_polls
+
+    def new_operation(self, name: str, on_done=None, metadata=None, kind: str = "") -> Operation:
+        error = self.fake._take_operation_failure(self.name)
+        return Operation(name, self.op_polls(), on_done, metadata, error, kind)
+
+    @staticmethod
+    def state_copy(obj):
+        return copy.deepcopy(obj)

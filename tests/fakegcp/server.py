@@ -1,0 +1,276 @@
+"""FakeGcp: one HTTP server serving every faked Google API under /<api>/.
+
+Request pipeline: split /<api>/<path>; log; match the discovery method; latency; validate query
+and body against discovery; refuse with SERVICE_DISABLED when the API is off; injected faults;
+the API module's handler (under one lock, so state changes are atomic); JSON response.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .apis import ALL_APIS
+from .core import discovery
+from .core.api import ApiModule, Request, project_number
+from .core.errors import GcpError, invalid_argument, service_disabled
+from .core.faults import READ_VERBS, Fault, Faults, Latency, RecordedRequest
+
+
+class FakeGcp:
+    """A stateful fake of the Google Cloud REST APIs the tool uses.
+
+    >>> fake = FakeGcp(); fake.start(); fake.url   # 'http://127.0.0.1:PORT'
+    >>> fake.stop()
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, op_polls: int = 1,
+                 services_enabled: bool = True):
+        self.host = host
+        self.port = port
+        self.op_polls = op_polls
+        self.services_enabled_by_default = services_enabled
+        self.lock = threading.RLock()
+        self.faults = Faults()
+        self.requests: list[RecordedRequest] = []
+        self.globally_disabled: set[str] = set()
+        self.modules: dict[str, ApiModule] = {cls.name: cls(self) for cls in ALL_APIS}
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> "FakeGcp":
+        fake = self
+
+        class Handler(_HttpHandler):
+            pass
+
+        Handler.fake = fake
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fakegcp",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> "FakeGcp":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def endpoint(self, api: str, version: str | None = None) -> str:
+        """The api_endpoint for googleapiclient: <root>/<api>/<servicePath>."""
+        module = self.modules[api]
+        doc = discovery.load(api, version or module.versions[0])
+        return f"{self.url}/{api}/{doc['servicePath']}"
+
+    def reset(self, op_polls: int = 1) -> None:
+        """Fresh state, log and faults (the server keeps running)."""
+        with self.lock:
+            self.op_polls = op_polls
+            self.faults.clear()
+            self.requests.clear()
+            self.globally_disabled.clear()
+            for module in self.modules.values():
+                module.reset()
+
+    # ---- state and log ---------------------------------------------------------------------
+
+    def api(self, name: str) -> ApiModule:
+        return self.modules[name]
+
+    def state(self, api: str) -> dict:
+        """The API's live state dict (resource name -> resource JSON); read it in assertions."""
+        return self.modules[api].state
+
+    def mutating_requests(self) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.mutating]
+
+    def clear_log(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+    # ---- faults ------------------------------------------------------------------------------
+
+    def fail(self, status: int = 503, at_call: int = 1, method: str | None = None,
+             path_regex: str | None = None, api: str | None = None, method_id: str | None = None,
+             message: str | None = None, reason: str | None = None, times: int = 1,
+             grpc_status: str | None = None, mutating_only: bool = False,
+             after_apply: bool = False) -> Fault:
+        """Fail the at_call-th request matching the filters (and the next times-1 ones).
+
+        Counting starts now. after_apply=True lets the call change state first and then answers
+        with the error, as when a response is lost."""
+        rule = Fault(status, at_call, times, method, path_regex, api, method_id, mutating_only,
+                     message, reason, grpc_status, after_apply)
+        with self.faults.lock:
+            self.faults.rules.append(rule)
+        return rule
+
+    def fail_mutation(self, n: int, status: int = 503, **kw) -> Fault:
+        """Fail the n-th mutating call from now (any API), e.g. to interrupt `up` at step n."""
+        return self.fail(status=status, at_call=n, mutating_only=True, **kw)
+
+    def fail_next_operation(self, api: str | None = None, message: str = "Injected operation failure.",
+                            status: str = "INTERNAL", code: int = 500) -> None:
+        """The next long-running operation created (in `api`, or any) finishes with an error."""
+        with self.faults.lock:
+            self.faults.operation_failures.setdefault(api, []).append(
+                GcpError(code, message, status))
+
+    def _take_operation_failure(self, api: str):
+        with self.faults.lock:
+            for key in (api, None):
+                queue = self.faults.operation_failures.get(key)
+                if queue:
+                    return queue.pop(0)
+        return None
+
+    def add_latency(self, seconds: float, api: str | None = None, path_regex: str | None = None,
+                    method: str | None = None) -> None:
+        with self.faults.lock:
+            self.faults.latencies.append(Latency(seconds, api, path_regex, method))
+
+    def clear_faults(self) -> None:
+        self.faults.clear()
+
+    def disable_api(self, api: str, project: str | None = None) -> None:
+        """Calls to `api` answer 403 SERVICE_DISABLED until serviceusage enables it."""
+        service = self.modules[api].service
+        with self.lock:
+            if project is None:
+                self.globally_disabled.add(service)
+                self.modules["serviceusage"].forget(service)
+            else:
+                self.modules["serviceusage"].set_state(project, service, "DISABLED")
+
+    def enable_api(self, api: str, project: str | None = None) -> None:
+        service = self.modules[api].service
+        with self.lock:
+            if project is None:
+                self.globally_disabled.discard(service)
+            else:
+                self.modules["serviceusage"].set_state(project, service, "ENABLED")
+
+    def service_enabled(self, project: str | None, service: str) -> bool:
+        return self.modules["serviceusage"].is_enabled(project, service)
+
+    # ---- dispatch ----------------------------------------------------------------------------
+
+    def handle(self, method: str, target: str, headers: dict, raw: bytes) -> tuple[int, dict, bytes]:
+        split = urlsplit(target)
+        _, _, rest = split.path.partition("/")
+        api, _, raw_path = rest.partition("/")
+        query = parse_qs(split.query, keep_blank_values=True)
+        rec = RecordedRequest(method, api, unquote(raw_path),
+                              {k: v[-1] if len(v) == 1 else v for k, v in query.items()}, None)
+        with self.lock:
+            self.requests.append(rec)
+        try:
+            result = self._dispatch(rec, api, raw_path, query, headers, raw)
+        except GcpError as err:
+            rec.status = err.code
+            return err.code, {"Content-Type": "application/json; charset=UTF-8"}, \
+                json.dumps(err.body()).encode()
+        if result is None:
+            rec.status = 204
+            return 204, {}, b""
+        status, payload = result if isinstance(result, tuple) else (200, result)
+        rec.status = status
+        if isinstance(payload, (bytes, bytearray)):
+            return status, {"Content-Type": "application/octet-stream"}, bytes(payload)
+        return status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(payload).encode()
+
+    def _dispatch(self, rec: RecordedRequest, api: str, raw_path: str, query, headers, raw):
+        module = self.modules.get(api)
+        if module is None:
+            raise GcpError(404, f"The fake serves no API named {api!r}.")
+        route, path_params = discovery.match(api, list(module.versions), rec.method, raw_path)
+        if route is None:
+            rec.mutating = rec.method not in ("GET", "HEAD")
+            if discovery.path_exists(api, list(module.versions), raw_path):
+                raise GcpError(405, f"Method {rec.method} not allowed on /{api}/{rec.path}.",
+                               "INVALID_ARGUMENT", "methodNotAllowed")
+            raise GcpError(404, f"The requested URL /{api}/{rec.path} was not found on this "
+                           "server (no discovery method matches).")
+        rec.method_id, rec.version = route.method_id, route.version
+        rec.mutating = route.verb not in READ_VERBS and rec.method != "GET"
+
+        delay = self.faults.delay(rec)
+        if delay:
+            time.sleep(delay)
+
+        is_media = route.template.startswith("/upload") or (
+            query.get("uploadType", [""])[-1] in ("media", "multipart", "resumable"))
+        body = None
+        if raw and not is_media:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                raise invalid_argument("Invalid JSON payload received. Unexpected token.")
+        rec.body = body
+        params = dict(path_params)
+        params.update(discovery.check_query(route, query, path_params))
+        discovery.check_body(route, body)
+
+        req = Request(rec.method, api, route.version, route.method_id, rec.path, params, body,
+                      raw if is_media else b"", headers)
+        if module.service and api != "serviceusage":
+            project = module.project_of(req)
+            if not self.service_enabled(project, module.service):
+                raise service_disabled(module.service, module.title,
+                                       project_number(project or "unknown-project"))
+
+        fault = self.faults.check(rec)
+        if fault is not None:
+            rec.injected = True
+            if not fault.after_apply:
+                raise fault.error()
+        handler = module.handler_for(route.version, route.method_id)
+        if handler is None:
+            raise GcpError(501, f"The fake does not implement {route.method_id} "
+                           f"({route.version}).", "UNIMPLEMENTED", "notImplemented")
+        with self.lock:
+            result = handler(req)
+        if fault is not None:
+            raise fault.error()
+        return result
+
+
+class _HttpHandler(BaseHTTPRequestHandler):
+    fake: FakeGcp
+    protocol_version = "HTTP/1.1"
+    server_version = "fakegcp"
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        status, headers, body = self.fake.handle(self.command, self.path, dict(self.headers), raw)
+        self.send_response(status)
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if body and self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
+
+    def log_message(self, format, *args):  # noqa: A002 - the stdlib's name
+        pass  # the request log is fake.requests; stderr noise helps nobody
