@@ -1,8 +1,8 @@
 """The database connection budget: the one place that does its arithmetic.
 
-Every server instance runs `workers` processes; each process opens `ENGINES_PER_WORKER`
-SQLAlchemy engines (MLflow's tracking, model-registry and jobs stores each keep their own), and each
-engine holds up to pool_size + max_overflow connections. All instances together, plus a reserve for
+Every server instance runs `workers` processes; each process fills `ENGINES_PER_WORKER` pools
+(MLflow's tracking, model-registry and jobs engines share one, see below), and each pool holds up to
+pool_size + max_overflow connections. All instances together, plus a reserve for
 the migration job and an operator's psql session, must fit in the tier's max_connections, or small
 tiers fail under load with "remaining connection slots are reserved".
 
@@ -18,10 +18,13 @@ from dataclasses import dataclass
 # (superuser_reserved_connections) and 2 for the migration job and one admin session.
 RESERVED_CONNECTIONS = 5
 
-# SQLAlchemy engines one MLflow server process opens against the backend store: tracking and model
-# registry each cache their own engine (mlflow/store/*/sqlalchemy_store.py). The jobs store would
-# add a third; our server runs with job execution off (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false).
-ENGINES_PER_WORKER = 2
+# Connection pools one MLflow server process (uvicorn worker) fills. MLflow itself opens one engine,
+# each with its own pool, per store: tracking, model registry, and jobs as soon as a /jobs endpoint
+# is called even with job execution off (3 measured in pg_stat_activity under load, MLflow 3.17.2).
+# Our server's SQLAlchemy plugin (server/pool_plugin.py) makes them share one pool per process, and
+# the `mlflow server` launcher process holds none (NullPool); tests/integration/test_server_pool.py
+# checks both against pg_stat_activity.
+ENGINES_PER_WORKER = 1
 
 # Default max_connections of Cloud SQL for PostgreSQL by machine memory (Cloud SQL quotas page).
 _MAX_CONNECTIONS_BY_MEMORY_MB = (

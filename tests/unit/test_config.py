@@ -141,7 +141,7 @@ def test_set_flags_and_unknown_keys():
 
 def test_budget_refusal_names_the_knob():
     cfg = config.load(
-        "/nonexistent.toml", env={}, overrides={"project": "acme-ml-prod", "service": {"max_instances": 20}}
+        "/nonexistent.toml", env={}, overrides={"project": "acme-ml-prod", "service": {"max_instances": 21}}
     )
     with pytest.raises(BudgetError) as excinfo:
         cfg.pool()

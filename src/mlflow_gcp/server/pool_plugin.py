@@ -6,11 +6,20 @@ Registered under the `sqlalchemy.plugins` entry point in pyproject.toml.
 from __future__ import annotations
 
 import sys
+import threading
 
 from sqlalchemy.engine import CreateEnginePlugin
 from sqlalchemy.pool import NullPool
 
 from mlflow_gcp.server.pool import OVERFLOW_PARAM, PLUGIN_NAME, SIZE_PARAM
+
+
+# One pool per database per process: MLflow opens an engine per store (tracking, model registry,
+# and jobs as soon as a /jobs endpoint is hit: 3 measured per uvicorn worker), each with its own
+# pool. Sharing one pool makes a worker's connections pool_size + max_overflow whatever the
+# number of stores, so the budget does not depend on MLflow's internals.
+_FIRST_ENGINE: dict[str, object] = {}
+_LOCK = threading.Lock()
 
 
 def _serves_requests() -> bool:
@@ -33,7 +42,8 @@ class PoolPlugin(CreateEnginePlugin):
         # SQLAlchemy hands us the very dict it builds the engine from (url._instantiate_plugins).
         for key in ("pool_size", "max_overflow", "poolclass"):
             kwargs.pop(key, None)
-        if _serves_requests():
+        self.shared = _serves_requests()
+        if self.shared:
             kwargs["pool_size"] = size
             kwargs["max_overflow"] = overflow
         else:
@@ -41,3 +51,17 @@ class PoolPlugin(CreateEnginePlugin):
 
     def update_url(self, url):
         return url.difference_update_query([SIZE_PARAM, OVERFLOW_PARAM])
+
+    def engine_created(self, engine):
+        if not self.shared:
+            return
+        key = engine.url.render_as_string(hide_password=False)
+        with _LOCK:
+            first = _FIRST_ENGINE.setdefault(key, engine)
+        if first is not engine:
+            # The new engine's own pool never connected; the dialect goes with the pool because
+            # SQLAlchemy initialises a dialect on its pool's first connection only.
+            unused = engine.pool
+            engine.pool = first.pool
+            engine.dialect = first.dialect
+            unused.dispose()
