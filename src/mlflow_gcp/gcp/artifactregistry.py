@@ -1,0 +1,60 @@
+"""Artifact Registry: the Docker repository and the digest behind an image tag."""
+
+from __future__ import annotations
+
+from mlflow_gcp.errors import AlreadyExists, NotFound
+from mlflow_gcp.gcp import operations
+
+
+def repo_name(clients, region: str, repo: str) -> str:
+    return f"projects/{clients.project}/locations/{region}/repositories/{repo}"
+
+
+def _repos(clients):
+    return clients.api("artifactregistry").projects().locations().repositories()
+
+
+def get_repository(clients, region: str, repo: str) -> dict | None:
+    try:
+        return clients.execute(
+            _repos(clients).get(name=repo_name(clients, region, repo)), f"reading repository {repo}"
+        )
+    except NotFound:
+        return None
+
+
+def create_repository(clients, region: str, repo: str, body: dict, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            _repos(clients).create(
+                parent=f"projects/{clients.project}/locations/{region}", repositoryId=repo, body=body
+            ),
+            f"creating repository {repo}",
+        )
+    except AlreadyExists:
+        return False
+    operations.wait(clients, op, api="artifactregistry", what=f"repository {repo}", timeout=300, progress=progress)
+    return True
+
+
+def delete_repository(clients, region: str, repo: str, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            _repos(clients).delete(name=repo_name(clients, region, repo)), f"deleting repository {repo}"
+        )
+    except NotFound:
+        return False
+    operations.wait(clients, op, api="artifactregistry", what=f"repository {repo} deletion", timeout=600,
+                    progress=progress)
+    return True
+
+
+def tag_digest(clients, region: str, repo: str, package: str, tag: str) -> str | None:
+    """sha256:... that `package:tag` points to, or None when there is no such tag."""
+    name = f"{repo_name(clients, region, repo)}/packages/{package}/tags/{tag}"
+    try:
+        resp = clients.execute(_repos(clients).packages().tags().get(name=name), f"reading image {package}:{tag}")
+    except NotFound:
+        return None
+    version = resp.get("version") or ""
+    return version.rsplit("/", 1)[-1] or None

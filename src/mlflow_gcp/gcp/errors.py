@@ -1,0 +1,234 @@
+"""The one table from Google API errors to ours, and the one retry loop.
+
+Every request goes through `execute()`: HttpError -> a subclass of mlflow_gcp.errors.GcpError
+(cause chained), 429/5xx and transport errors retried with exponential backoff inside a time budget.
+A 403 names the permission, the role that grants it and the gcloud command; a disabled API is
+raised as ApiDisabled naming the service, so `up` can enable it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow_gcp.errors import (
+    AlreadyExists,
+    ApiDisabled,
+    GcpError,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    Unavailable,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Aborted(Unavailable):
+    """Concurrent modification (409 ABORTED, 412 precondition): re-read and try again."""
+
+
+class InvalidRequest(GcpError):
+    """Google rejected the request as malformed or not allowed in the current state (400)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Which errors are retried, how fast, and for how long in total."""
+
+    # Two minutes covers Google's usual quota refill window (per-minute quotas) and brief outages,
+    # and is short enough that a real outage is reported while the user is still watching.
+    budget_seconds: float = 120.0
+    initial_delay: float = 1.0
+    max_delay: float = 20.0
+    multiplier: float = 2.0
+    retryable: tuple[type[GcpError], ...] = (RateLimited, Unavailable)
+
+    def delays(self):
+        delay = self.initial_delay
+        while True:
+            yield delay
+            delay = min(self.max_delay, delay * self.multiplier)
+
+
+DEFAULT_RETRY = RetryPolicy()
+NO_RETRY = RetryPolicy(budget_seconds=0.0)
+
+# Permission prefix -> the narrowest predefined role that holds it for what `up` does.
+_ROLE_FOR_PERMISSION = (
+    ("iam.serviceAccounts.actAs", "roles/iam.serviceAccountUser"),
+    ("iam.serviceAccounts.getIamPolicy", "roles/iam.serviceAccountAdmin"),
+    ("iam.serviceAccounts.setIamPolicy", "roles/iam.serviceAccountAdmin"),
+    ("iam.serviceAccounts.", "roles/iam.serviceAccountAdmin"),
+    ("resourcemanager.projects.setIamPolicy", "roles/resourcemanager.projectIamAdmin"),
+    ("resourcemanager.projects.getIamPolicy", "roles/resourcemanager.projectIamAdmin"),
+    ("resourcemanager.projects.get", "roles/browser"),
+    ("cloudsql.", "roles/cloudsql.admin"),
+    ("run.", "roles/run.admin"),
+    ("storage.", "roles/storage.admin"),
+    ("secretmanager.", "roles/secretmanager.admin"),
+    ("artifactregistry.", "roles/artifactregistry.admin"),
+    ("cloudbuild.", "roles/cloudbuild.builds.editor"),
+    ("serviceusage.", "roles/serviceusage.serviceUsageAdmin"),
+)
+# When Google does not name the permission, the API tells us which admin role is needed.
+_ROLE_FOR_API = {
+    "sqladmin": "roles/cloudsql.admin",
+    "run": "roles/run.admin",
+    "storage": "roles/storage.admin",
+    "secretmanager": "roles/secretmanager.admin",
+    "artifactregistry": "roles/artifactregistry.admin",
+    "cloudbuild": "roles/cloudbuild.builds.editor",
+    "iam": "roles/iam.serviceAccountAdmin",
+    "cloudresourcemanager": "roles/resourcemanager.projectIamAdmin",
+    "serviceusage": "roles/serviceusage.serviceUsageAdmin",
+    "iamcredentials": "roles/iam.serviceAccountTokenCreator",
+}
+_PERMISSION_RE = re.compile(r"\b([a-z]+\.[a-zA-Z]+\.[a-zA-Z]+)\b")
+_SERVICE_RE = re.compile(r"\b([a-z0-9-]+\.googleapis\.com)\b")
+_RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED", "quotaExceeded"}
+
+
+def _payload(err: Any) -> dict:
+    try:
+        body = json.loads(err.content.decode("utf-8", "replace"))
+    except (ValueError, AttributeError):
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _reasons(error: dict) -> tuple[set[str], dict]:
+    reasons: set[str] = set()
+    metadata: dict = {}
+    for item in error.get("errors") or []:
+        if isinstance(item, dict) and item.get("reason"):
+            reasons.add(item["reason"])
+    for detail in error.get("details") or []:
+        if isinstance(detail, dict) and detail.get("reason"):
+            reasons.add(detail["reason"])
+            metadata.update(detail.get("metadata") or {})
+    return reasons, metadata
+
+
+def api_of(uri: str) -> str:
+    """The API a request URI belongs to, for real endpoints and for <root>/<api>/ emulation."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri or "")
+    host = parsed.hostname or ""
+    if host.endswith(".googleapis.com"):
+        return host.split(".")[0]
+    parts = [p for p in parsed.path.split("/") if p]
+    if parts and parts[0] == "upload" and len(parts) > 1:
+        return parts[1]
+    return parts[0] if parts else ""
+
+
+def role_for(permission: str | None, api: str) -> str | None:
+    if permission:
+        for prefix, role in _ROLE_FOR_PERMISSION:
+            if permission.startswith(prefix):
+                return role
+    return _ROLE_FOR_API.get(api)
+
+
+def grant_command(project: str, role: str) -> str:
+    return (
+        f"gcloud projects add-iam-policy-binding {project} "
+        f"--member=user:YOUR_EMAIL --role={role}"
+    )
+
+
+def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
+    """The GcpError subclass for a googleapiclient HttpError raised while doing `what`."""
+    status = int(getattr(getattr(err, "resp", None), "status", 0) or 0)
+    error = _payload(err)
+    message = str(error.get("message") or getattr(err, "reason", "") or "no details").strip()
+    state = str(error.get("status") or "")
+    reasons, metadata = _reasons(error)
+    api = api_of(uri or getattr(err, "uri", "") or "")
+    text = f"{what}: {message}"
+
+    if status == 401:
+        return PermissionDenied(text, hint="credentials were rejected; run `gcloud auth application-default login`", status=status)
+    if status == 403 and ("SERVICE_DISABLED" in reasons or "accessNotConfigured" in reasons
+                          or "has not been used in project" in message or "is disabled" in message):
+        service = metadata.get("service") or _first(_SERVICE_RE, message) or f"{api}.googleapis.com"
+        exc = ApiDisabled(f"{what}: the {service} API is not enabled in project {project}",
+                          hint=f"`mlflow-gcp up` enables it, or run `gcloud services enable {service} --project {project}`",
+                          status=status)
+        exc.service = service
+        return exc
+    if status == 429 or (status == 403 and reasons & _RATE_REASONS) or state == "RESOURCE_EXHAUSTED":
+        return RateLimited(text, status=status)
+    if status == 403:
+        permission = metadata.get("permission") or _first(_PERMISSION_RE, message)
+        role = role_for(permission, api)
+        missing = f"missing permission {permission}" if permission else "permission denied"
+        hint = None
+        if role:
+            hint = f"needs {role}; grant it with: {grant_command(project, role)}"
+        exc = PermissionDenied(f"{what}: {missing} ({message})", hint=hint, status=status)
+        exc.permission, exc.role = permission, role
+        return exc
+    if status == 404:
+        return NotFound(text, status=status)
+    if status == 409:
+        if state == "ALREADY_EXISTS" or "already exist" in message.lower() or "you already own" in message.lower():
+            return AlreadyExists(text, status=status)
+        return Aborted(text, status=status)
+    if status == 412:
+        return Aborted(text, status=status)
+    if status >= 500:
+        return Unavailable(text, status=status)
+    if status == 400:
+        return InvalidRequest(text, status=status)
+    return GcpError(f"{text} (HTTP {status})", status=status)
+
+
+def _first(pattern: re.Pattern, text: str) -> str | None:
+    m = pattern.search(text)
+    return m.group(1) if m else None
+
+
+def execute(
+    request: Any,
+    what: str,
+    *,
+    project: str,
+    policy: RetryPolicy = DEFAULT_RETRY,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+) -> dict:
+    """request.execute() with the error table and the retry policy applied."""
+    from googleapiclient.errors import HttpError
+
+    start = clock()
+    delays = policy.delays()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return request.execute(num_retries=0) or {}
+        except HttpError as err:
+            exc = translate(err, what, project=project, uri=getattr(request, "uri", ""))
+            cause: BaseException = err
+        except (OSError, socket.timeout) as err:
+            exc = Unavailable(f"{what}: cannot reach Google ({err.__class__.__name__}: {err})")
+            cause = err
+        if not isinstance(exc, policy.retryable):
+            raise exc from cause
+        delay = next(delays)
+        elapsed = clock() - start
+        if elapsed + delay > policy.budget_seconds:
+            if attempt > 1:
+                exc.message = f"{exc.message} (still failing after {attempt} attempts in {elapsed:.0f}s)"
+            raise exc from cause
+        log.debug("retrying %s in %.1fs after: %s", what, delay, exc)
+        sleep(delay)

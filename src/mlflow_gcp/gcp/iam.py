@@ -1,0 +1,53 @@
+"""IAM service accounts and their own IAM policies."""
+
+from __future__ import annotations
+
+from mlflow_gcp.errors import AlreadyExists, NotFound
+
+
+def _name(clients, email: str) -> str:
+    return f"projects/{clients.project}/serviceAccounts/{email}"
+
+
+def get_service_account(clients, email: str) -> dict | None:
+    api = clients.api("iam").projects().serviceAccounts()
+    try:
+        return clients.execute(api.get(name=_name(clients, email)), f"reading service account {email}")
+    except NotFound:
+        return None
+
+
+def create_service_account(clients, account_id: str, display_name: str, description: str) -> dict | None:
+    """Create it; None when it already exists (another run made it)."""
+    api = clients.api("iam").projects().serviceAccounts()
+    body = {"accountId": account_id, "serviceAccount": {"displayName": display_name, "description": description}}
+    try:
+        return clients.execute(
+            api.create(name=f"projects/{clients.project}", body=body), f"creating service account {account_id}"
+        )
+    except AlreadyExists:
+        return None
+
+
+def delete_service_account(clients, email: str) -> bool:
+    api = clients.api("iam").projects().serviceAccounts()
+    try:
+        clients.execute(api.delete(name=_name(clients, email)), f"deleting service account {email}")
+        return True
+    except NotFound:
+        return False
+
+
+def get_iam_policy(clients, email: str) -> dict:
+    api = clients.api("iam").projects().serviceAccounts()
+    return clients.execute(
+        api.getIamPolicy(resource=_name(clients, email)), f"reading the IAM policy of {email}"
+    )
+
+
+def set_iam_policy(clients, email: str, policy: dict) -> dict:
+    api = clients.api("iam").projects().serviceAccounts()
+    return clients.execute(
+        api.setIamPolicy(resource=_name(clients, email), body={"policy": policy}),
+        f"updating the IAM policy of {email}",
+    )

@@ -1,0 +1,85 @@
+"""The one waiter for long-running operations of every API.
+
+Two shapes exist: Cloud SQL's own Operation (status PENDING/RUNNING/DONE, error.errors[]) and
+google.longrunning.Operation (done, error{code,message}, response) used by Cloud Run, Artifact
+Registry, Service Usage and Cloud Build. `wait()` polls either, reports progress (what is being
+waited on and for how long), gives up after a timeout and raises OperationFailed with a readable
+name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from mlflow_gcp.errors import OperationFailed
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+
+# Poll interval grows to this; Cloud SQL creation takes 5-15 minutes, so ten seconds loses little.
+MAX_POLL_INTERVAL_SECONDS = 10.0
+
+
+def _is_done(op: dict, api: str) -> bool:
+    if api == "sqladmin":
+        return op.get("status") == "DONE"
+    return bool(op.get("done"))
+
+
+def _error(op: dict, api: str) -> str | None:
+    err = op.get("error")
+    if not err:
+        return None
+    if api == "sqladmin":
+        items = err.get("errors") or []
+        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in items) or str(err)
+    return f"{err.get('message') or 'failed'} (code {err.get('code')})"
+
+
+def _poll_request(clients, op: dict, api: str):
+    name = op["name"]
+    if api == "sqladmin":
+        return clients.api("sqladmin").operations().get(project=clients.project, operation=name)
+    if api == "run":
+        return clients.api("run").projects().locations().operations().get(name=name)
+    if api == "artifactregistry":
+        return clients.api("artifactregistry").projects().locations().operations().get(name=name)
+    if api == "serviceusage":
+        return clients.api("serviceusage").operations().get(name=name)
+    if api == "cloudbuild":
+        return clients.api("cloudbuild").operations().get(name=name)
+    raise ValueError(f"no waiter for {api} operations")
+
+
+def wait(
+    clients,
+    op: dict,
+    *,
+    api: str,
+    what: str,
+    timeout: float,
+    progress: Progress | None = None,
+) -> dict:
+    """Poll `op` until done; the finished operation (its `response` for longrunning ones)."""
+    start = clients.clock()
+    interval = clients.poll_interval
+    log.debug("waiting for %s: operation %s", what, op.get("name"))
+    while not _is_done(op, api):
+        elapsed = clients.clock() - start
+        if elapsed > timeout:
+            raise OperationFailed(
+                f"timed out after {elapsed:.0f}s waiting for {what} (operation {op.get('name')})",
+                hint="it may still finish; rerun the same command to pick up from there",
+            )
+        if progress:
+            progress(what, elapsed)
+        clients.sleep(interval)
+        interval = min(MAX_POLL_INTERVAL_SECONDS, interval * 1.5)
+        op = clients.execute(_poll_request(clients, op, api), f"checking on {what}")
+    message = _error(op, api)
+    if message:
+        raise OperationFailed(f"{what} failed: {message} (operation {op.get('name')})")
+    return op

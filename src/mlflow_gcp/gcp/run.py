@@ -1,0 +1,173 @@
+"""Cloud Run (v2): the server service, the migration job, and their IAM policies.
+
+`get_service(clients, cfg)` is the stable way for other parts (client setup, status) to learn the
+deployed URL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow_gcp.errors import AlreadyExists, NotFound, OperationFailed
+from mlflow_gcp.gcp import operations
+
+# A new revision usually becomes ready in under a minute; a cold image pull can take several.
+DEPLOY_TIMEOUT_SECONDS = 15 * 60
+# `mlflow db upgrade` on a fresh or slightly old schema: seconds to a few minutes.
+JOB_TIMEOUT_SECONDS = 30 * 60
+
+
+@dataclass(frozen=True)
+class Service:
+    """What callers need to know about the deployed service."""
+
+    name: str
+    uri: str | None
+    urls: tuple[str, ...] = ()
+    image: str | None = None
+    latest_ready_revision: str | None = None
+    raw: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def location(clients, region: str) -> str:
+    return f"projects/{clients.project}/locations/{region}"
+
+
+def service_name(clients, region: str, service: str) -> str:
+    return f"{location(clients, region)}/services/{service}"
+
+
+def job_name(clients, region: str, job: str) -> str:
+    return f"{location(clients, region)}/jobs/{job}"
+
+
+def _services(clients):
+    return clients.api("run").projects().locations().services()
+
+
+def _jobs(clients):
+    return clients.api("run").projects().locations().jobs()
+
+
+def get_service_raw(clients, region: str, service: str) -> dict | None:
+    try:
+        return clients.execute(
+            _services(clients).get(name=service_name(clients, region, service)), f"reading Cloud Run service {service}"
+        )
+    except NotFound:
+        return None
+
+
+def get_service(clients, cfg) -> Service | None:
+    """The deployed service of `cfg` (uri, urls, image, revision), or None when not deployed."""
+    raw = get_service_raw(clients, cfg.region, cfg.service.name)
+    if raw is None:
+        return None
+    containers = (raw.get("template") or {}).get("containers") or [{}]
+    return Service(
+        name=cfg.service.name,
+        uri=raw.get("uri"),
+        urls=tuple(raw.get("urls") or ()),
+        image=containers[0].get("image"),
+        latest_ready_revision=(raw.get("latestReadyRevision") or "").rsplit("/", 1)[-1] or None,
+        raw=raw,
+    )
+
+
+def create_service(clients, region: str, service: str, body: dict, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            _services(clients).create(parent=location(clients, region), serviceId=service, body=body),
+            f"creating Cloud Run service {service}",
+        )
+    except AlreadyExists:
+        return False
+    operations.wait(clients, op, api="run", what=f"Cloud Run service {service} to deploy",
+                    timeout=DEPLOY_TIMEOUT_SECONDS, progress=progress)
+    return True
+
+
+def update_service(clients, region: str, service: str, body: dict, progress=None) -> None:
+    op = clients.execute(
+        _services(clients).patch(name=service_name(clients, region, service), body=body),
+        f"updating Cloud Run service {service}",
+    )
+    operations.wait(clients, op, api="run", what=f"Cloud Run service {service} to roll out",
+                    timeout=DEPLOY_TIMEOUT_SECONDS, progress=progress)
+
+
+def delete_service(clients, region: str, service: str, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            _services(clients).delete(name=service_name(clients, region, service)),
+            f"deleting Cloud Run service {service}",
+        )
+    except NotFound:
+        return False
+    operations.wait(clients, op, api="run", what=f"Cloud Run service {service} deletion", timeout=600,
+                    progress=progress)
+    return True
+
+
+def get_service_iam_policy(clients, region: str, service: str) -> dict:
+    return clients.execute(
+        _services(clients).getIamPolicy(resource=service_name(clients, region, service)),
+        f"reading who may invoke {service}",
+    )
+
+
+def set_service_iam_policy(clients, region: str, service: str, policy: dict) -> dict:
+    return clients.execute(
+        _services(clients).setIamPolicy(resource=service_name(clients, region, service), body={"policy": policy}),
+        f"updating who may invoke {service}",
+    )
+
+
+def get_job(clients, region: str, job: str) -> dict | None:
+    try:
+        return clients.execute(_jobs(clients).get(name=job_name(clients, region, job)), f"reading Cloud Run job {job}")
+    except NotFound:
+        return None
+
+
+def create_job(clients, region: str, job: str, body: dict, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            _jobs(clients).create(parent=location(clients, region), jobId=job, body=body),
+            f"creating Cloud Run job {job}",
+        )
+    except AlreadyExists:
+        return False
+    operations.wait(clients, op, api="run", what=f"Cloud Run job {job}", timeout=300, progress=progress)
+    return True
+
+
+def update_job(clients, region: str, job: str, body: dict, progress=None) -> None:
+    op = clients.execute(
+        _jobs(clients).patch(name=job_name(clients, region, job), body=body), f"updating Cloud Run job {job}"
+    )
+    operations.wait(clients, op, api="run", what=f"Cloud Run job {job}", timeout=300, progress=progress)
+
+
+def run_job(clients, region: str, job: str, progress=None) -> dict:
+    """Execute the job and wait for it to finish; the Execution. OperationFailed if it failed."""
+    op = clients.execute(_jobs(clients).run(name=job_name(clients, region, job), body={}),
+                         f"starting Cloud Run job {job}")
+    done = operations.wait(clients, op, api="run", what=f"job {job} to finish",
+                           timeout=JOB_TIMEOUT_SECONDS, progress=progress)
+    execution = done.get("response") or {}
+    if execution.get("failedCount") or execution.get("cancelledCount"):
+        raise OperationFailed(
+            f"Cloud Run job {job} failed ({execution.get('failedCount', 0)} failed task(s))",
+            hint=f"see its logs: {execution.get('logUri') or f'gcloud run jobs executions list --job {job}'}",
+        )
+    return execution
+
+
+def delete_job(clients, region: str, job: str, progress=None) -> bool:
+    try:
+        op = clients.execute(_jobs(clients).delete(name=job_name(clients, region, job)), f"deleting Cloud Run job {job}")
+    except NotFound:
+        return False
+    operations.wait(clients, op, api="run", what=f"Cloud Run job {job} deletion", timeout=600, progress=progress)
+    return True

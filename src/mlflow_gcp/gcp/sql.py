@@ -1,0 +1,128 @@
+"""Cloud SQL Admin: the instance, its database and its user."""
+
+from __future__ import annotations
+
+from mlflow_gcp.errors import AlreadyExists, NotFound
+from mlflow_gcp.gcp import operations
+
+# Creating an instance takes 5-15 minutes on Google; 30 leaves room for a slow day.
+CREATE_TIMEOUT_SECONDS = 30 * 60
+PATCH_TIMEOUT_SECONDS = 20 * 60
+SMALL_TIMEOUT_SECONDS = 5 * 60
+
+
+def _instances(clients):
+    return clients.api("sqladmin").instances()
+
+
+def get_instance(clients, name: str) -> dict | None:
+    try:
+        return clients.execute(
+            _instances(clients).get(project=clients.project, instance=name), f"reading Cloud SQL instance {name}"
+        )
+    except NotFound:
+        return None
+
+
+def create_instance(clients, body: dict, progress=None) -> bool:
+    """Create and wait; False when it already existed (another run created it)."""
+    name = body["name"]
+    try:
+        op = clients.execute(
+            _instances(clients).insert(project=clients.project, body=body), f"creating Cloud SQL instance {name}"
+        )
+    except AlreadyExists:
+        return False
+    operations.wait(clients, op, api="sqladmin", what=f"Cloud SQL instance {name} to be created",
+                    timeout=CREATE_TIMEOUT_SECONDS, progress=progress)
+    return True
+
+
+def patch_instance(clients, name: str, body: dict, progress=None) -> None:
+    op = clients.execute(
+        _instances(clients).patch(project=clients.project, instance=name, body=body),
+        f"updating Cloud SQL instance {name}",
+    )
+    operations.wait(clients, op, api="sqladmin", what=f"Cloud SQL instance {name} to be updated",
+                    timeout=PATCH_TIMEOUT_SECONDS, progress=progress)
+
+
+def delete_instance(clients, name: str, *, final_backup_days: int | None, progress=None) -> bool:
+    kwargs = {}
+    if final_backup_days:
+        kwargs = {
+            "enableFinalBackup": True,
+            "finalBackupTtlDays": str(final_backup_days),
+            "finalBackupDescription": "final backup taken by mlflow-gcp destroy",
+        }
+    try:
+        op = clients.execute(
+            _instances(clients).delete(project=clients.project, instance=name, **kwargs),
+            f"deleting Cloud SQL instance {name}",
+        )
+    except NotFound:
+        return False
+    operations.wait(clients, op, api="sqladmin", what=f"Cloud SQL instance {name} to be deleted",
+                    timeout=PATCH_TIMEOUT_SECONDS, progress=progress)
+    return True
+
+
+def get_database(clients, instance: str, database: str) -> dict | None:
+    try:
+        return clients.execute(
+            clients.api("sqladmin").databases().get(project=clients.project, instance=instance, database=database),
+            f"reading database {database}",
+        )
+    except NotFound:
+        return None
+
+
+def create_database(clients, instance: str, database: str, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            clients.api("sqladmin").databases().insert(
+                project=clients.project, instance=instance, body={"name": database, "instance": instance}
+            ),
+            f"creating database {database}",
+        )
+    except AlreadyExists:
+        return False
+    operations.wait(clients, op, api="sqladmin", what=f"database {database}", timeout=SMALL_TIMEOUT_SECONDS,
+                    progress=progress)
+    return True
+
+
+def get_user(clients, instance: str, user: str) -> dict | None:
+    try:
+        return clients.execute(
+            clients.api("sqladmin").users().get(project=clients.project, instance=instance, name=user),
+            f"reading database user {user}",
+        )
+    except NotFound:
+        return None
+
+
+def create_user(clients, instance: str, user: str, password: str, progress=None) -> bool:
+    try:
+        op = clients.execute(
+            clients.api("sqladmin").users().insert(
+                project=clients.project, instance=instance, body={"name": user, "password": password}
+            ),
+            f"creating database user {user}",
+        )
+    except AlreadyExists:
+        return False
+    operations.wait(clients, op, api="sqladmin", what=f"database user {user}", timeout=SMALL_TIMEOUT_SECONDS,
+                    progress=progress)
+    return True
+
+
+def set_password(clients, instance: str, user: str, password: str, progress=None) -> None:
+    op = clients.execute(
+        clients.api("sqladmin").users().update(
+            project=clients.project, instance=instance, name=user, body={"name": user, "password": password}
+        ),
+        f"setting the password of database user {user}",
+    )
+    operations.wait(clients, op, api="sqladmin", what=f"database user {user}", timeout=SMALL_TIMEOUT_SECONDS,
+                    progress=progress)

@@ -1,0 +1,78 @@
+"""`destroy`: delete the deployment in reverse order, say what was kept. Running it twice is safe:
+every delete tolerates NotFound and every read comes before a write."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow_gcp.gcp import artifactregistry, iam, iampolicy, resourcemanager, run, secretmanager, sql, storage
+from mlflow_gcp.plan import desired
+from mlflow_gcp.plan.steps import Context
+
+# How long Cloud SQL keeps the final backup taken at deletion.
+FINAL_BACKUP_DAYS = 30
+
+
+@dataclass
+class DestroyResult:
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> DestroyResult:
+    cfg, clients = ctx.cfg, ctx.clients
+    out = DestroyResult()
+
+    def done(deleted: bool, what: str) -> None:
+        if deleted:
+            out.deleted.append(what)
+            ctx.say(f"deleted {what}")
+
+    done(run.delete_service(clients, cfg.region, cfg.service.name, progress=ctx.progress),
+         f"Cloud Run service {cfg.service.name}")
+    done(run.delete_job(clients, cfg.region, cfg.migrate_job_name, progress=ctx.progress),
+         f"Cloud Run job {cfg.migrate_job_name}")
+    if not cfg.service.image:
+        done(artifactregistry.delete_repository(clients, cfg.region, cfg.service.repository, progress=ctx.progress),
+             f"Artifact Registry repository {cfg.service.repository}")
+    removed = iampolicy.ensure(
+        lambda: resourcemanager.get_iam_policy(clients),
+        lambda p: resourcemanager.set_iam_policy(clients, p),
+        remove=desired.project_bindings(cfg),
+    )
+    done(bool(removed), f"project role bindings of {cfg.server_service_account_email}")
+    done(secretmanager.delete_secret(clients, cfg.secret_id), f"secret {cfg.secret_id}")
+
+    instance = sql.get_instance(clients, cfg.database.instance)
+    if instance is not None:
+        if (instance.get("settings") or {}).get("deletionProtectionEnabled"):
+            ctx.say(f"turning off deletion protection of {cfg.database.instance}")
+            sql.patch_instance(clients, cfg.database.instance, {"settings": {"deletionProtectionEnabled": False}},
+                               progress=ctx.progress)
+        if backup:
+            ctx.say(f"deleting {cfg.database.instance} with a final backup (kept {FINAL_BACKUP_DAYS} days)")
+        done(sql.delete_instance(clients, cfg.database.instance,
+                                 final_backup_days=FINAL_BACKUP_DAYS if backup else None, progress=ctx.progress),
+             f"Cloud SQL instance {cfg.database.instance} (and its automated backups)")
+        if backup:
+            out.kept.append(
+                f"final backup of {cfg.database.instance} for {FINAL_BACKUP_DAYS} days "
+                f"(gcloud sql backups list --project {cfg.project})"
+            )
+
+    if keep_bucket:
+        if storage.get_bucket(clients, cfg.bucket_name) is not None:
+            iampolicy.ensure(
+                lambda: storage.get_iam_policy(clients, cfg.bucket_name),
+                lambda p: storage.set_iam_policy(clients, cfg.bucket_name, p),
+                remove=desired.bucket_bindings(cfg),
+            )
+            out.kept.append(f"bucket gs://{cfg.bucket_name} and its artifacts (--keep-bucket)")
+    else:
+        done(storage.delete_bucket(clients, cfg.bucket_name),
+             f"bucket gs://{cfg.bucket_name} (objects recoverable during its soft-delete period)")
+    done(iam.delete_service_account(clients, cfg.server_service_account_email),
+         f"service account {cfg.server_service_account_email}")
+    if out.deleted:
+        out.kept.append("enabled APIs (disabling them could break other workloads in the project)")
+    return out

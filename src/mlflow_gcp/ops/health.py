@@ -1,0 +1,47 @@
+"""After `up`: call the server with a Google ID token, the way the client plugin will."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Cold start (scale from zero, Cloud SQL connection, schema check) takes up to ~30 s.
+HEALTH_TIMEOUT_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool | None  # None: skipped
+    message: str
+
+
+def check(url: str, *, emulated: bool) -> Health:
+    if emulated:
+        return Health(None, "health check skipped: MLFLOW_GCP_API_ROOT points at an emulator")
+    try:
+        import google.auth.transport.requests
+        import google.oauth2.id_token
+
+        token = google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), url)
+    except Exception as err:  # noqa: BLE001 - any failure to mint means "cannot check", not an error
+        return Health(
+            None,
+            f"health check skipped: no ID token could be minted for {url} ({err.__class__.__name__}); "
+            "user credentials cannot mint one, a service account or `gcloud auth print-identity-token` can",
+        )
+    import requests
+
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        health = requests.get(f"{url}/health", headers=headers, timeout=HEALTH_TIMEOUT_SECONDS)
+        # /health skips MLflow's host check; an API call proves ALLOWED_HOSTS is right too.
+        api = requests.get(
+            f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+            headers=headers, timeout=HEALTH_TIMEOUT_SECONDS,
+        )
+    except requests.RequestException as err:
+        return Health(False, f"health check failed: {err.__class__.__name__}")
+    if health.status_code != 200:
+        return Health(False, f"health check failed: /health answered {health.status_code}")
+    if api.status_code != 200:
+        return Health(False, f"health check failed: the MLflow API answered {api.status_code}")
+    return Health(True, "healthy: /health and the MLflow API answer 200")

@@ -1,0 +1,313 @@
+"""The desired Google resources of a deployment, as API request bodies (pure functions).
+
+Field names are those of the discovery documents (sqladmin v1, storage v1, run v2, ...); a unit
+test checks every key of every body against them.
+"""
+
+from __future__ import annotations
+
+from mlflow_gcp.config import Config
+
+# Every API `up` calls, plus Logging (Cloud Run writes there) and IAM Credentials (the server signs
+# artifact URLs through signBlob).
+REQUIRED_SERVICES = (
+    "cloudresourcemanager.googleapis.com",
+    "iam.googleapis.com",
+    "iamcredentials.googleapis.com",
+    "secretmanager.googleapis.com",
+    "sqladmin.googleapis.com",
+    "storage.googleapis.com",
+    "artifactregistry.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "run.googleapis.com",
+    "logging.googleapis.com",
+)
+
+CONTAINER_NAME = "mlflow"
+CLOUDSQL_VOLUME = "cloudsql"
+CLOUDSQL_MOUNT = "/cloudsql"
+# Google's default soft-delete window; set explicitly so a bucket where it was switched off shows.
+SOFT_DELETE_SECONDS = 7 * 24 * 3600
+# Cloud Build sources are staged in the artifact bucket under this prefix and expire after a month.
+BUILD_PREFIX = "mlflow-gcp-build/"
+BUILD_SOURCE_DAYS = 30
+# The startup probe allows 5 s x 48 = 4 minutes: a cold start waits for Cloud SQL and the schema check.
+PROBE_PERIOD_SECONDS = 5
+PROBE_FAILURES = 48
+# Connections the migration job may open (budget.RESERVED_CONNECTIONS keeps 2 for it).
+JOB_DB_CONNECTIONS = 2
+
+# API field path -> the config setting it comes from, for plan output.
+FIELD_LABELS = {
+    "settings.tier": "database.tier",
+    "settings.edition": "database.edition",
+    "settings.deletionProtectionEnabled": "database.deletion_protection",
+    "settings.backupConfiguration.startTime": "database.backup_start_time",
+    "settings.backupConfiguration.pointInTimeRecoveryEnabled": "database.point_in_time_recovery",
+    "settings.backupConfiguration.transactionLogRetentionDays": "database.log_retention_days",
+    "settings.backupConfiguration.backupRetentionSettings.retainedBackups": "database.backup_retention",
+    "settings.maintenanceWindow.day": "database.maintenance_day",
+    "settings.maintenanceWindow.hour": "database.maintenance_hour",
+    "template.scaling.maxInstanceCount": "service.max_instances",
+    "template.scaling.minInstanceCount": "service.min_instances",
+    "template.maxInstanceRequestConcurrency": "service.concurrency",
+    "template.timeout": "service.timeout_seconds",
+    "template.containers[mlflow].resources.limits.cpu": "service.cpu",
+    "template.containers[mlflow].resources.limits.memory": "service.memory",
+    "template.containers[mlflow].image": "service.image",
+    "lifecycle.rule": "artifacts.lifecycle",
+}
+
+
+def sql_instance(cfg: Config) -> dict:
+    db = cfg.database
+    ip: dict = {
+        "ipv4Enabled": not db.private_ip,
+        # ENCRYPTED_ONLY with requireSsl false is the documented PostgreSQL pair for "TLS only,
+        # no client certificates" (the Cloud SQL connector on Cloud Run brings its own).
+        "sslMode": "ENCRYPTED_ONLY",
+        "requireSsl": False,
+        "authorizedNetworks": [],
+    }
+    if db.private_ip:
+        ip["privateNetwork"] = db.network
+    backup = {
+        "enabled": True,
+        "startTime": db.backup_start_time,
+        "pointInTimeRecoveryEnabled": db.point_in_time_recovery,
+        "backupRetentionSettings": {"retainedBackups": db.backup_retention, "retentionUnit": "COUNT"},
+    }
+    if db.point_in_time_recovery:
+        backup["transactionLogRetentionDays"] = db.log_retention_days
+    return {
+        "name": db.instance,
+        "project": cfg.project,
+        "region": cfg.region,
+        "databaseVersion": db.version,
+        "settings": {
+            "tier": db.tier,
+            "edition": db.edition,
+            "availabilityType": "ZONAL",
+            "dataDiskType": "PD_SSD",
+            "dataDiskSizeGb": str(db.disk_size_gb),
+            "storageAutoResize": True,
+            "deletionProtectionEnabled": db.deletion_protection,
+            "backupConfiguration": backup,
+            "maintenanceWindow": {"day": db.maintenance_day_number, "hour": db.maintenance_hour},
+            "ipConfiguration": ip,
+            "userLabels": cfg.all_labels,
+        },
+    }
+
+
+# Set at creation only: the disk grows by itself, availability is a later choice.
+SQL_CREATE_ONLY = frozenset({"settings.dataDiskSizeGb", "settings.availabilityType", "settings.dataDiskType"})
+# Cannot change in place: a different value means this is not our instance.
+SQL_IMMUTABLE = ("databaseVersion", "region")
+
+
+def lifecycle_rules(cfg: Config) -> list[dict]:
+    lc = cfg.artifacts.lifecycle
+    condition: dict = {"age": lc.days}
+    if lc.prefix:
+        condition["matchesPrefix"] = [lc.prefix]
+    if lc.action == "archive":
+        condition["matchesStorageClass"] = ["STANDARD"]
+        rule = {"action": {"type": "SetStorageClass", "storageClass": lc.storage_class}, "condition": condition}
+    else:
+        rule = {"action": {"type": "Delete"}, "condition": condition}
+    staging = {
+        "action": {"type": "Delete"},
+        "condition": {"age": BUILD_SOURCE_DAYS, "matchesPrefix": [BUILD_PREFIX]},
+    }
+    return [rule, staging]
+
+
+def bucket(cfg: Config) -> dict:
+    return {
+        "name": cfg.bucket_name,
+        "location": cfg.bucket_location,
+        "storageClass": "STANDARD",
+        "labels": cfg.all_labels,
+        "iamConfiguration": {
+            "uniformBucketLevelAccess": {"enabled": True},
+            "publicAccessPrevention": "enforced",
+        },
+        "softDeletePolicy": {"retentionDurationSeconds": str(SOFT_DELETE_SECONDS)},
+        "lifecycle": {"rule": lifecycle_rules(cfg)},
+    }
+
+
+BUCKET_CREATE_ONLY = frozenset({"storageClass"})
+BUCKET_IMMUTABLE = ("location",)
+
+
+def secret(cfg: Config) -> dict:
+    return {"replication": {"automatic": {}}, "labels": cfg.all_labels}
+
+
+def service_account(cfg: Config) -> dict:
+    return {
+        "displayName": f"MLflow server {cfg.service.name}",
+        "description": "Runs the MLflow tracking server (managed by mlflow-gcp)",
+    }
+
+
+def repository(cfg: Config) -> dict:
+    return {"format": "DOCKER", "description": "MLflow server images (mlflow-gcp)", "labels": cfg.all_labels}
+
+
+def run_app_host(cfg: Config, project_number: str) -> str:
+    """The deterministic URL host Cloud Run gives a service: known before the first deploy."""
+    return f"{cfg.service.name}-{project_number}.{cfg.region}.run.app"
+
+
+def allowed_hosts(cfg: Config, project_number: str | None, urls: list[str] | tuple[str, ...] = ()) -> list[str]:
+    from urllib.parse import urlparse
+
+    hosts = {urlparse(u).hostname for u in urls if u}
+    if project_number:
+        hosts.add(run_app_host(cfg, project_number))
+    return sorted(h for h in hosts if h)
+
+
+def _secret_ref(cfg: Config) -> dict:
+    return {"secretKeyRef": {"secret": f"projects/{cfg.project}/secrets/{cfg.secret_id}", "version": "latest"}}
+
+
+def _db_env(cfg: Config) -> list[dict]:
+    return [
+        {"name": "DB_USER", "value": cfg.database.user},
+        {"name": "DB_NAME", "value": cfg.database.database},
+        {"name": "INSTANCE_CONNECTION_NAME", "value": cfg.instance_connection_name},
+        {"name": "DB_PASSWORD", "valueSource": _secret_ref(cfg)},
+        {"name": "ARTIFACT_ROOT", "value": cfg.artifact_root},
+        {"name": "ARTIFACT_MODE", "value": cfg.artifacts.mode},
+        {"name": "LOG_FORMAT", "value": "json"},
+    ]
+
+
+def _cloudsql_volume(cfg: Config) -> list[dict]:
+    return [{"name": CLOUDSQL_VOLUME, "cloudSqlInstance": {"instances": [cfg.instance_connection_name]}}]
+
+
+def _mounts() -> list[dict]:
+    return [{"name": CLOUDSQL_VOLUME, "mountPath": CLOUDSQL_MOUNT}]
+
+
+def service(cfg: Config, image: str, hosts: list[str]) -> dict:
+    s = cfg.service
+    env = _db_env(cfg) + [
+        {"name": "ALLOWED_HOSTS", "value": ",".join(hosts)},
+        {"name": "WORKERS", "value": str(s.workers)},
+        {"name": "DB_CONNECTIONS", "value": str(cfg.connections_per_instance())},
+        # The job migrates; instances racing to migrate the schema is what this prevents.
+        {"name": "DB_MIGRATE", "value": "never"},
+    ]
+    return {
+        "labels": cfg.all_labels,
+        "ingress": "INGRESS_TRAFFIC_ALL",
+        "template": {
+            "serviceAccount": cfg.server_service_account_email,
+            "scaling": {"minInstanceCount": s.min_instances, "maxInstanceCount": s.max_instances},
+            "maxInstanceRequestConcurrency": s.concurrency,
+            "timeout": f"{s.timeout_seconds}s",
+            "volumes": _cloudsql_volume(cfg),
+            "containers": [
+                {
+                    "name": CONTAINER_NAME,
+                    "image": image,
+                    "ports": [{"containerPort": s.port}],
+                    "resources": {"limits": {"cpu": s.cpu, "memory": s.memory}, "startupCpuBoost": True},
+                    "env": env,
+                    "volumeMounts": _mounts(),
+                    "startupProbe": {
+                        "httpGet": {"path": "/health", "port": s.port},
+                        "periodSeconds": PROBE_PERIOD_SECONDS,
+                        "failureThreshold": PROBE_FAILURES,
+                    },
+                }
+            ],
+        },
+    }
+
+
+def job(cfg: Config, image: str) -> dict:
+    env = _db_env(cfg) + [
+        {"name": "WORKERS", "value": "1"},
+        {"name": "DB_CONNECTIONS", "value": str(JOB_DB_CONNECTIONS)},
+    ]
+    return {
+        "labels": cfg.all_labels,
+        "template": {
+            "taskCount": 1,
+            "template": {
+                "serviceAccount": cfg.server_service_account_email,
+                # A failed migration must be looked at, not retried blindly.
+                "maxRetries": 0,
+                "timeout": "1800s",
+                "volumes": _cloudsql_volume(cfg),
+                "containers": [
+                    {
+                        "name": "migrate",
+                        "image": image,
+                        "command": ["python", "-m", "mlflow_gcp.server"],
+                        "args": ["migrate"],
+                        "resources": {"limits": {"cpu": "1", "memory": cfg.service.memory}},
+                        "env": env,
+                        "volumeMounts": _mounts(),
+                    }
+                ],
+            },
+        },
+    }
+
+
+def build(cfg: Config, source_bucket: str, source_object: str) -> dict:
+    return {
+        "source": {"storageSource": {"bucket": source_bucket, "object": source_object}},
+        "steps": [
+            {
+                "name": "gcr.io/cloud-builders/docker",
+                "args": ["build", "--build-arg", f"MLFLOW_VERSION={cfg.service.mlflow_version}",
+                         "-t", cfg.image_uri, "."],
+            }
+        ],
+        "images": [cfg.image_uri],
+        "tags": ["mlflow-gcp"],
+        "timeout": "1800s",
+    }
+
+
+# IAM bindings (role, member) of the server account, by where they live.
+def sa_member(cfg: Config) -> str:
+    return f"serviceAccount:{cfg.server_service_account_email}"
+
+
+def project_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return [("roles/cloudsql.client", sa_member(cfg))]
+
+
+def bucket_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return [("roles/storage.objectUser", sa_member(cfg))]
+
+
+def secret_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return [("roles/secretmanager.secretAccessor", sa_member(cfg))]
+
+
+def sa_self_bindings(cfg: Config) -> list[tuple[str, str]]:
+    # signBlob as itself: signed URLs for multipart artifact uploads without a key file.
+    return [("roles/iam.serviceAccountTokenCreator", sa_member(cfg))]
+
+
+PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
+
+
+def invoker_bindings(cfg: Config) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(bindings to have, bindings to remove) on the service."""
+    role = "roles/run.invoker"
+    want = [(role, m) for m in cfg.access.members]
+    if cfg.access.mode == "public":
+        return want + [(role, "allUsers")], []
+    return want, [(role, m) for m in PUBLIC_MEMBERS]

@@ -1,0 +1,58 @@
+"""What a plan is made of: one Action per resource, in the order `up` applies them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_gcp.plan.diff import Change
+
+CREATE, UPDATE, NONE, RUN, DELETE = "create", "update", "no change", "run", "delete"
+
+
+@dataclass
+class Action:
+    key: str
+    kind: str
+    name: str
+    verb: str
+    changes: list[Change] = field(default_factory=list)
+    detail: str = ""
+    current: Any = field(default=None, repr=False)
+    data: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def changed(self) -> bool:
+        return self.verb != NONE
+
+    def summary(self) -> str:
+        if self.detail:
+            return self.detail
+        if self.verb == UPDATE:
+            return ", ".join(str(c) for c in self.changes)
+        return ""
+
+    def as_dict(self) -> dict:
+        return {
+            "resource": self.kind,
+            "name": self.name,
+            "action": self.verb,
+            "changes": [c.as_dict() for c in self.changes],
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class Plan:
+    actions: list[Action]
+
+    @property
+    def changes(self) -> list[Action]:
+        return [a for a in self.actions if a.changed]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def as_dict(self) -> dict:
+        return {"changes": len(self.changes), "resources": [a.as_dict() for a in self.actions]}
