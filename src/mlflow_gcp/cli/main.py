@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "mlflow_gcp.cli.config_cmd",
     "mlflow_gcp.cli.client_cmds",
     "mlflow_gcp.cli.deploy",
+    "mlflow_gcp.cli.local",
 ]
 
 

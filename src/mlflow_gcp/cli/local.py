@@ -1,0 +1,76 @@
+"""`mlflow-gcp local`: the production server entrypoint on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mlflow_gcp.server import local as local_mod
+
+
+@click.command("local")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(local_mod.DEFAULT_DATA_DIR),
+    show_default=True,
+    help="Where the SQLite file, the artifacts and the emulator's files live.",
+)
+@click.option("--host", default=local_mod.DEFAULT_HOST, show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=local_mod.DEFAULT_PORT, show_default=True)
+@click.option(
+    "--backend-store-uri",
+    default=None,
+    metavar="URI",
+    help="Database instead of the embedded SQLite file, e.g. postgresql://user@127.0.0.1:5432/mlflow.",
+)
+@click.option(
+    "--artifacts-destination",
+    default=None,
+    metavar="URI",
+    help="Artifact store instead of DATA_DIR/artifacts, e.g. gs://bucket "
+    "(honours STORAGE_EMULATOR_HOST).",
+)
+@click.option(
+    "--gcs-emulator",
+    is_flag=True,
+    help="Start a GCS emulator (files in DATA_DIR/gcs), create the bucket, and store artifacts "
+    f"there (default gs://{local_mod.EMULATOR_BUCKET}).",
+)
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
+def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_emulator, workers):
+    """Run the MLflow server locally, exactly as the container runs it.
+
+    Embedded SQLite and a local artifacts folder by default; PostgreSQL and a GCS emulator for
+    production parity. Ctrl-C stops everything it started.
+    """
+    if artifacts_destination and gcs_emulator and not artifacts_destination.startswith("gs://"):
+        raise click.BadParameter("--gcs-emulator needs a gs:// destination", param_hint="--artifacts-destination")
+    opts = local_mod.LocalOptions(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        backend_store_uri=backend_store_uri,
+        artifacts_destination=artifacts_destination,
+        gcs_emulator=gcs_emulator,
+        workers=workers,
+    )
+    stack = local_mod.LocalStack(opts)
+    try:
+        click.echo("Starting the MLflow server (first start creates the database)...", err=True)
+        url = stack.start()
+        click.echo(f"MLflow is running at {url}")
+        if stack.env.get("STORAGE_EMULATOR_HOST") and gcs_emulator:
+            click.echo(f"GCS emulator: {stack.env['STORAGE_EMULATOR_HOST']}")
+        click.echo("Point a client at it with:")
+        click.echo(f"  export MLFLOW_TRACKING_URI={url}")
+        click.echo("Press Ctrl-C to stop.", err=True)
+        code = stack.wait()
+    finally:
+        stack.stop()
+    click.echo("Stopped.", err=True)
+    click.get_current_context().exit(code)
+
+
+commands = [local]
