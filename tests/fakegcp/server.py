@@ -201,6 +201,7 @@ class FakeGcp:
         module = self.modules.get(api)
         if module is None:
             raise GcpError(404, f"The fake serves no API named {api!r}.")
+        raw_path = module.alias_path(raw_path)
         route, path_params = discovery.match(api, list(module.versions), rec.method, raw_path)
         if route is None:
             rec.mutating = rec.method not in ("GET", "HEAD")

@@ -1,13 +1,144 @@
-"""Placeholder: filled in shortly."""
+"""Artifact Registry v1: repositories (create/get/list/patch/delete with operations) and Docker
+images (listed once Cloud Build pushed them, or seeded with add_image)."""
 
-from ..core.api import ApiModule
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+
+from ..core.api import ApiModule, Operation, Request, apply_mask, handles, new_id, now
+from ..core.errors import GcpError, already_exists, invalid_argument
+
+_ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+_FORMATS = {"DOCKER", "MAVEN", "NPM", "APT", "YUM", "PYTHON", "KFP", "GO", "GENERIC"}
 
 
 class ArtifactRegistry(ApiModule):
     name = "artifactregistry"
-    versions = ("v2",) if "artifactregistry" == "logging" else ("v1",)
+    versions = ("v1",)
     service = "artifactregistry.googleapis.com"
-    title = "artifactregistry"
+    title = "Artifact Registry API"
 
     def reset(self) -> None:
-        self.state = {}
+        self.state: dict[str, dict] = {}  # repository name -> Repository
+        self.images: dict[str, dict] = {}  # docker image name -> DockerImage
+        self.ops: dict[str, Operation] = {}
+
+    def _repo(self, name: str) -> dict:
+        repo = self.state.get(name)
+        if repo is None:
+            raise GcpError(404, f"Requested entity was not found.", "NOT_FOUND")
+        return repo
+
+    def _lro(self, parent_name: str, on_done) -> dict:
+        parts = parent_name.split("/")
+        name = f"projects/{parts[1]}/locations/{parts[3]}/operations/{new_id()}"
+        op = self.new_operation(name, on_done, metadata={
+            "@type": "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"})
+        self.ops[name] = op
+        return op.lro()
+
+    @handles("artifactregistry.projects.locations.operations.get")
+    def get_operation(self, req: Request) -> dict:
+        op = self.ops.get(req.get("name"))
+        if op is None:
+            raise GcpError(404, "Operation not found.", "NOT_FOUND")
+        op.poll()
+        return op.lro()
+
+    @handles("artifactregistry.projects.locations.repositories.create")
+    def create(self, req: Request) -> dict:
+        rid = req.get("repositoryId") or ""
+        if not _ID.fullmatch(rid):
+            raise invalid_argument("repository_id must be lowercase letters, digits and hyphens, "
+                                   "starting with a letter.", field="repository_id")
+        name = f"{req.get('parent')}/repositories/{rid}"
+        if name in self.state:
+            raise already_exists(f"Repository {name}")
+        body = copy.deepcopy(req.body or {})
+        if body.get("format") not in _FORMATS:
+            raise invalid_argument("repository.format is required (e.g. DOCKER).", field="repository.format")
+        repo = {k: v for k, v in body.items() if k not in ("name", "createTime", "updateTime")}
+        repo.update({"name": name, "createTime": now(), "updateTime": now(), "mode": body.get("mode", "STANDARD_REPOSITORY"),
+                     "sizeBytes": "0", "satisfiesPzi": False,
+                     "registryUri": f"{name.split('/')[3]}-docker.pkg.dev/{name.split('/')[1]}/{rid}"})
+        self.state[name] = repo
+
+        def done(op):
+            return {"@type": "type.googleapis.com/google.devtools.artifactregistry.v1.Repository",
+                    **copy.deepcopy(repo)}
+
+        return self._lro(name, done)
+
+    @handles("artifactregistry.projects.locations.repositories.get")
+    def get(self, req: Request) -> dict:
+        return copy.deepcopy(self._repo(req.get("name")))
+
+    @handles("artifactregistry.projects.locations.repositories.list")
+    def list(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/repositories/"
+        items = [copy.deepcopy(r) for n, r in sorted(self.state.items()) if n.startswith(prefix)]
+        return {"repositories": items} if items else {}
+
+    @handles("artifactregistry.projects.locations.repositories.patch")
+    def patch(self, req: Request) -> dict:
+        repo = self._repo(req.get("name"))
+        body = {k: v for k, v in (req.body or {}).items() if k not in ("name", "format", "createTime")}
+        apply_mask(repo, body, req.get("updateMask"))
+        repo["updateTime"] = now()
+        return copy.deepcopy(repo)
+
+    @handles("artifactregistry.projects.locations.repositories.delete")
+    def delete(self, req: Request) -> dict:
+        name = req.get("name")
+        self._repo(name)
+        del self.state[name]
+        for image in [i for i in self.images if i.startswith(name + "/")]:
+            del self.images[image]
+        return self._lro(name, lambda op: {"@type": "type.googleapis.com/google.protobuf.Empty"})
+
+    # -- docker images ----------------------------------------------------------------------
+
+    def add_image(self, uri: str, tags: list[str] | None = None) -> dict | None:
+        """Record a pushed image given as REGION-docker.pkg.dev/PROJECT/REPO/IMAGE[:TAG][@DIGEST].
+
+        Returns the DockerImage, or None when the URI is not an Artifact Registry repository of
+        this fake (e.g. gcr.io)."""
+        m = re.fullmatch(r"([a-z0-9-]+)-docker\.pkg\.dev/([^/]+)/([^/]+)/([^:@]+)(?::([^@]+))?(?:@(.+))?", uri)
+        if not m:
+            return None
+        region, project, repo, image, tag, digest = m.groups()
+        repo_name = f"projects/{project}/locations/{region}/repositories/{repo}"
+        if repo_name not in self.state:
+            return None
+        digest = digest or "sha256:" + hashlib.sha256(f"{uri}/{new_id()}".encode()).hexdigest()
+        tags = list(tags or ([tag] if tag else ["latest"]))
+        # A tag moves to the newest image, as in a registry.
+        for other in self.images.values():
+            if other["_image"] == image and other["_repo"] == repo_name:
+                other["tags"] = [t for t in other.get("tags", []) if t not in tags]
+        key = f"{repo_name}/dockerImages/{image.replace('/', '%2F')}@{digest}"
+        entry = {
+            "name": key, "uri": f"{region}-docker.pkg.dev/{project}/{repo}/{image}@{digest}",
+            "tags": tags, "imageSizeBytes": "123456789", "uploadTime": now(), "updateTime": now(),
+            "buildTime": now(), "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "_image": image, "_repo": repo_name,
+        }
+        self.images[key] = entry
+        return {k: v for k, v in entry.items() if not k.startswith("_")}
+
+    @handles("artifactregistry.projects.locations.repositories.dockerImages.list")
+    def list_images(self, req: Request) -> dict:
+        self._repo(req.get("parent"))
+        prefix = req.get("parent") + "/dockerImages/"
+        items = [{k: v for k, v in i.items() if not k.startswith("_")}
+                 for n, i in self.images.items() if n.startswith(prefix)]
+        return {"dockerImages": items} if items else {}
+
+    @handles("artifactregistry.projects.locations.repositories.dockerImages.get")
+    def get_image(self, req: Request) -> dict:
+        image = self.images.get(req.get("name"))
+        if image is None:
+            raise GcpError(404, "Requested entity was not found.", "NOT_FOUND")
+        return {k: v for k, v in image.items() if not k.startswith("_")}

@@ -1,13 +1,130 @@
-"""Placeholder: filled in shortly."""
+"""Cloud Build v1: builds create (-> operation -> build QUEUED, WORKING, SUCCESS) and get/list,
+global and regional. A successful build reports results.images with a digest and records the
+image in the fake Artifact Registry. A build whose storageSource object is missing in the fake
+Cloud Storage fails (FAILURE, as a FETCHSOURCE step would); fail_next_operation("cloudbuild")
+makes the next build fail."""
 
-from ..core.api import ApiModule
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+
+from ..core.api import ApiModule, Operation, Request, handles, new_id, now, project_number
+from ..core.errors import GcpError, invalid_argument
 
 
 class CloudBuild(ApiModule):
     name = "cloudbuild"
-    versions = ("v2",) if "cloudbuild" == "logging" else ("v1",)
+    versions = ("v1",)
     service = "cloudbuild.googleapis.com"
-    title = "cloudbuild"
+    title = "Cloud Build API"
 
     def reset(self) -> None:
-        self.state = {}
+        self.state: dict[str, dict] = {}  # build id -> Build
+        self.ops: dict[str, Operation] = {}
+
+    def _create(self, req: Request, project: str, location: str) -> dict:
+        body = copy.deepcopy(req.body or {})
+        steps = body.get("steps") or []
+        if not steps:
+            raise invalid_argument("invalid build: build must have at least one step", field="build.steps")
+        for i, step in enumerate(steps):
+            if not step.get("name"):
+                raise invalid_argument(f"invalid build: build step {i} must specify name", field=f"build.steps[{i}].name")
+        build_id = new_id()[:8] + "-" + new_id()[:4] + "-" + new_id()[:4] + "-" + new_id()[:4] + "-" + new_id()[:12]
+        number = project_number(project)
+        build = {k: v for k, v in body.items() if k not in ("id", "status", "results", "createTime")}
+        name = (f"projects/{number}/locations/{location}/builds/{build_id}")
+        build.update({
+            "name": name, "id": build_id, "projectId": project, "status": "QUEUED",
+            "createTime": now(), "timeout": body.get("timeout", "600s"),
+            "logUrl": f"https://console.cloud.google.com/cloud-build/builds;region={location}/{build_id}?project={number}",
+            "logsBucket": body.get("logsBucket", f"gs://{number}.cloudbuild-logs.googleusercontent.com"),
+            "options": body.get("options", {"logging": "LEGACY"}),
+        })
+        self.state[build_id] = build
+        if location == "global":
+            op_name = f"operations/build/{project}/{base64.b64encode(build_id.encode()).decode()}"
+        else:
+            op_name = f"projects/{number}/locations/{location}/operations/{new_id()}"
+
+        def metadata():
+            return {"@type": "type.googleapis.com/google.devtools.cloudbuild.v1.BuildOperationMetadata",
+                    "build": copy.deepcopy(build)}
+
+        def done(op):
+            build["startTime"] = build.get("startTime") or now()
+            build["finishTime"] = now()
+            source = (build.get("source") or {}).get("storageSource")
+            missing = source and source.get("object") not in self.fake.modules["storage"].objects.get(source.get("bucket"), {})
+            if op.error is None and missing:
+                op.error = GcpError(400, f"failed to fetch source: gs://{source.get('bucket')}/{source.get('object')} not found",
+                                    "FAILED_PRECONDITION")
+            if op.error is not None:
+                build["status"] = "FAILURE"
+                build["statusDetail"] = op.error.message
+                build["failureInfo"] = {"type": "FETCH_SOURCE_FAILED" if missing else "USER_BUILD_STEP",
+                                        "detail": op.error.message}
+            else:
+                build["status"] = "SUCCESS"
+                images = []
+                for uri in build.get("images") or []:
+                    registry = self.fake.modules["artifactregistry"]
+                    pushed = registry.add_image(uri)
+                    digest = pushed["uri"].rsplit("@", 1)[1] if pushed else \
+                        "sha256:" + hashlib.sha256(f"{uri}/{build_id}".encode()).hexdigest()
+                    images.append({"name": uri, "digest": digest,
+                                   "pushTiming": {"startTime": now(), "endTime": now()}})
+                build["results"] = {"images": images, "buildStepImages": ["sha256:" + "0" * 64] * len(steps)}
+            op.metadata = metadata()
+            return {"@type": "type.googleapis.com/google.devtools.cloudbuild.v1.Build", **copy.deepcopy(build)}
+
+        op = self.new_operation(op_name, done, metadata=metadata())
+        if not op.done:
+            build["status"] = "WORKING"
+            build["startTime"] = now()
+            op.metadata = metadata()
+        self.ops[op_name] = op
+        return op.lro()
+
+    @handles("cloudbuild.projects.builds.create")
+    def create(self, req: Request) -> dict:
+        return self._create(req, req.get("projectId"), "global")
+
+    @handles("cloudbuild.projects.locations.builds.create")
+    def create_regional(self, req: Request) -> dict:
+        parts = req.get("parent").split("/")
+        return self._create(req, parts[1], parts[3])
+
+    def _build(self, build_id: str) -> dict:
+        # Reading a build advances its operation, as time passes for a client polling the build.
+        build = self.state.get(build_id)
+        if build is None:
+            raise GcpError(404, f"Build {build_id} not found.", "NOT_FOUND")
+        for op in self.ops.values():
+            if not op.done and build_id in str(op.metadata.get("build", {}).get("id", "")):
+                op.poll()
+        return copy.deepcopy(build)
+
+    @handles("cloudbuild.projects.builds.get")
+    def get(self, req: Request) -> dict:
+        return self._build(req.get("id"))
+
+    @handles("cloudbuild.projects.locations.builds.get")
+    def get_regional(self, req: Request) -> dict:
+        return self._build(req.get("name").rsplit("/", 1)[-1])
+
+    @handles("cloudbuild.projects.builds.list", "cloudbuild.projects.locations.builds.list")
+    def list(self, req: Request) -> dict:
+        project = req.get("projectId") or req.get("parent").split("/")[1]
+        items = [copy.deepcopy(b) for b in reversed(list(self.state.values())) if b["projectId"] == project]
+        return {"builds": items} if items else {}
+
+    @handles("cloudbuild.operations.get", "cloudbuild.projects.locations.operations.get")
+    def get_operation(self, req: Request) -> dict:
+        op = self.ops.get(req.get("name"))
+        if op is None:
+            raise GcpError(404, "Operation not found.", "NOT_FOUND")
+        op.poll()
+        return op.lro()

@@ -1,13 +1,113 @@
-"""Placeholder: filled in shortly."""
+"""Cloud Scheduler v1: jobs create/get/list/patch/delete/pause/resume/run (for scheduled
+backups or pause/resume)."""
 
-from ..core.api import ApiModule
+from __future__ import annotations
+
+import copy
+import re
+
+from ..core.api import ApiModule, Request, apply_mask, handles, now
+from ..core.errors import GcpError, already_exists, failed_precondition, invalid_argument
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,500}")
+_CRON_FIELD = re.compile(r"[\d*/,\-A-Za-z]+")
 
 
 class CloudScheduler(ApiModule):
     name = "cloudscheduler"
-    versions = ("v2",) if "cloudscheduler" == "logging" else ("v1",)
+    versions = ("v1",)
     service = "cloudscheduler.googleapis.com"
-    title = "cloudscheduler"
+    title = "Cloud Scheduler API"
 
     def reset(self) -> None:
-        self.state = {}
+        self.state: dict[str, dict] = {}  # job name -> Job
+        self.runs: list[str] = []  # names of jobs run (by schedule or :run)
+
+    def _job(self, name: str) -> dict:
+        job = self.state.get(name)
+        if job is None:
+            raise GcpError(404, f"Job not found.", "NOT_FOUND")
+        return job
+
+    @staticmethod
+    def _validate(job: dict) -> None:
+        schedule = job.get("schedule") or ""
+        fields = schedule.split()
+        if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+            raise invalid_argument(f"Schedule has incorrect format: {schedule!r}.", field="job.schedule")
+        targets = [t for t in ("httpTarget", "pubsubTarget", "appEngineHttpTarget") if job.get(t)]
+        if len(targets) != 1:
+            raise invalid_argument("Exactly one target is required.", field="job.target")
+        http = job.get("httpTarget") or {}
+        if http and not str(http.get("uri", "")).startswith(("http://", "https://")):
+            raise invalid_argument("httpTarget.uri must be an http(s) URL.", field="job.http_target.uri")
+
+    @handles("cloudscheduler.projects.locations.jobs.create")
+    def create(self, req: Request) -> dict:
+        body = copy.deepcopy(req.body or {})
+        parent = req.get("parent")
+        name = body.get("name") or ""
+        if not name.startswith(parent + "/jobs/") or not _ID.fullmatch(name.rsplit("/", 1)[-1]):
+            raise invalid_argument(f"Job name must be {parent}/jobs/JOB_ID.", field="job.name")
+        if name in self.state:
+            raise already_exists(f"Job {name}")
+        self._validate(body)
+        body.setdefault("timeZone", "Etc/UTC")
+        body.setdefault("attemptDeadline", "180s")
+        body.setdefault("retryConfig", {"maxRetryDuration": "0s", "minBackoffDuration": "5s",
+                                        "maxBackoffDuration": "3600s", "maxDoublings": 5})
+        if body.get("httpTarget"):
+            body["httpTarget"].setdefault("httpMethod", "POST")
+        body.update({"state": "ENABLED", "userUpdateTime": now(), "scheduleTime": now()})
+        self.state[name] = body
+        return copy.deepcopy(body)
+
+    @handles("cloudscheduler.projects.locations.jobs.get")
+    def get(self, req: Request) -> dict:
+        return copy.deepcopy(self._job(req.get("name")))
+
+    @handles("cloudscheduler.projects.locations.jobs.list")
+    def list(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/jobs/"
+        items = [copy.deepcopy(j) for n, j in sorted(self.state.items()) if n.startswith(prefix)]
+        return {"jobs": items} if items else {}
+
+    @handles("cloudscheduler.projects.locations.jobs.patch")
+    def patch(self, req: Request) -> dict:
+        job = self._job(req.get("name"))
+        new = copy.deepcopy(job)
+        body = {k: v for k, v in (req.body or {}).items() if k not in ("name", "state", "userUpdateTime")}
+        apply_mask(new, body, req.get("updateMask"))
+        self._validate(new)
+        new["userUpdateTime"] = now()
+        self.state[job["name"]] = new
+        return copy.deepcopy(new)
+
+    @handles("cloudscheduler.projects.locations.jobs.delete")
+    def delete(self, req: Request) -> dict:
+        self._job(req.get("name"))
+        del self.state[req.get("name")]
+        return {}
+
+    @handles("cloudscheduler.projects.locations.jobs.pause")
+    def pause(self, req: Request) -> dict:
+        job = self._job(req.get("name"))
+        job["state"] = "PAUSED"
+        job["userUpdateTime"] = now()
+        return copy.deepcopy(job)
+
+    @handles("cloudscheduler.projects.locations.jobs.resume")
+    def resume(self, req: Request) -> dict:
+        job = self._job(req.get("name"))
+        job["state"] = "ENABLED"
+        job["userUpdateTime"] = now()
+        return copy.deepcopy(job)
+
+    @handles("cloudscheduler.projects.locations.jobs.run")
+    def run(self, req: Request) -> dict:
+        job = self._job(req.get("name"))
+        if job["state"] != "ENABLED" and job["state"] != "PAUSED":
+            raise failed_precondition("Job is not runnable.")
+        self.runs.append(job["name"])
+        job["lastAttemptTime"] = now()
+        return copy.deepcopy(job)

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import email.parser
+import email.policy
+import json
 import hashlib
 import re
 
@@ -29,6 +32,17 @@ def _missing_bucket() -> GcpError:
     return _err(404, "The specified bucket does not exist.", "notFound")
 
 
+def _multipart(content_type: str, raw: bytes) -> tuple[dict, bytes, str]:
+    """Split a multipart/related upload into (metadata JSON, data, data content type)."""
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+    parts = list(msg.iter_parts())
+    if len(parts) != 2:
+        raise _err(400, "A multipart upload needs exactly a metadata part and a data part.", "invalid")
+    meta = json.loads(parts[0].get_payload(decode=True) or b"{}")
+    return meta, parts[1].get_payload(decode=True) or b"", parts[1].get_content_type()
+
+
 class Storage(ApiModule):
     name = "storage"
     versions = ("v1",)
@@ -40,6 +54,12 @@ class Storage(ApiModule):
         self.objects: dict[str, dict[str, dict]] = {}  # bucket -> object name -> Object
         self.data: dict[tuple[str, str], bytes] = {}
         self.iam = IamPolicies(stale_code=412)  # key: bucket name
+
+    def alias_path(self, raw_path: str) -> str:
+        # google-cloud-storage downloads media from /download/storage/v1/b/B/o/O?alt=media.
+        if raw_path.startswith("download/storage/v1/"):
+            return raw_path[len("download/"):]
+        return raw_path
 
     def project_of(self, req: Request) -> str | None:
         if req.get("project"):
@@ -250,13 +270,24 @@ class Storage(ApiModule):
 
     @handles("storage.objects.insert")
     def insert_object(self, req: Request) -> dict:
-        name = req.get("name") or (req.body or {}).get("name")
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        ctype = headers.get("content-type") or "application/octet-stream"
+        meta, data = dict(req.body or {}), req.raw_body
+        upload = req.get("uploadType")
+        if upload == "multipart":
+            meta, data, ctype = _multipart(ctype, req.raw_body)
+        elif upload == "resumable":
+            raise _err(501, "The fake does not implement resumable uploads; use a multipart "
+                       "upload (small files) or put_object().", "notImplemented")
+        elif not upload:
+            ctype = meta.get("contentType") or "application/octet-stream"
+        name = req.get("name") or meta.get("name")
         if not name:
             raise _err(400, "Required object name is missing.", "required")
-        ctype = req.headers.get("Content-Type") or req.headers.get("content-type") or "application/octet-stream"
-        if not req.raw_body:
-            ctype = (req.body or {}).get("contentType") or "application/octet-stream"
-        return self.put_object(req.get("bucket"), name, req.raw_body, ctype)
+        if req.get("ifGenerationMatch") == "0" and name in self.objects.get(req.get("bucket"), {}):
+            raise _err(412, "At least one of the pre-conditions you specified did not hold.",
+                       "conditionNotMet")
+        return self.put_object(req.get("bucket"), name, data, meta.get("contentType") or ctype)
 
     def _object(self, req: Request) -> dict:
         self.bucket(req.get("bucket"))

@@ -236,6 +236,10 @@ class ApiModule:
     def reset(self) -> None:
         """Forget all state (called for each test)."""
 
+    def alias_path(self, raw_path: str) -> str:
+        """Map paths clients use that discovery does not list (e.g. GCS /download/) onto ones it does."""
+        return raw_path
+
     def handler_for(self, version: str, method_id: str):
         return self.handlers.get((version, method_id)) or self.handlers.get((None, method_id))
 
