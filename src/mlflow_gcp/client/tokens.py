@@ -115,11 +115,11 @@ class _CredentialsSource:
         import google.auth.exceptions
 
         request = transport.Request()
-        with self._lock:
-            creds = self._creds.get(audience)
-            if creds is None:
-                creds = self._creds[audience] = self._make(audience, request)
         try:
+            with self._lock:
+                creds = self._creds.get(audience)
+                if creds is None:
+                    creds = self._creds[audience] = self._make(audience, request)
             creds.refresh(request)
         except google.auth.exceptions.GoogleAuthError as err:
             raise TokenError(f"{self.name} could not mint an ID token: {err}") from err
@@ -203,10 +203,13 @@ class GcloudSource:
         self._audiences_refused = False
 
     def _run(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [self.gcloud, "auth", "print-identity-token", *args, "--quiet"],
-            capture_output=True, text=True, timeout=GCLOUD_TIMEOUT, check=False,
-        )
+        try:
+            return subprocess.run(
+                [self.gcloud, "auth", "print-identity-token", *args, "--quiet"],
+                capture_output=True, text=True, timeout=GCLOUD_TIMEOUT, check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise TokenError(f"could not run {self.gcloud}: {err}") from err
 
     def fetch(self, audience: str) -> Token:
         proc = None
@@ -246,7 +249,7 @@ def resolve_source(env: Mapping[str, str] | None = None):
         return ImpersonatedSource(target)
     if MetadataSource.available(env):
         return MetadataSource()
-    if gcloud := env.get(GCLOUD_ENV) or shutil.which("gcloud"):
+    if gcloud := shutil.which(env.get(GCLOUD_ENV) or "gcloud"):
         return GcloudSource(gcloud)
     raise TokenError("no Google credentials found for the gcp auth plugin", hint=NO_CREDENTIALS_HINT)
 
