@@ -28,11 +28,20 @@ def fake_gcp(fake_gcp_server, monkeypatch):
     fake_gcp_server.reset()
 
 
+@pytest.fixture(scope="session")
+def _fake_gcp_clients(fake_gcp_server):
+    # Building a client parses its discovery document (up to a few hundred kB): once per session.
+    return {}
+
+
 @pytest.fixture
-def gcp_client(fake_gcp):
-    """build(api, version) -> a googleapiclient Resource talking to the fake."""
+def gcp_client(fake_gcp, _fake_gcp_clients):
+    """gcp_client(api, version) -> a googleapiclient Resource talking to the fake."""
 
     def build(api: str, version: str):
-        return build_client(fake_gcp.url, api, version)
+        key = (api, version)
+        if key not in _fake_gcp_clients:
+            _fake_gcp_clients[key] = build_client(fake_gcp.url, api, version)
+        return _fake_gcp_clients[key]
 
     return build
