@@ -18,7 +18,7 @@ from mlflow_gcp.errors import ServerEnvError
 
 # name -> what it expects; the one table the error lines and the docs quote.
 VARIABLES = {
-    "DB_URI": "a SQLAlchemy URI such as postgresql+psycopg2://user:pw@host:5432/db or sqlite:////path/mlflow.db",
+    "DB_URI": "a SQLAlchemy URI such as postgresql+psycopg2://USER:PASSWORD@HOST:5432/DB or sqlite:////abs/path/mlflow.db",
     "DB_USER": "the database user (used when DB_URI is not set)",
     "DB_PASSWORD": "the database password (Cloud Run injects it from Secret Manager)",
     "DB_NAME": "the database name",
@@ -136,7 +136,7 @@ def _db_uri_from_uri(raw: str) -> str:
     uri = normalize_db_uri(raw)
     match = _SCHEME_RE.match(uri)
     if not match:
-        raise _fail("DB_URI", f"{redact(raw)!r} is not a URI")
+        raise _fail("DB_URI", "not a URI (its value is not shown: it may hold a password)")
     scheme = match.group(1).lower()
     if scheme == "postgresql+psycopg2":
         parts = urlsplit(uri)

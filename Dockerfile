@@ -1,0 +1,22 @@
+# The MLflow tracking server image: `python -m mlflow_gcp.server` validates the environment Cloud Run
+# sets, waits for Cloud SQL, migrates once, then supervises `mlflow server` (docs: src/mlflow_gcp/server).
+# Every version comes from constraints.txt, the lock file the tests and CI install too.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PORT=8080 \
+    LOG_FORMAT=json
+
+WORKDIR /app
+COPY constraints.txt pyproject.toml README.md ./
+COPY src ./src
+# psycopg2-binary and every other dependency ship manylinux wheels: no compiler, no apt layer.
+RUN pip install --no-cache-dir -c constraints.txt . \
+    && useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin mlflow
+
+# Never root; no secret is baked in (DB_PASSWORD comes from Secret Manager at run time).
+USER 10001:10001
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "mlflow_gcp.server"]

@@ -1,0 +1,170 @@
+"""The pure builders: `mlflow server` argv and environment, the pool URI, log lines, local env."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from mlflow_gcp.server import launch, logs
+from mlflow_gcp.server.env import settings_from_env
+from mlflow_gcp.server.local import LocalOptions, local_env
+
+PG = {"DB_URI": "postgresql://mlflow:hunter2@10.0.0.5/mlflow", "ARTIFACT_ROOT": "gs://acme-mlflow"}
+
+
+def build(**env):
+    return launch.build_command(settings_from_env({**PG, **env}), python="/py")
+
+
+def opt(argv, flag):
+    return argv[argv.index(flag) + 1]
+
+
+def test_proxied_command():
+    argv, env = build(DB_CONNECTIONS="4", WORKERS="2")
+    assert argv[:4] == ["/py", "-m", "mlflow", "server"]
+    assert opt(argv, "--host") == "0.0.0.0" and opt(argv, "--port") == "8080"
+    assert opt(argv, "--workers") == "2"
+    assert "--serve-artifacts" in argv and opt(argv, "--artifacts-destination") == "gs://acme-mlflow"
+    assert "--default-artifact-root" not in argv
+    assert "--allowed-hosts" not in argv  # MLflow's own localhost/private-IP default
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_direct_command():
+    argv, _ = build(ARTIFACT_MODE="direct")
+    assert "--no-serve-artifacts" in argv and opt(argv, "--default-artifact-root") == "gs://acme-mlflow"
+    assert "--artifacts-destination" not in argv
+
+
+def test_backend_uri_carries_the_budgeted_pool_even_with_zero_overflow():
+    argv, _ = build(DB_CONNECTIONS="2", WORKERS="2")
+    url = make_url(opt(argv, "--backend-store-uri"))
+    assert url.drivername == "postgresql+psycopg2" and url.password == "hunter2"
+    assert url.query == {"plugin": "mlflow_gcp_pool", "mlflow_gcp_pool_size": "1", "mlflow_gcp_max_overflow": "0"}
+
+
+def test_sqlite_uri_is_passed_unchanged():
+    s = settings_from_env({"DB_URI": "sqlite:////d/mlflow.db", "ARTIFACT_ROOT": "/d/a"})
+    argv, _ = launch.build_command(s)
+    assert opt(argv, "--backend-store-uri") == "sqlite:////d/mlflow.db"
+
+
+def test_allowed_hosts_keep_local_access():
+    argv, _ = build(ALLOWED_HOSTS="mlflow-x-ew.a.run.app,*.example.com")
+    hosts = opt(argv, "--allowed-hosts").split(",")
+    assert hosts[:2] == ["mlflow-x-ew.a.run.app", "*.example.com"]
+    for local in ("localhost:*", "127.0.0.1:*", "localhost", "127.0.0.1"):
+        assert local in hosts
+    argv, _ = build(ALLOWED_HOSTS="*")
+    assert opt(argv, "--allowed-hosts") == "*"
+
+
+def test_allowed_host_patterns_match_as_mlflow_matches_them():
+    # MLflow's own matcher (fnmatch for entries with '*'): *.run.app covers Cloud Run hosts.
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    argv, _ = build(ALLOWED_HOSTS="*.run.app")
+    hosts = opt(argv, "--allowed-hosts").split(",")
+    assert is_allowed_host_header(hosts, "mlflow-abc123-ew.a.run.app")
+    assert is_allowed_host_header(hosts, "127.0.0.1:8080")
+    assert is_allowed_host_header(hosts, "localhost:5000")
+    assert not is_allowed_host_header(hosts, "evil.example.com")
+    assert not is_allowed_host_header(hosts, "run.app.evil.com")
+
+
+def test_describe_redacts_the_password():
+    argv, _ = build()
+    line = launch.describe(argv)
+    assert "hunter2" not in line and "mlflow:***@10.0.0.5" in line
+
+
+def test_pool_plugin_applies_zero_overflow_and_strips_its_parameters():
+    # In a fresh interpreter that "serves requests" (uvicorn imported), as a worker does.
+    code = """
+import uvicorn, sqlalchemy
+from mlflow_gcp.server.pool import with_pool
+e1 = sqlalchemy.create_engine(with_pool("postgresql+psycopg2://u:p@h/db", 2, 0), pool_size=5)
+e2 = sqlalchemy.create_engine(with_pool("postgresql+psycopg2://u:p@h/db", 2, 0))
+print(e1.pool.size(), e1.pool._max_overflow, e1.pool is e2.pool, e1.dialect is e2.dialect, dict(e1.url.query))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split(None, 4) == ["2", "0", "True", "True", "{}\n"]
+
+
+def test_pool_plugin_gives_non_serving_processes_no_idle_connections():
+    code = """
+import sqlalchemy
+from mlflow_gcp.server.pool import with_pool
+e = sqlalchemy.create_engine(with_pool("postgresql+psycopg2://u:p@h/db", 2, 0))
+print(type(e.pool).__name__)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "NullPool"
+
+
+def test_supervisor_imports_stay_light():
+    # The supervisor lives for the container's life: it must not load MLflow or SQLAlchemy.
+    code = "import sys, mlflow_gcp.server.launch; print(sorted(m for m in ('mlflow','sqlalchemy','alembic','mlflow_gcp.cli','mlflow_gcp.gcp') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_server_package_does_not_import_the_control_plane():
+    src = Path(launch.__file__).parent
+    for path in src.glob("*.py"):
+        text = path.read_text()
+        for layer in ("cli", "ops", "plan", "gcp"):
+            assert f"mlflow_gcp.{layer}" not in text, f"{path.name} imports mlflow_gcp.{layer}"
+
+
+def test_json_log_line_has_severity_and_redacted_message(capsys):
+    log = logs.setup("json", logging.INFO)
+    log.warning("cannot reach %s", "postgresql+psycopg2://u:hunter2@h/db")
+    line = capsys.readouterr().err.strip()
+    entry = json.loads(line)
+    assert entry["severity"] == "WARNING"
+    assert entry["message"] == "cannot reach postgresql+psycopg2://u:***@h/db"
+
+
+@pytest.mark.parametrize(
+    ("line", "severity"),
+    [
+        ("2026/11/28 14:34:08 INFO:     Started server process [1]", "INFO"),
+        ("2026/11/28 14:34:08 ERROR mlflow.server: boom", "ERROR"),
+        ("Traceback (most recent call last):", "ERROR"),
+        ("[MLflow] Security middleware enabled", "INFO"),
+    ],
+)
+def test_child_output_severity(line, severity):
+    assert launch._severity(line, "INFO") == severity
+
+
+def test_local_env_defaults(tmp_path):
+    env = local_env(LocalOptions(data_dir=tmp_path / "d"))
+    assert env == {
+        "DB_URI": f"sqlite:///{tmp_path}/d/mlflow.db",
+        "ARTIFACT_ROOT": f"{tmp_path}/d/artifacts",
+        "HOST": "127.0.0.1",
+        "PORT": "5000",
+        "WORKERS": "1",
+        "DB_MIGRATE": "auto",
+        "LOG_FORMAT": "text",
+    }
+    # What local mode builds is what the entrypoint accepts.
+    assert settings_from_env(env).db_kind == "sqlite"
+
+
+def test_local_env_postgres_and_emulator(tmp_path):
+    opts = LocalOptions(data_dir=tmp_path, backend_store_uri="postgresql://postgres@127.0.0.1/x", gcs_emulator=True)
+    env = local_env(opts, emulator_host="http://127.0.0.1:9023")
+    assert env["DB_URI"] == "postgresql+psycopg2://postgres@127.0.0.1/x"
+    assert env["ARTIFACT_ROOT"] == "gs://mlflow-local"
+    assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:9023"
+    settings_from_env(env)
