@@ -53,7 +53,7 @@ class FakeGcp:
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fakegcp",
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="fakegcp",
                                         daemon=True)
         self._thread.start()
         return self
@@ -257,6 +257,8 @@ class FakeGcp:
 class _HttpHandler(BaseHTTPRequestHandler):
     fake: FakeGcp
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; with Nagle on, keep-alive clients wait ~40 ms each.
+    disable_nagle_algorithm = True
     server_version = "fakegcp"
 
     def _serve(self) -> None:
