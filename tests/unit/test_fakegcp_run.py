@@ -1,0 +1,146 @@
+"""Cloud Run v2 in the fake: services with operations, revisions and IAM; jobs and executions."""
+
+from __future__ import annotations
+
+import pytest
+from googleapiclient.errors import HttpError
+
+from tests.fakegcp.core.api import project_number
+from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server, gcp_client  # noqa: F401
+
+P, R = "proj-run", "europe-west1"
+PARENT = f"projects/{P}/locations/{R}"
+NAME = f"{PARENT}/services/mlflow"
+SA = f"mlflow-server@{P}.iam.gserviceaccount.com"
+
+
+def service_body(image="europe-west1-docker.pkg.dev/p/r/mlflow@sha256:1", max_instances=2, env=None):
+    return {
+        "ingress": "INGRESS_TRAFFIC_ALL",
+        "template": {
+            "serviceAccount": SA,
+            "scaling": {"minInstanceCount": 0, "maxInstanceCount": max_instances},
+            "volumes": [{"name": "cloudsql", "cloudSqlInstance": {"instances": [f"{P}:{R}:mlflow-db"]}}],
+            "containers": [{
+                "image": image, "ports": [{"containerPort": 8080}],
+                "env": env if env is not None else [{"name": "A", "value": "1"}],
+                "volumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}],
+                "startupProbe": {"httpGet": {"path": "/health"}},
+            }],
+        },
+    }
+
+
+@pytest.fixture
+def run(gcp_client, fake_gcp):
+    iam = gcp_client("iam", "v1")
+    iam.projects().serviceAccounts().create(name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
+    return gcp_client("run", "v2")
+
+
+def wait(run, op):
+    while not op["done"]:
+        op = run.projects().locations().operations().get(name=op["name"]).execute()
+    return op
+
+
+def services(run):
+    return run.projects().locations().services()
+
+
+def test_create_waits_on_operation_then_ready(run):
+    op = services(run).create(parent=PARENT, serviceId="mlflow", body=service_body()).execute()
+    assert not op["done"] and op["name"].startswith(f"{PARENT}/operations/")
+    assert services(run).get(name=NAME).execute()["terminalCondition"]["state"] == "CONDITION_RECONCILING"
+    svc = wait(run, op)["response"]
+    assert svc["terminalCondition"]["state"] == "CONDITION_SUCCEEDED"
+    assert svc["uri"] == f"https://mlflow-{project_number(P)}.{R}.run.app" and svc["uri"] in svc["urls"]
+    assert svc["latestReadyRevision"] == svc["latestCreatedRevision"]
+    assert svc["latestReadyRevision"].startswith(f"{NAME}/revisions/mlflow-00001-")
+    c = svc["template"]["containers"][0]
+    assert c["resources"]["limits"] == {"cpu": "1000m", "memory": "512Mi"}  # API defaults
+    assert c["ports"] == [{"containerPort": 8080, "name": "http1"}]
+    assert svc["template"]["scaling"]["maxInstanceCount"] == 2
+    with pytest.raises(HttpError) as info:
+        services(run).create(parent=PARENT, serviceId="mlflow", body=service_body()).execute()
+    assert info.value.status_code == 409
+
+
+def test_patch_replaces_and_only_template_changes_make_revisions(run):
+    wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body()).execute())
+    body = service_body()
+    body["scaling"] = {"minInstanceCount": 0}
+    svc = wait(run, services(run).patch(name=NAME, body=body).execute())["response"]
+    assert svc["generation"] == "2" and svc["latestReadyRevision"].split("/")[-1].startswith("mlflow-00001-")
+    svc = wait(run, services(run).patch(name=NAME, body=service_body(max_instances=5)).execute())["response"]
+    assert svc["latestReadyRevision"].split("/")[-1].startswith("mlflow-00003-")
+    assert "scaling" not in svc  # v2 patch without updateMask replaced the whole service
+    revs = run.projects().locations().services().revisions().list(parent=NAME).execute()["revisions"]
+    assert [r["name"].split("/")[-1][:12] for r in revs] == ["mlflow-00003", "mlflow-00001"]
+
+
+def test_validation_of_containers_env_and_accounts(run):
+    bad_env = service_body(env=[{"name": "PORT", "value": "1"}])
+    with pytest.raises(HttpError) as info:
+        services(run).create(parent=PARENT, serviceId="mlflow", body=bad_env).execute()
+    assert info.value.status_code == 400
+    no_account = service_body()
+    no_account["template"]["serviceAccount"] = f"missing-sa@{P}.iam.gserviceaccount.com"
+    with pytest.raises(HttpError) as info:
+        services(run).create(parent=PARENT, serviceId="mlflow", body=no_account).execute()
+    assert info.value.status_code == 403 and b"actAs" in info.value.content
+    unmounted = service_body()
+    unmounted["template"]["volumes"] = []
+    with pytest.raises(HttpError):
+        services(run).create(parent=PARENT, serviceId="mlflow", body=unmounted).execute()
+
+
+def test_missing_secret_fails_the_revision(run):
+    env = [{"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "nope", "version": "latest"}}}]
+    op = wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body(env=env)).execute())
+    assert "nope" in op["error"]["message"]
+    assert services(run).get(name=NAME).execute()["terminalCondition"]["state"] == "CONDITION_FAILED"
+
+
+def test_service_iam_and_delete(fake_gcp, run):
+    wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body()).execute())
+    policy = services(run).getIamPolicy(resource=NAME).execute()
+    policy["bindings"] = [{"role": "roles/run.invoker", "members": ["user:ann@example.com"]}]
+    new = services(run).setIamPolicy(resource=NAME, body={"policy": policy}).execute()
+    assert new["bindings"] == policy["bindings"]
+    with pytest.raises(HttpError) as info:
+        services(run).setIamPolicy(resource=NAME, body={"policy": policy}).execute()
+    assert info.value.status_code == 409
+    wait(run, services(run).delete(name=NAME).execute())
+    assert fake_gcp.state("run") == {}
+    with pytest.raises(HttpError) as info:
+        services(run).get(name=NAME).execute()
+    assert info.value.status_code == 404
+
+
+def test_job_runs_to_execution_success_and_injected_failure(fake_gcp, run):
+    jobs = run.projects().locations().jobs()
+    body = {"template": {"template": {"serviceAccount": SA, "maxRetries": 0,
+                                      "containers": [{"image": "img", "args": ["db", "upgrade"]}]}}}
+    wait(run, jobs.create(parent=PARENT, jobId="mlflow-migrate", body=body).execute())
+    job_name = f"{PARENT}/jobs/mlflow-migrate"
+    op = jobs.run(name=job_name, body={}).execute()
+    assert op["metadata"]["name"].startswith(f"{job_name}/executions/mlflow-migrate-")
+    execution = wait(run, op)["response"]
+    assert execution["succeededCount"] == 1
+    assert execution["conditions"][0] == {**execution["conditions"][0], "type": "Completed",
+                                          "state": "CONDITION_SUCCEEDED"}
+    assert jobs.get(name=job_name).execute()["latestCreatedExecution"]["completionStatus"] == "EXECUTION_SUCCEEDED"
+
+    fake_gcp.fail_next_operation("run", message="Task mlflow-migrate-xyz failed: exit code 1")
+    op = wait(run, jobs.run(name=job_name, body={}).execute())
+    assert "exit code 1" in op["error"]["message"]
+    failed = jobs.executions().get(name=op["metadata"]["name"]).execute()
+    assert failed["failedCount"] == 1 and failed["conditions"][0]["state"] == "CONDITION_FAILED"
+    assert len(jobs.executions().list(parent=job_name).execute()["executions"]) == 2
+
+    body["template"]["template"]["containers"][0]["image"] = "img2"
+    job = wait(run, jobs.patch(name=job_name, body=body).execute())["response"]
+    assert job["template"]["template"]["containers"][0]["image"] == "img2" and job["generation"] == "2"
+    wait(run, jobs.delete(name=job_name).execute())
+    assert fake_gcp.api("run").jobs == {}
