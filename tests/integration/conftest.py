@@ -7,7 +7,11 @@ its clock without disturbing the others.
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from mlflow_gcp.client import tokens
 
 from tests.support.clock import FakeClock
 from tests.support.cloudrun_front import CloudRunFront
@@ -51,3 +55,18 @@ def stack(mlflow_server, tmp_path):
     s = Stack(mlflow_server, tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture
+def plugin(monkeypatch, stack):
+    """The plugin in this process (MLFLOW_TRACKING_AUTH=gcp, the invoker's key file), on a cache
+    whose clock is the stack's; returns that cache."""
+    for var in list(os.environ):
+        if var.startswith(("MLFLOW_GCP_", "MLFLOW_TRACKING_")) or var == "GOOGLE_APPLICATION_CREDENTIALS":
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "gcp")
+    monkeypatch.setenv("MLFLOW_GCP_CREDENTIALS_FILE", str(stack.key_file))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    cache = tokens.TokenCache(clock=stack.clock)
+    monkeypatch.setattr(tokens, "_default_cache", cache)
+    return cache

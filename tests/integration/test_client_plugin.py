@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -11,7 +10,6 @@ import uuid
 import pytest
 import requests
 
-from mlflow_gcp.client import tokens
 from mlflow_gcp.client.auth import GcpAuth
 from tests.integration.conftest import FRONT_HOST, INVOKER, OUTSIDER
 from tests.support.clientenv import clean_env
@@ -82,20 +80,6 @@ def test_without_the_plugin_the_front_refuses(stack):
     assert "401" in proc.stderr
     assert stack.front.count(401) >= 1 and stack.front.count(200) == 0
     assert stack.idp.issued_count() == 0
-
-
-@pytest.fixture
-def plugin(monkeypatch, stack):
-    """The plugin in this process, on a cache whose clock the test controls."""
-    for var in list(os.environ):
-        if var.startswith(("MLFLOW_GCP_", "MLFLOW_TRACKING_")) or var == "GOOGLE_APPLICATION_CREDENTIALS":
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "gcp")
-    monkeypatch.setenv("MLFLOW_GCP_CREDENTIALS_FILE", str(stack.key_file))
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    cache = tokens.TokenCache(clock=stack.clock)
-    monkeypatch.setattr(tokens, "_default_cache", cache)
-    return cache
 
 
 def test_session_outliving_tokens_never_sees_a_401(stack, plugin):

@@ -240,7 +240,8 @@ class UiProxy:
         return self
 
     def shutdown(self) -> None:
-        self._httpd.shutdown()
+        if self._thread is not None:  # shutdown() waits for a serve_forever loop to end
+            self._httpd.shutdown()
         self._httpd.server_close()
 
 
