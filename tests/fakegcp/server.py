@@ -17,6 +17,7 @@ from .apis import ALL_APIS
 from .core import discovery
 from .core.api import ApiModule, Request, project_number
 from .core.errors import GcpError, invalid_argument, service_disabled
+from .core.snapshot import normalize
 from .core.faults import READ_VERBS, Fault, Faults, Latency, RecordedRequest
 
 
@@ -98,6 +99,14 @@ class FakeGcp:
     def state(self, api: str) -> dict:
         """The API's live state dict (resource name -> resource JSON); read it in assertions."""
         return self.modules[api].state
+
+    def snapshot(self, ignore: tuple[str, ...] = ()) -> dict:
+        """Every API's resources, normalized so that two identical runs compare equal
+        (timestamps, etags, uids, random ids, digests and secret values masked; keys named in
+        `ignore`, e.g. "generation", dropped too). Operations and the request log are left out."""
+        with self.lock:
+            return {name: normalize(module.snapshot(), frozenset(ignore))
+                    for name, module in self.modules.items()}
 
     def mutating_requests(self) -> list[RecordedRequest]:
         return [r for r in self.requests if r.mutating]

@@ -197,3 +197,28 @@ def test_request_log_records_api_path_query_body(fake_gcp, gcp_client):
 def test_fixture_gives_fresh_state(fake_gcp):
     assert fake_gcp.state("sqladmin") == {} and fake_gcp.requests == []
     assert fake_gcp.faults.rules == []
+
+
+def _deploy_like(gcp_client, name="db1"):
+    sql = gcp_client("sqladmin", "v1")
+    op = sql.instances().insert(project=P, body={**INSTANCE, "name": name}).execute()
+    sql.operations().get(project=P, operation=op["name"]).execute()
+    sql.users().insert(project=P, instance=name, body={"name": "u", "password": "random-1"}).execute()
+    run = gcp_client("run", "v2")
+    run.projects().locations().services().create(
+        parent=f"projects/{P}/locations/r", serviceId="s",
+        body={"template": {"containers": [{"image": "img"}]}}).execute()
+    gcp_client("secretmanager", "v1").projects().secrets().create(
+        parent=f"projects/{P}", secretId="pw", body={"replication": {"automatic": {}}}).execute()
+
+
+def test_snapshot_equal_for_identical_runs_and_shows_differences(fake_gcp, gcp_client):
+    _deploy_like(gcp_client)
+    first = fake_gcp.snapshot()
+    assert "random-1" not in repr(first) and first["sqladmin"]["users"][f"{P}/db1/u@"]["password"] == "<set>"
+    fake_gcp.reset()
+    _deploy_like(gcp_client)
+    assert fake_gcp.snapshot() == first
+    fake_gcp.reset()
+    _deploy_like(gcp_client, name="db2")
+    assert fake_gcp.snapshot()["sqladmin"] != first["sqladmin"]

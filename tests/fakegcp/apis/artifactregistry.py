@@ -25,6 +25,10 @@ class ArtifactRegistry(ApiModule):
         self.images: dict[str, dict] = {}  # docker image name -> DockerImage
         self.ops: dict[str, Operation] = {}
 
+    def snapshot(self) -> dict:
+        return {"repositories": self.state,
+                "images": sorted(f"{i['_repo']}/{i['_image']}:{','.join(i['tags'])}" for i in self.images.values())}
+
     def _repo(self, name: str) -> dict:
         repo = self.state.get(name)
         if repo is None:

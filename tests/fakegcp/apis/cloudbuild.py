@@ -24,6 +24,9 @@ class CloudBuild(ApiModule):
         self.state: dict[str, dict] = {}  # build id -> Build
         self.ops: dict[str, Operation] = {}
 
+    def snapshot(self) -> dict:
+        return {"builds": [f"{b['status']}:{','.join(b.get('images') or [])}" for b in self.state.values()]}
+
     def _create(self, req: Request, project: str, location: str) -> dict:
         body = copy.deepcopy(req.body or {})
         steps = body.get("steps") or []

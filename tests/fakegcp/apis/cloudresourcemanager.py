@@ -23,6 +23,9 @@ class ResourceManager(ApiModule):
         self.known: dict[str, str] = {}  # number -> id, for v3 names and numeric lookups
         self.state = self.iam.policies
 
+    def snapshot(self) -> dict:
+        return {"iam": self.iam.policies}
+
     def project_id(self, ref: str) -> str:
         ref = ref.removeprefix("projects/")
         if ref in self.missing:

@@ -24,6 +24,10 @@ class Iam(ApiModule):
         self.keys: dict[str, dict] = {}  # key name -> ServiceAccountKey (without private data)
         self.iam = IamPolicies()  # key: email
 
+    def snapshot(self) -> dict:
+        return {"accounts": self.state, "keys": sorted(k.split("/keys/")[0] for k in self.keys),
+                "iam": self.iam.policies}
+
     def _lookup(self, name: str) -> dict:
         # projects/{p|-}/serviceAccounts/{email|uniqueId}
         ref = name.split("/")[-1]

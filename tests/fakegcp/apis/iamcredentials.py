@@ -26,6 +26,9 @@ class IamCredentials(ApiModule):
     def reset(self) -> None:
         self.state: dict[str, int] = {}  # email -> tokens issued
 
+    def snapshot(self) -> dict:
+        return {}
+
     def _account(self, req: Request, permission: str) -> str:
         email = req.get("name").rsplit("/", 1)[-1]
         if email not in self.fake.modules["iam"].state:

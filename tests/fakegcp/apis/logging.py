@@ -66,6 +66,9 @@ class Logging(ApiModule):
     def reset(self) -> None:
         self.state: dict[str, list[dict]] = {}  # project -> entries (oldest first)
 
+    def snapshot(self) -> dict:
+        return {}
+
     def project_of(self, req: Request) -> str | None:
         names = (req.body or {}).get("resourceNames") or (req.body or {}).get("projectIds") or []
         for n in names:

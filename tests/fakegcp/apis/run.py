@@ -58,6 +58,10 @@ class Run(ApiModule):
         self.ops: dict[str, Operation] = {}
         self.iam = IamPolicies()  # key: service or job name
 
+    def snapshot(self) -> dict:
+        return {"services": self.state, "revisions": sorted(self.revisions), "jobs": self.jobs,
+                "executions": sorted(self.executions), "iam": self.iam.policies}
+
     # -- shared -------------------------------------------------------------------------
 
     @staticmethod
@@ -199,7 +203,7 @@ class Run(ApiModule):
         if previous_template is not None and comparable == prev and not force and not tpl.get("revision"):
             return None
         gen = svc["generation"]
-        rev_id = tpl.get("revision") or f"{sid}-{int(gen):05d}-{_suffix(svc['uid'], gen)}"
+        rev_id = tpl.get("revision") or f"{sid}-{int(gen):05d}-{_suffix(svc['name'], gen)}"
         if not rev_id.startswith(sid + "-"):
             raise invalid_argument(f"template.revision must start with '{sid}-'.", field="template.revision")
         rev_name = f"projects/{project}/locations/{region}/services/{sid}/revisions/{rev_id}"
@@ -506,7 +510,7 @@ class Run(ApiModule):
                            "created or updated.", "FAILED_PRECONDITION")
         job["executionCount"] = int(job.get("executionCount", 0)) + 1
         jid = name.rsplit("/", 1)[-1]
-        eid = f"{jid}-{_suffix(job['uid'], str(job['executionCount']), n=5)}"
+        eid = f"{jid}-{_suffix(job['name'], str(job['executionCount']), n=5)}"
         ename = f"{name}/executions/{eid}"
         overrides = (req.body or {}).get("overrides") or {}
         template = copy.deepcopy(job["template"])

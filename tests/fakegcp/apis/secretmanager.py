@@ -31,6 +31,10 @@ class SecretManager(ApiModule):
         self.versions_of: dict[str, list[dict]] = {}  # secret name -> versions (with payload)
         self.iam = IamPolicies()
 
+    def snapshot(self) -> dict:
+        return {"secrets": self.state, "iam": self.iam.policies,
+                "versions": {n: [v["state"] for v in vs] for n, vs in self.versions_of.items()}}
+
     # -- helpers ----------------------------------------------------------------------------
 
     @staticmethod

@@ -75,6 +75,13 @@ class SqlAdmin(ApiModule):
         self.busy: dict[str, str] = {}  # "project/instance" -> pending op name
         self._backup_ids = itertools.count(1700000000000)
 
+    def snapshot(self) -> dict:
+        def masked(user):
+            return {**user, "password": "<set>"} if user.get("password") is not None else user
+        return {"instances": self.state, "databases": self.databases,
+                "users": {k: masked(u) for k, u in self.users.items()},
+                "backups": [b.get("type") + ":" + b.get("status") for b in self.backups.values()]}
+
     # -- helpers ----------------------------------------------------------------------------
 
     def instance(self, project: str, name: str) -> dict:
@@ -186,7 +193,7 @@ class SqlAdmin(ApiModule):
             "sqlNetworkArchitecture": "NEW_NETWORK_ARCHITECTURE",
             "etag": new_id(),
         }
-        for extra in ("rootPassword", "userLabels", "diskEncryptionConfiguration"):
+        for extra in ("userLabels", "diskEncryptionConfiguration"):
             if extra in body:
                 inst[extra] = body[extra]
         self._addresses(inst)
@@ -244,7 +251,7 @@ class SqlAdmin(ApiModule):
             new_settings = deep_merge(copy.deepcopy(inst["settings"]), settings)
         new_settings["settingsVersion"] = str(int(inst["settings"]["settingsVersion"]) + 1)
         inst["settings"] = new_settings
-        for field in ("databaseVersion", "userLabels", "rootPassword"):
+        for field in ("databaseVersion", "userLabels"):
             if field in body:
                 inst[field] = body[field]
         inst["etag"] = new_id()

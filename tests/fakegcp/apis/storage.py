@@ -55,6 +55,10 @@ class Storage(ApiModule):
         self.data: dict[tuple[str, str], bytes] = {}
         self.iam = IamPolicies(stale_code=412)  # key: bucket name
 
+    def snapshot(self) -> dict:
+        return {"buckets": self.state, "iam": self.iam.policies,
+                "objects": {b: sorted(objs) for b, objs in self.objects.items()}}
+
     def alias_path(self, raw_path: str) -> str:
         # google-cloud-storage downloads media from /download/storage/v1/b/B/o/O?alt=media.
         if raw_path.startswith("download/storage/v1/"):

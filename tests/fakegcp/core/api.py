@@ -254,6 +254,10 @@ class ApiModule:
                 return value.split("/")[1]
         return None
 
+    def snapshot(self) -> dict:
+        """The resources this API holds, for comparing runs (see FakeGcp.snapshot)."""
+        return {"state": self.state}
+
     def op_polls(self) -> int:
         return self.fake.op_polls
 
