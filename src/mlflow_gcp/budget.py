@@ -26,6 +26,11 @@ RESERVED_CONNECTIONS = 5
 # checks both against pg_stat_activity.
 ENGINES_PER_WORKER = 1
 
+# Connections one pool needs at the least: a single MLflow request can hold two at once
+# (SqlAlchemyStore.log_batch opens a session inside its session), so a pool of one deadlocks until
+# SQLAlchemy's 30 s timeout. The server admits pool // 2 database requests at once per worker.
+MIN_POOL_CONNECTIONS = 2
+
 # Default max_connections of Cloud SQL for PostgreSQL by machine memory (Cloud SQL quotas page).
 _MAX_CONNECTIONS_BY_MEMORY_MB = (
     (6 * 1024 - 1, 100),  # 3.75 GB up to 6 GB
@@ -78,13 +83,13 @@ def connections_per_instance(max_connections: int, max_instances: int) -> int:
 def pool_for(connections: int, workers: int, engines: int = ENGINES_PER_WORKER) -> Pool:
     """Largest pool per engine such that workers x engines x pool fits in `connections`.
 
-    Raises ValueError when not even one connection per engine fits.
+    Raises ValueError when not even MIN_POOL_CONNECTIONS per engine fit.
     """
     per_engine = connections // (workers * engines)
-    if per_engine < 1:
+    if per_engine < MIN_POOL_CONNECTIONS:
         raise ValueError(
-            f"{connections} connection(s) cannot give {workers} worker(s) x {engines} engines "
-            "one connection each"
+            f"{connections} connection(s) cannot give {workers} worker(s) x {engines} pool(s) "
+            f"the {MIN_POOL_CONNECTIONS} connections each that MLflow needs"
         )
     # Half kept open, half opened on demand: a quiet instance holds fewer connections.
     pool_size = max(1, (per_engine + 1) // 2)
@@ -95,7 +100,7 @@ def check(tier: str, max_instances: int, workers: int, engines: int = ENGINES_PE
     """The pool that fits, or ValueError that names the knob to turn."""
     max_conn = tier_max_connections(tier)
     share = connections_per_instance(max_conn, max_instances)
-    need = workers * engines
+    need = workers * engines * MIN_POOL_CONNECTIONS
     if share >= need:
         return pool_for(share, workers, engines)
     fits_instances = (max_conn - RESERVED_CONNECTIONS) // need

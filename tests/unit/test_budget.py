@@ -37,6 +37,6 @@ def test_pool_never_exceeds_the_tier(tier, instances, workers):
 def test_refusal_suggests_a_count_that_fits():
     with pytest.raises(ValueError) as excinfo:
         budget.check("db-f1-micro", 50, 1)
-    fits = (25 - budget.RESERVED_CONNECTIONS) // budget.ENGINES_PER_WORKER
+    fits = (25 - budget.RESERVED_CONNECTIONS) // (budget.ENGINES_PER_WORKER * budget.MIN_POOL_CONNECTIONS)
     assert f"lower max_instances to {fits}" in str(excinfo.value)
     budget.check("db-f1-micro", fits, 1)

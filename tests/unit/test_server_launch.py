@@ -44,10 +44,25 @@ def test_direct_command():
 
 
 def test_backend_uri_carries_the_budgeted_pool_even_with_zero_overflow():
-    argv, _ = build(DB_CONNECTIONS="2", WORKERS="2")
+    argv, env = build(DB_POOL_SIZE="2", DB_MAX_OVERFLOW="0", WORKERS="2")
     url = make_url(opt(argv, "--backend-store-uri"))
     assert url.drivername == "postgresql+psycopg2" and url.password == "hunter2"
-    assert url.query == {"plugin": "mlflow_gcp_pool", "mlflow_gcp_pool_size": "1", "mlflow_gcp_max_overflow": "0"}
+    assert url.query == {"plugin": "mlflow_gcp_pool", "mlflow_gcp_pool_size": "2", "mlflow_gcp_max_overflow": "0"}
+    # MLflow's app behind the limiter: 2 connections serve one database request at a time.
+    assert opt(argv, "--app-name") == "mlflow-gcp" and env["MLFLOW_GCP_DB_CONCURRENCY"] == "1"
+
+
+@pytest.mark.parametrize(("connections", "concurrency"), [(2, 1), (3, 1), (4, 2), (20, 10)])
+def test_db_concurrency_leaves_each_request_two_connections(connections, concurrency):
+    from mlflow_gcp import budget
+
+    assert launch.db_concurrency(budget.pool_for(connections, 1)) == concurrency
+
+
+def test_sqlite_runs_mlflows_app_unwrapped():
+    s = settings_from_env({"DB_URI": "sqlite:////d/mlflow.db", "ARTIFACT_ROOT": "/d/a"})
+    argv, env = launch.build_command(s)
+    assert "--app-name" not in argv and "MLFLOW_GCP_DB_CONCURRENCY" not in env
 
 
 def test_sqlite_uri_is_passed_unchanged():
@@ -168,3 +183,31 @@ def test_local_env_postgres_and_emulator(tmp_path):
     assert env["ARTIFACT_ROOT"] == "gs://mlflow-local"
     assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:9023"
     settings_from_env(env)
+
+
+def test_concurrency_limit_queues_database_requests_only():
+    import asyncio
+
+    from mlflow_gcp.server.app import DatabaseConcurrencyLimit
+
+    inside = {"now": 0, "max": 0}
+
+    async def app(scope, receive, send):
+        inside["now"] += 1
+        inside["max"] = max(inside["max"], inside["now"])
+        await asyncio.sleep(0.01)
+        inside["now"] -= 1
+
+    limited = DatabaseConcurrencyLimit(app, 2)
+
+    async def main(path, n):
+        await asyncio.gather(*(limited({"type": "http", "path": path}, None, None) for _ in range(n)))
+
+    asyncio.run(main("/api/2.0/mlflow/runs/log-batch", 10))
+    assert inside["max"] == 2
+    inside["max"] = 0
+    asyncio.run(main("/api/2.0/mlflow-artifacts/artifacts/1/a/model.bin", 10))
+    assert inside["max"] == 10  # artifact transfers never wait for a database slot
+    inside["max"] = 0
+    asyncio.run(main("/health", 5))
+    assert inside["max"] == 5

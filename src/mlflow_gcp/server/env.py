@@ -222,7 +222,14 @@ def _pool(env: Mapping[str, str], workers: int, db_kind: str) -> budget.Pool | N
     if size is not None or overflow is not None:
         if size is None:
             raise _fail("DB_POOL_SIZE", "not set while DB_MAX_OVERFLOW is")
-        return budget.Pool(pool_size=size, max_overflow=overflow or 0)
+        pool = budget.Pool(pool_size=size, max_overflow=overflow or 0)
+        if pool.per_engine < budget.MIN_POOL_CONNECTIONS:
+            raise _fail(
+                "DB_POOL_SIZE",
+                f"DB_POOL_SIZE + DB_MAX_OVERFLOW must be at least {budget.MIN_POOL_CONNECTIONS} "
+                "(one MLflow request can hold two connections)",
+            )
+        return pool
     try:
         return budget.pool_for(connections or DEFAULT_DB_CONNECTIONS, workers)
     except ValueError as err:

@@ -21,9 +21,13 @@ import sys
 import threading
 import time
 
+from mlflow_gcp.budget import Pool
 from mlflow_gcp.server import logs
+from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST
 from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
 from mlflow_gcp.server.pool import with_pool
+
+APP_NAME = "mlflow-gcp"  # the `mlflow.app` entry point in pyproject.toml
 
 # Cloud Run sends SIGTERM and SIGKILLs 10 s later; leave uvicorn most of that to finish requests.
 GRACE_SECONDS = 8.0
@@ -82,7 +86,17 @@ def build_command(settings: Settings, python: str = sys.executable) -> tuple[lis
     hosts = allowed_hosts(settings)
     if hosts:
         argv += ["--allowed-hosts", ",".join(hosts)]
-    return argv, dict(FIXED_ENV)
+    env = dict(FIXED_ENV)
+    if settings.pool is not None:
+        # MLflow's app, with no more DB requests at once than the pool can serve (server/app.py).
+        argv += ["--app-name", APP_NAME]
+        env[CONCURRENCY_ENV] = str(db_concurrency(settings.pool))
+    return argv, env
+
+
+def db_concurrency(pool: Pool) -> int:
+    """Database requests one worker runs at once so that none waits on a connection forever."""
+    return max(1, pool.per_engine // CONNECTIONS_PER_REQUEST)
 
 
 def describe(argv: list[str]) -> str:

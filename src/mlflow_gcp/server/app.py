@@ -1,0 +1,54 @@
+"""MLflow's own ASGI app, with the API requests a worker runs at once capped by its pool.
+
+Why: with a budgeted pool a worker may own only 2 connections, and one MLflow request can need 2 at
+the same time (SqlAlchemyStore.log_batch opens a session inside its session). Two concurrent
+log_batch calls would then each hold one connection and wait 30 s for the second, and fail. So
+each worker admits at most `MLFLOW_GCP_DB_CONCURRENCY` (= connections // 2) database requests at
+a time; the others wait their turn in the event loop instead of failing. Health checks, the UI's
+static files and artifact transfers (no database) are never held back.
+
+Loaded by `mlflow server --app-name mlflow-gcp` (entry point `mlflow.app` in pyproject.toml) as a
+factory, so the `mlflow server` launcher process, which only looks the factory up, never builds it.
+"""
+
+from __future__ import annotations
+
+import os
+
+CONCURRENCY_ENV = "MLFLOW_GCP_DB_CONCURRENCY"
+# Each request may hold this many connections at once (log_batch's nested session).
+CONNECTIONS_PER_REQUEST = 2
+_FREE_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
+
+
+def needs_database(path: str) -> bool:
+    if not path.startswith(("/api/", "/ajax-api/")):
+        return False  # UI assets, /health, /version
+    return not path.startswith(_FREE_PREFIXES)
+
+
+class DatabaseConcurrencyLimit:
+    """ASGI middleware: at most `limit` database requests inside `app` at once."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = max(1, limit)
+        self._sem = None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not needs_database(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        if self._sem is None:  # created inside the worker's event loop
+            import asyncio
+
+            self._sem = asyncio.Semaphore(self.limit)
+        async with self._sem:
+            await self.app(scope, receive, send)
+
+
+def create_app():
+    from mlflow.server.fastapi_app import app
+
+    limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
+    return DatabaseConcurrencyLimit(app, limit) if limit > 0 else app
