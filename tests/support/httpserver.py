@@ -22,8 +22,9 @@ class BackgroundServer:
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        # A short poll keeps close() (which waits for the loop) from costing half a second.
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name=type(self).__name__, daemon=True
+            target=self._httpd.serve_forever, args=(0.05,), name=type(self).__name__, daemon=True
         )
         self._thread.start()
         return self

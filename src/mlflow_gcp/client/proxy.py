@@ -234,8 +234,8 @@ class UiProxy:
 
     def start(self) -> UiProxy:
         """Serve from a background thread (tests, embedding)."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="ui-proxy",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.1,),
+                                        name="ui-proxy", daemon=True)
         self._thread.start()
         return self
 

@@ -4,9 +4,9 @@ Token sources, first match wins (an explicitly configured source that fails is a
 silent fall-through to the next one):
 
 1. a service-account key file: `MLFLOW_GCP_CREDENTIALS_FILE`, else `GOOGLE_APPLICATION_CREDENTIALS`
-   when that file is a service-account key;
+   when that file is a service-account key (and 2. is not asked for);
 2. a service account to impersonate: `MLFLOW_GCP_IMPERSONATE_SERVICE_ACCOUNT` (your own
-   credentials need roles/iam.serviceAccountTokenCreator on it);
+   Application Default Credentials need roles/iam.serviceAccountTokenCreator on it);
 3. the metadata server, when running on Google Cloud (Compute Engine, Cloud Run, GKE, Batch...);
 4. your gcloud login (`gcloud auth print-identity-token`). For a user account gcloud cannot mint a
    token for an arbitrary audience (`--audiences` needs a service account), so the token carries
@@ -242,11 +242,13 @@ def resolve_source(env: Mapping[str, str] | None = None):
         if not os.path.isfile(path):
             raise TokenError(f"{CREDENTIALS_FILE_ENV}={path}: no such file")
         return KeyFileSource(path)
+    # Asking for impersonation explicitly beats an ambient key file, which then serves as the
+    # credentials that impersonate.
+    if target := env.get(IMPERSONATE_ENV):
+        return ImpersonatedSource(target)
     adc = env.get("GOOGLE_APPLICATION_CREDENTIALS")
     if adc and _is_service_account_key(adc):
         return KeyFileSource(adc)
-    if target := env.get(IMPERSONATE_ENV):
-        return ImpersonatedSource(target)
     if MetadataSource.available(env):
         return MetadataSource()
     if gcloud := shutil.which(env.get(GCLOUD_ENV) or "gcloud"):
