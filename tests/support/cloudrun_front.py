@@ -156,11 +156,13 @@ class CloudRunFront(BackgroundServer):
                 front._record(Seen(self.command, path, status, caller, reason))
                 return self._refuse(status, path, length, chunked)
             try:
-                status = self._forward(front, length, chunked)
+                # Recorded before the body is relayed, so a client that has its answer also
+                # finds it in the log.
+                self._forward(front, length, chunked,
+                              lambda status: front._record(Seen(self.command, path, status, caller)))
             except _TooLarge:
                 front._record(Seen(self.command, path, 413, caller, "chunked body over the cap"))
                 return self._refuse(413, path, None, False)
-            front._record(Seen(self.command, path, status, caller))
 
         def _refuse(self, status: int, path: str, length: str | None, chunked: bool) -> None:
             page = {401: UNAUTHORIZED_PAGE, 403: FORBIDDEN_PAGE, 413: TOO_LARGE_PAGE}[status]
@@ -200,7 +202,8 @@ class CloudRunFront(BackgroundServer):
                 yield self.rfile.read(size)
                 self.rfile.readline()
 
-        def _forward(self, front: CloudRunFront, length: str | None, chunked: bool) -> int:
+        def _forward(self, front: CloudRunFront, length: str | None, chunked: bool,
+                     record: Callable[[int], None]) -> None:
             conn = http.client.HTTPConnection(*front.upstream, timeout=300)
             try:
                 conn.putrequest(self.command, self.path, skip_host=True,
@@ -228,8 +231,8 @@ class CloudRunFront(BackgroundServer):
                         conn.send(piece)
                         remaining -= len(piece)
                 resp = conn.getresponse()
+                record(resp.status)
                 self._relay(resp)
-                return resp.status
             finally:
                 conn.close()
 
