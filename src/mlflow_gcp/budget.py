@@ -22,7 +22,7 @@ RESERVED_CONNECTIONS = 5
 # each with its own pool, per store: tracking, model registry, and jobs as soon as a /jobs endpoint
 # is called even with job execution off (3 measured in pg_stat_activity under load, MLflow 3.17.2).
 # Our server's SQLAlchemy plugin (server/pool_plugin.py) makes them share one pool per process, and
-# the `mlflow server` launcher process holds none (NullPool); tests/integration/test_server_pool.py
+# the `mlflow server` launcher process holds none (NullPool); tests/integration/test_server_storage.py
 # checks both against pg_stat_activity.
 ENGINES_PER_WORKER = 1
 
