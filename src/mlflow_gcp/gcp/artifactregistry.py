@@ -50,11 +50,21 @@ def delete_repository(clients, region: str, repo: str, progress=None) -> bool:
 
 
 def tag_digest(clients, region: str, repo: str, package: str, tag: str) -> str | None:
-    """sha256:... that `package:tag` points to, or None when there is no such tag."""
-    name = f"{repo_name(clients, region, repo)}/packages/{package}/tags/{tag}"
+    """sha256:... that `package:tag` points to, or None when there is no such tag (or repository)."""
+    api = _repos(clients).dockerImages()
+    token = None
     try:
-        resp = clients.execute(_repos(clients).packages().tags().get(name=name), f"reading image {package}:{tag}")
+        while True:
+            resp = clients.execute(
+                api.list(parent=repo_name(clients, region, repo), pageToken=token),
+                f"looking for image {package}:{tag}",
+            )
+            for image in resp.get("dockerImages") or []:
+                path, _, digest = (image.get("uri") or "").partition("@")
+                if path.rsplit("/", 1)[-1] == package and tag in (image.get("tags") or []):
+                    return digest or None
+            token = resp.get("nextPageToken")
+            if not token:
+                return None
     except NotFound:
         return None
-    version = resp.get("version") or ""
-    return version.rsplit("/", 1)[-1] or None

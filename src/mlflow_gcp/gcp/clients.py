@@ -114,6 +114,17 @@ class Clients:
             cache_discovery=False,
         )
 
+    def fix_media_uri(self, request: Any, api: str) -> Any:
+        """Media uploads use an absolute /upload/... path that api_endpoint does not move (only
+        the host is swapped, keeping https); under emulation send them to <root>/<api>/upload/..."""
+        if self.api_root:
+            from urllib.parse import urlsplit, urlunsplit
+
+            parts = urlsplit(request.uri)
+            root = urlsplit(self.api_root)
+            request.uri = urlunsplit((root.scheme, root.netloc, f"{root.path}/{api}{parts.path}", parts.query, ""))
+        return request
+
     def execute(self, request: Any, what: str, *, retry: gerrors.RetryPolicy | None = None) -> dict:
         """Run one request with the retry policy; Google errors become ours (gcp.errors)."""
         return gerrors.execute(

@@ -91,6 +91,8 @@ _ROLE_FOR_API = {
 }
 _PERMISSION_RE = re.compile(r"\b([a-z]+\.[a-zA-Z]+\.[a-zA-Z]+)\b")
 _SERVICE_RE = re.compile(r"\b([a-z0-9-]+\.googleapis\.com)\b")
+# 501 Not Implemented and 505 are permanent; these are worth another try.
+_TRANSIENT_5XX = {500, 502, 503, 504}
 _RATE_REASONS = {"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED", "quotaExceeded"}
 
 
@@ -185,7 +187,7 @@ def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
         return Aborted(text, status=status)
     if status == 412:
         return Aborted(text, status=status)
-    if status >= 500:
+    if status in _TRANSIENT_5XX:
         return Unavailable(text, status=status)
     if status == 400:
         return InvalidRequest(text, status=status)

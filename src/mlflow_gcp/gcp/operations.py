@@ -83,3 +83,23 @@ def wait(
     if message:
         raise OperationFailed(f"{what} failed: {message} (operation {op.get('name')})")
     return op
+
+
+def wait_until(clients, read: Callable[[], Any], ready: Callable[[Any], bool], *, what: str, timeout: float,
+               progress: Progress | None = None) -> Any:
+    """Poll `read()` until `ready(value)`: for a resource another run (or Google) is still busy
+    with, whose operation we do not hold (e.g. a create whose response was lost)."""
+    start = clients.clock()
+    interval = clients.poll_interval
+    value = read()
+    while not ready(value):
+        elapsed = clients.clock() - start
+        if elapsed > timeout:
+            raise OperationFailed(f"timed out after {elapsed:.0f}s waiting for {what}",
+                                  hint="rerun the same command later")
+        if progress:
+            progress(what, elapsed)
+        clients.sleep(interval)
+        interval = min(MAX_POLL_INTERVAL_SECONDS, max(interval, 0.0) * 1.5)
+        value = read()
+    return value

@@ -24,6 +24,20 @@ def get_instance(clients, name: str) -> dict | None:
         return None
 
 
+# States in which the instance is busy with something it will finish by itself.
+_BUSY_STATES = {"PENDING_CREATE", "MAINTENANCE", "PENDING_DELETE"}
+
+
+def wait_ready(clients, name: str, current: dict, progress=None) -> dict:
+    """`current`, or the instance once it leaves a busy state (e.g. a creation another run began)."""
+    if current.get("state") not in _BUSY_STATES:
+        return current
+    return operations.wait_until(
+        clients, lambda: get_instance(clients, name) or {}, lambda i: i.get("state") not in _BUSY_STATES,
+        what=f"Cloud SQL instance {name} to be ready", timeout=CREATE_TIMEOUT_SECONDS, progress=progress,
+    )
+
+
 def create_instance(clients, body: dict, progress=None) -> bool:
     """Create and wait; False when it already existed (another run created it)."""
     name = body["name"]

@@ -56,8 +56,9 @@ def upload(clients, bucket: str, name: str, data: bytes, content_type: str) -> d
     from googleapiclient.http import MediaInMemoryUpload
 
     media = MediaInMemoryUpload(data, mimetype=content_type, resumable=False)
+    request = clients.api("storage").objects().insert(bucket=bucket, name=name, media_body=media)
     return clients.execute(
-        clients.api("storage").objects().insert(bucket=bucket, name=name, media_body=media),
+        clients.fix_media_uri(request, "storage"),
         f"uploading gs://{bucket}/{name}",
     )
 

@@ -46,6 +46,7 @@ class UpResult:
 def apply(ctx: Context, plan: Plan, *, clock: Callable[[], float] = time.monotonic) -> UpResult:
     """Re-inspect and apply each step in order; steps with nothing to do make no write."""
     result = UpResult(plan)
+    ctx.applying = True
     all_steps = steps()
     total = len(all_steps)
     for index, step in enumerate(all_steps, 1):

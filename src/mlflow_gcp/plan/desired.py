@@ -56,6 +56,8 @@ FIELD_LABELS = {
     "template.containers[mlflow].resources.limits.memory": "service.memory",
     "template.containers[mlflow].image": "service.image",
     "lifecycle.rule": "artifacts.lifecycle",
+    "template.containers[mlflow].env[DB_CONNECTIONS].value": "connection budget per instance",
+    "template.containers[mlflow].env[WORKERS].value": "service.workers",
 }
 
 

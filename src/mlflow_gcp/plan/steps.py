@@ -43,6 +43,7 @@ class Context:
     say: Callable[[str], None] = lambda line: None
     progress: Callable[[str, float], None] | None = None
     facts: dict = field(default_factory=dict)
+    applying: bool = False  # False while planning: never wait, never write
 
     @property
     def project_number(self) -> str | None:
@@ -165,6 +166,8 @@ class SqlInstance(Step):
         ctx.facts["sql_instance_exists"] = current is not None
         if current is None:
             return self.action(ctx, CREATE, detail=f"{want['databaseVersion']} {want['settings']['tier']} in {ctx.cfg.region}")
+        if ctx.applying:  # not while planning: settle what another run started
+            current = sql.wait_ready(ctx.clients, want["name"], current, progress=ctx.progress)
         incompatible = [
             f"{k} is {current.get(k)}, not {want[k]}" for k in desired.SQL_IMMUTABLE if current.get(k) != want[k]
         ]
