@@ -51,3 +51,12 @@ def set_iam_policy(clients, email: str, policy: dict) -> dict:
         api.setIamPolicy(resource=_name(clients, email), body={"policy": policy}),
         f"updating the IAM policy of {email}",
     )
+
+
+def create_key(clients, email: str) -> dict:
+    """A new user-managed key; the response's privateKeyData is the key file, base64 (keep it secret)."""
+    api = clients.api("iam").projects().serviceAccounts().keys()
+    return clients.execute(
+        api.create(name=_name(clients, email), body={"privateKeyType": "TYPE_GOOGLE_CREDENTIALS_FILE"}),
+        f"creating a key for {email}",
+    )
