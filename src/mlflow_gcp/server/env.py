@@ -156,7 +156,7 @@ def _db_uri_from_parts(env: Mapping[str, str]) -> str:
     present = [n for n in ("DB_USER", "DB_PASSWORD", "DB_NAME", "INSTANCE_CONNECTION_NAME", "DB_HOST") if _get(env, n)]
     if not present:
         raise ServerEnvError(
-            "DB_URI: not set; set DB_URI, or DB_USER, DB_PASSWORD, DB_NAME and "
+            "DB_URI: not set; expected DB_URI, or DB_USER, DB_PASSWORD, DB_NAME and "
             "INSTANCE_CONNECTION_NAME (or DB_HOST)"
         )
     for name in ("DB_USER", "DB_PASSWORD", "DB_NAME"):
@@ -173,8 +173,8 @@ def _db_uri_from_parts(env: Mapping[str, str]) -> str:
         return f"postgresql+psycopg2://{user}:{password}@/{name}?host=/cloudsql/{instance}"
     if not host:
         raise ServerEnvError(
-            "INSTANCE_CONNECTION_NAME: not set; set it to project:region:instance, "
-            "or set DB_HOST (and DB_PORT) for a TCP connection"
+            "INSTANCE_CONNECTION_NAME: not set; expected project:region:instance, "
+            "or DB_HOST (and DB_PORT) for a TCP connection"
         )
     if not re.match(r"^[A-Za-z0-9.:_\[\]-]+$", host) or "/" in host:
         raise _fail("DB_HOST", f"{host!r} is not a host name or IP")
