@@ -28,11 +28,14 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
             out.deleted.append(what)
             ctx.say(f"deleted {what}")
 
-    done(run.delete_service(clients, cfg.region, cfg.service.name, progress=ctx.progress),
-         f"Cloud Run service {cfg.service.name}")
-    done(run.delete_job(clients, cfg.region, cfg.migrate_job_name, progress=ctx.progress),
-         f"Cloud Run job {cfg.migrate_job_name}")
-    if not cfg.service.image:
+    # Read before every delete: a second destroy makes no write at all.
+    if run.get_service_raw(clients, cfg.region, cfg.service.name) is not None:
+        done(run.delete_service(clients, cfg.region, cfg.service.name, progress=ctx.progress),
+             f"Cloud Run service {cfg.service.name}")
+    if run.get_job(clients, cfg.region, cfg.migrate_job_name) is not None:
+        done(run.delete_job(clients, cfg.region, cfg.migrate_job_name, progress=ctx.progress),
+             f"Cloud Run job {cfg.migrate_job_name}")
+    if not cfg.service.image and artifactregistry.get_repository(clients, cfg.region, cfg.service.repository):
         done(artifactregistry.delete_repository(clients, cfg.region, cfg.service.repository, progress=ctx.progress),
              f"Artifact Registry repository {cfg.service.repository}")
     removed = iampolicy.ensure(
@@ -41,7 +44,8 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
         remove=desired.project_bindings(cfg),
     )
     done(bool(removed), f"project role bindings of {cfg.server_service_account_email}")
-    done(secretmanager.delete_secret(clients, cfg.secret_id), f"secret {cfg.secret_id}")
+    if secretmanager.get_secret(clients, cfg.secret_id) is not None:
+        done(secretmanager.delete_secret(clients, cfg.secret_id), f"secret {cfg.secret_id}")
 
     instance = sql.get_instance(clients, cfg.database.instance)
     if instance is not None:
@@ -68,11 +72,12 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
                 remove=desired.bucket_bindings(cfg),
             )
             out.kept.append(f"bucket gs://{cfg.bucket_name} and its artifacts (--keep-bucket)")
-    else:
+    elif storage.get_bucket(clients, cfg.bucket_name) is not None:
         done(storage.delete_bucket(clients, cfg.bucket_name),
              f"bucket gs://{cfg.bucket_name} (objects recoverable during its soft-delete period)")
-    done(iam.delete_service_account(clients, cfg.server_service_account_email),
-         f"service account {cfg.server_service_account_email}")
+    if iam.get_service_account(clients, cfg.server_service_account_email) is not None:
+        done(iam.delete_service_account(clients, cfg.server_service_account_email),
+             f"service account {cfg.server_service_account_email}")
     if out.deleted:
         out.kept.append("enabled APIs (disabling them could break other workloads in the project)")
     return out
