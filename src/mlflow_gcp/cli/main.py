@@ -19,6 +19,7 @@ from mlflow_gcp.errors import ConfigError, MlflowGcpError
 COMMAND_MODULES = [
     "mlflow_gcp.cli.config_cmd",
     "mlflow_gcp.cli.client_cmds",
+    "mlflow_gcp.cli.access_cmds",
     "mlflow_gcp.cli.deploy",
     "mlflow_gcp.cli.local",
 ]
