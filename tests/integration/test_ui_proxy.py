@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 import uuid
 from pathlib import Path
@@ -164,3 +165,27 @@ def test_ui_on_a_busy_port_says_so(stack, plugin):
     assert proc.returncode == 1
     assert f"cannot listen on 127.0.0.1:{first.port}" in proc.stderr
     assert "--port" in proc.stderr
+
+
+def test_ui_opens_the_browser_unless_told_not_to(stack, tmp_path):
+    # Python's webbrowser honours $BROWSER: a recorder instead of a real browser.
+    seen = tmp_path / "opened.txt"
+    recorder = tmp_path / "browser.sh"
+    recorder.write_text(f'#!/bin/sh\necho "$1" >> {seen}\n')
+    recorder.chmod(0o755)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_gcp", "ui", "--port", "0", "--url", stack.front.url],
+        env=clean_env(MLFLOW_GCP_CREDENTIALS_FILE=str(stack.key_file),
+                      BROWSER=f"{recorder} %s", DISPLAY=""),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        ui_url = re.search(r"at (http://127\.0\.0\.1:\d+) ", proc.stdout.readline()).group(1)
+        for _ in range(100):
+            if seen.exists() and seen.read_text().strip():
+                break
+            time.sleep(0.1)
+    finally:
+        code, _ = _stop_ui(proc)
+    assert seen.read_text().split() == [ui_url]
+    assert code == 0
