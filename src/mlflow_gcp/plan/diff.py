@@ -76,9 +76,10 @@ def diff(desired: Any, actual: Any, path: str = "", ignore: frozenset[str] = fro
             return
         if isinstance(d, dict):
             if not isinstance(a, dict):
-                if not (_empty(a) and all(_empty(v) for v in d.values())):
+                if not _empty(a):
                     add(p, a, d)
-                return
+                    return
+                a = {}  # absent: report each desired field on its own
             for key, value in d.items():
                 walk(value, a.get(key, _ABSENT), f"{p}.{key}" if p else key)
             return

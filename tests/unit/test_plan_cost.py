@@ -1,0 +1,33 @@
+"""The monthly cost estimate: arithmetic from the dated price table, and honest assumptions."""
+
+from mlflow_gcp import config
+from mlflow_gcp.ops import cost
+
+
+def cfg(**sections):
+    return config.from_dict({"project": "acme-ml-prod", **sections})
+
+
+def test_default_deployment_costs_the_small_instance_and_nothing_idle():
+    est = cost.estimate(cfg(region="us-central1"))
+    lines = {line.component: line.monthly_usd for line in est.lines}
+    assert lines["Cloud SQL instance"] == cost.SQL_SHARED_CORE_HOURLY["db-f1-micro"] * cost.HOURS_PER_MONTH
+    assert lines["Cloud Run idle instances"] == 0
+    assert est.total == round(sum(lines.values()), 2)
+    assert not any("priced as" in a for a in est.assumptions)
+
+
+def test_warm_instances_and_custom_tiers_add_up():
+    est = cost.estimate(cfg(service={"min_instances": 1, "cpu": "2", "memory": "2Gi"},
+                            database={"tier": "db-custom-2-7680"}))
+    lines = {line.component: line.monthly_usd for line in est.lines}
+    assert lines["Cloud Run idle instances"] == cost.SECONDS_PER_MONTH * (2 + 2) * cost.RUN_IDLE_VCPU_SECOND
+    expected_sql = (2 * cost.SQL_VCPU_HOURLY["ENTERPRISE"] + 7.5 * cost.SQL_GB_RAM_HOURLY["ENTERPRISE"]) * cost.HOURS_PER_MONTH
+    assert abs(lines["Cloud SQL instance"] - expected_sql) < 1e-9
+
+
+def test_other_regions_say_they_are_priced_as_the_table_region():
+    est = cost.estimate(cfg())  # europe-west9
+    assert "europe-west9 priced as us-central1" in est.assumptions[0]
+    data = est.as_dict()
+    assert data["prices_as_of"] == cost.PRICES_AS_OF and data["currency"] == "USD"

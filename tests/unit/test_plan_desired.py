@@ -1,0 +1,124 @@
+"""Desired bodies: every field exists in Google's discovery documents, and the product's rules
+(private, no secret in the clear, nothing deleted that a model may need) hold in the data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import googleapiclient
+import pytest
+
+from mlflow_gcp import config
+from mlflow_gcp.plan import desired
+
+DOCS = Path(googleapiclient.__file__).parent / "discovery_cache" / "documents"
+
+
+def cfg(**sections) -> config.Config:
+    return config.from_dict({"project": "acme-ml-prod", **sections})
+
+
+def _unknown_fields(doc: dict, schema: dict, value, path="") -> list[str]:
+    if "$ref" in schema:
+        schema = doc["schemas"][schema["$ref"]]
+    if isinstance(value, dict):
+        if "additionalProperties" in schema:
+            return [p for k, v in value.items() for p in _unknown_fields(doc, schema["additionalProperties"], v, f"{path}.{k}")]
+        props = schema.get("properties", {})
+        out = []
+        for k, v in value.items():
+            if k not in props:
+                out.append(f"{path}.{k}")
+            else:
+                out += _unknown_fields(doc, props[k], v, f"{path}.{k}")
+        return out
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _unknown_fields(doc, schema.get("items", {}), v, f"{path}[{i}]")]
+    return []
+
+
+def check(api: str, schema: str, body: dict) -> list[str]:
+    doc = json.loads((DOCS / f"{api}.json").read_text())
+    return _unknown_fields(doc, {"$ref": schema}, body)
+
+
+@pytest.mark.parametrize("settings", [{}, {"database": {"private_ip": True, "network": "projects/p/global/networks/default"}}])
+def test_every_body_uses_only_documented_fields(settings):
+    c = cfg(**settings)
+    assert check("sqladmin.v1", "DatabaseInstance", desired.sql_instance(c)) == []
+    assert check("storage.v1", "Bucket", desired.bucket(c)) == []
+    assert check("run.v2", "GoogleCloudRunV2Service", desired.service(c, c.image_uri, ["h"])) == []
+    assert check("run.v2", "GoogleCloudRunV2Job", desired.job(c, c.image_uri)) == []
+    assert check("secretmanager.v1", "Secret", desired.secret(c)) == []
+    assert check("artifactregistry.v1", "Repository", desired.repository(c)) == []
+    assert check("iam.v1", "ServiceAccount", desired.service_account(c)) == []
+    assert check("cloudbuild.v1", "Build", desired.build(c, "b", "o.tar.gz")) == []
+
+
+def test_the_checker_catches_a_misspelled_field():
+    assert check("storage.v1", "Bucket", {"lifecycle": {"rules": []}}) == [".lifecycle.rules"]
+
+
+def test_cloud_sql_defaults_are_durable_and_closed():
+    body = desired.sql_instance(cfg())
+    s = body["settings"]
+    assert s["backupConfiguration"]["enabled"] and s["backupConfiguration"]["pointInTimeRecoveryEnabled"]
+    assert s["deletionProtectionEnabled"] is True
+    assert s["ipConfiguration"]["authorizedNetworks"] == [] and s["ipConfiguration"]["sslMode"] == "ENCRYPTED_ONLY"
+    private = desired.sql_instance(cfg(database={"private_ip": True, "network": "projects/p/global/networks/vpc"}))
+    assert private["settings"]["ipConfiguration"]["ipv4Enabled"] is False
+    assert private["settings"]["ipConfiguration"]["privateNetwork"] == "projects/p/global/networks/vpc"
+
+
+def test_lifecycle_archives_by_default_and_deletes_only_under_a_prefix():
+    rules = desired.lifecycle_rules(cfg())
+    assert rules[0] == {"action": {"type": "SetStorageClass", "storageClass": "NEARLINE"},
+                        "condition": {"age": 90, "matchesStorageClass": ["STANDARD"]}}
+    scratch = desired.lifecycle_rules(cfg(artifacts={"lifecycle": {"action": "delete", "days": 30, "prefix": "scratch/"}}))
+    assert scratch[0] == {"action": {"type": "Delete"}, "condition": {"age": 30, "matchesPrefix": ["scratch/"]}}
+    for rules in (desired.lifecycle_rules(cfg()), scratch):
+        assert all(r["condition"].get("matchesPrefix") for r in rules if r["action"]["type"] == "Delete")
+
+
+def test_the_password_is_only_a_secret_reference():
+    c = cfg()
+    for body in (desired.service(c, "img", []), desired.job(c, "img")):
+        containers = body["template"]["containers"] if "containers" in body["template"] else body["template"]["template"]["containers"]
+        env = {e["name"]: e for e in containers[0]["env"]}
+        assert "value" not in env["DB_PASSWORD"]
+        assert env["DB_PASSWORD"]["valueSource"]["secretKeyRef"] == {
+            "secret": "projects/acme-ml-prod/secrets/mlflow-tracking-db-password", "version": "latest"}
+
+
+def test_service_env_matches_the_server_contract():
+    c = cfg(service={"max_instances": 4, "workers": 2})
+    env = {e["name"]: e.get("value") for e in desired.service(c, "img", ["a.run.app", "b.run.app"])["template"]["containers"][0]["env"]}
+    assert env["ALLOWED_HOSTS"] == "a.run.app,b.run.app"
+    assert env["DB_MIGRATE"] == "never" and env["WORKERS"] == "2"
+    assert env["DB_CONNECTIONS"] == str(c.connections_per_instance())
+    assert env["ARTIFACT_ROOT"] == "gs://acme-ml-prod-mlflow-artifacts" and env["ARTIFACT_MODE"] == "proxied"
+
+
+def test_allowed_hosts_include_the_deterministic_host_before_the_first_deploy():
+    c = cfg()
+    assert desired.allowed_hosts(c, "123456", []) == ["mlflow-tracking-123456.europe-west9.run.app"]
+    assert desired.allowed_hosts(c, "123456", ["https://mlflow-tracking-abc-ew.a.run.app"]) == [
+        "mlflow-tracking-123456.europe-west9.run.app", "mlflow-tracking-abc-ew.a.run.app"]
+
+
+def test_private_by_default_public_only_when_configured():
+    want, remove = desired.invoker_bindings(cfg(access={"members": ["user:ann@example.com"]}))
+    assert want == [("roles/run.invoker", "user:ann@example.com")]
+    assert ("roles/run.invoker", "allUsers") in remove and ("roles/run.invoker", "allAuthenticatedUsers") in remove
+    want, remove = desired.invoker_bindings(cfg(access={"mode": "public"}))
+    assert want == [("roles/run.invoker", "allUsers")] and remove == []
+
+
+def test_server_account_is_least_privilege():
+    c = cfg()
+    member = "serviceAccount:mlflow-server@acme-ml-prod.iam.gserviceaccount.com"
+    assert desired.project_bindings(c) == [("roles/cloudsql.client", member)]
+    assert desired.bucket_bindings(c) == [("roles/storage.objectUser", member)]
+    assert desired.secret_bindings(c) == [("roles/secretmanager.secretAccessor", member)]
+    assert desired.sa_self_bindings(c) == [("roles/iam.serviceAccountTokenCreator", member)]
