@@ -216,8 +216,9 @@ def test_second_up_makes_zero_mutating_calls_and_says_no_changes(fake_gcp, tmp_p
     assert "No changes." in second
     assert fake_gcp.mutating_requests() == []
     history = (tmp_path / ".mlflow-gcp" / "history.jsonl").read_text().splitlines()
-    assert len(history) == 1, "a run that changed nothing adds no record"
-    record = json.loads(history[0])
+    assert len(history) == 2, "every run leaves a record"
+    record, unchanged = json.loads(history[0]), json.loads(history[1])
+    assert unchanged["changed"] == [] and unchanged["revision"] == record["revision"]
     assert record["image_digest"].startswith("sha256:") and record["revision"].startswith("mlflow-tracking-")
     assert any("Cloud SQL instance" in c for c in record["changed"])
 

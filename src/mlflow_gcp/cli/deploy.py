@@ -127,14 +127,13 @@ def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
         result = up_ops.apply(ctx, plan)
         click.echo(f"Applied {len(result.applied)} change(s).")
     service = result.service
-    if result.applied:
-        history.append(cfg_source.file, {
-            "project": cfg.project,
-            "changed": [f"{a.verb} {a.kind} {a.name}" for a in result.applied],
-            "revision": service.latest_ready_revision if service else None,
-            "image": service.image if service else None,
-            "image_digest": result.digest or _digest(service),
-        })
+    history.append(cfg_source.file, {
+        "project": cfg.project,
+        "changed": [f"{a.verb} {a.kind} {a.name}" for a in result.applied],
+        "revision": service.latest_ready_revision if service else None,
+        "image": service.image if service else None,
+        "image_digest": result.digest or _digest(service),
+    })
     if service is None or not service.uri:
         click.echo("The service has no URL yet; run `mlflow-gcp up` again in a minute.")
         return

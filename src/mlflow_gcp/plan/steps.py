@@ -277,7 +277,7 @@ class Bucket(Step):
 class IamBindings(Step):
     """Bindings on one resource's IAM policy: read, compare, write only when one is missing."""
 
-    kind = "IAM policy"
+    kind = "IAM binding"
 
     def __init__(self, key: str, label: Callable[[Config], str], get, set_, wanted, unwanted=None):
         self.key = key
