@@ -94,13 +94,15 @@ class _Handler(BaseHTTPRequestHandler):
         has_body = chunked or int(length or 0) > 0
         try:
             resp, conn = self._send(proxy, token, length, chunked)
-            if resp.status == 401 and not has_body:
-                # Rejected token (revoked, clock skew): get another and try once more; a request
-                # with a body was streamed already and cannot be replayed.
-                resp.read()
-                conn.close()
+            if resp.status == 401:
+                # Rejected token (revoked, clock skew): get another and try once more. A request
+                # with a body was streamed already and cannot be replayed: the browser gets the
+                # 401, and its next request the new token.
                 token = proxy.cache.refresh_after_rejection(proxy.audience, token)
-                resp, conn = self._send(proxy, token, length, chunked)
+                if not has_body:
+                    resp.read()
+                    conn.close()
+                    resp, conn = self._send(proxy, token, length, chunked)
         except MlflowGcpError as err:
             return self._error(502, f"mlflow-gcp ui: {err}")
         except (OSError, http.client.HTTPException) as err:
@@ -141,7 +143,8 @@ class _Handler(BaseHTTPRequestHandler):
         up = proxy.upstream
         conn.putrequest(self.command, up.prefix + self.path, skip_accept_encoding=True)
         for name, value in self.headers.items():
-            if name.lower() not in HOP_BY_HOP | {"authorization", "content-length"}:
+            # Expect: 100-continue was answered by us already; the body follows at once.
+            if name.lower() not in HOP_BY_HOP | {"authorization", "content-length", "expect"}:
                 conn.putheader(name, value)
         conn.putheader("Authorization", f"Bearer {token}")
         if chunked:
