@@ -449,3 +449,31 @@ def test_no_secret_in_any_output_or_log(fake_gcp, tmp_path, monkeypatch, capsys,
     everything = out.out + out.err + caplog.text + "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
     assert password not in everything
     assert password not in json.dumps(fake_gcp.state("run"))
+
+
+def test_a_non_default_config_converges_too(fake_gcp):
+    cfg = config.from_dict({
+        "project": PROJECT, "region": "us-central1", "labels": {"team": "ml"},
+        "service": {"min_instances": 1, "max_instances": 3, "cpu": "2", "memory": "2Gi", "workers": 2},
+        "database": {"tier": "db-custom-1-3840", "private_ip": True, "network": f"projects/{PROJECT}/global/networks/vpc",
+                     "point_in_time_recovery": False, "deletion_protection": False},
+        "artifacts": {"lifecycle": {"action": "delete", "days": 30, "prefix": "scratch/"}},
+    })
+    up(cfg)
+    assert plan(cfg).empty
+    inst = fake_gcp.state("sqladmin")[f"{PROJECT}/mlflow-db"]
+    assert inst["settings"]["ipConfiguration"]["privateNetwork"].endswith("/networks/vpc")
+    assert inst["settings"]["userLabels"] == {"managed-by": "mlflow-gcp", "team": "ml"}
+    svc = fake_gcp.state("run")[f"projects/{PROJECT}/locations/us-central1/services/mlflow-tracking"]
+    assert svc["template"]["vpcAccess"]["egress"] == "PRIVATE_RANGES_ONLY"
+    rule = fake_gcp.state("storage")[cfg.bucket_name]["lifecycle"]["rule"][0]
+    assert rule == {"action": {"type": "Delete"}, "condition": {"age": 30, "matchesPrefix": ["scratch/"]}}
+
+
+def test_a_given_image_skips_the_registry_and_the_build(fake_gcp):
+    cfg = make_cfg(service__image="us-docker.pkg.dev/acme-ml-prod/images/mlflow-gcp@sha256:" + "a" * 64)
+    up(cfg)
+    assert not fake_gcp.state("artifactregistry") and not fake_gcp.state("cloudbuild")
+    assert fake_gcp.state("run")[SERVICE]["template"]["containers"][0]["image"] == cfg.service.image
+    fake_gcp.clear_log()
+    assert plan(cfg).empty and fake_gcp.mutating_requests() == []

@@ -122,3 +122,11 @@ def test_server_account_is_least_privilege():
     assert desired.bucket_bindings(c) == [("roles/storage.objectUser", member)]
     assert desired.secret_bindings(c) == [("roles/secretmanager.secretAccessor", member)]
     assert desired.sa_self_bindings(c) == [("roles/iam.serviceAccountTokenCreator", member)]
+
+
+def test_private_ip_gives_the_service_and_job_a_way_into_the_vpc():
+    c = cfg(database={"private_ip": True, "network": "projects/p/global/networks/vpc"})
+    for template in (desired.service(c, "img", [])["template"], desired.job(c, "img")["template"]["template"]):
+        assert template["vpcAccess"] == {"networkInterfaces": [{"network": "projects/p/global/networks/vpc"}],
+                                         "egress": "PRIVATE_RANGES_ONLY"}
+    assert "vpcAccess" not in desired.service(cfg(), "img", [])["template"]

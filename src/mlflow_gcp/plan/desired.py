@@ -206,32 +206,36 @@ def service(cfg: Config, image: str, hosts: list[str]) -> dict:
         # The job migrates; instances racing to migrate the schema is what this prevents.
         {"name": "DB_MIGRATE", "value": "never"},
     ]
-    return {
-        "labels": cfg.all_labels,
-        "ingress": "INGRESS_TRAFFIC_ALL",
-        "template": {
-            "serviceAccount": cfg.server_service_account_email,
-            "scaling": {"minInstanceCount": s.min_instances, "maxInstanceCount": s.max_instances},
-            "maxInstanceRequestConcurrency": s.concurrency,
-            "timeout": f"{s.timeout_seconds}s",
-            "volumes": _cloudsql_volume(cfg),
-            "containers": [
-                {
-                    "name": CONTAINER_NAME,
-                    "image": image,
-                    "ports": [{"containerPort": s.port}],
-                    "resources": {"limits": {"cpu": s.cpu, "memory": s.memory}, "startupCpuBoost": True},
-                    "env": env,
-                    "volumeMounts": _mounts(),
-                    "startupProbe": {
-                        "httpGet": {"path": "/health", "port": s.port},
-                        "periodSeconds": PROBE_PERIOD_SECONDS,
-                        "failureThreshold": PROBE_FAILURES,
-                    },
-                }
-            ],
-        },
+    template: dict = {
+        "serviceAccount": cfg.server_service_account_email,
+        "scaling": {"minInstanceCount": s.min_instances, "maxInstanceCount": s.max_instances},
+        "maxInstanceRequestConcurrency": s.concurrency,
+        "timeout": f"{s.timeout_seconds}s",
+        "volumes": _cloudsql_volume(cfg),
+        "containers": [
+            {
+                "name": CONTAINER_NAME,
+                "image": image,
+                "ports": [{"containerPort": s.port}],
+                "resources": {"limits": {"cpu": s.cpu, "memory": s.memory}, "startupCpuBoost": True},
+                "env": env,
+                "volumeMounts": _mounts(),
+                "startupProbe": {
+                    "httpGet": {"path": "/health", "port": s.port},
+                    "periodSeconds": PROBE_PERIOD_SECONDS,
+                    "failureThreshold": PROBE_FAILURES,
+                },
+            }
+        ],
     }
+    if cfg.database.private_ip:
+        template["vpcAccess"] = _vpc_access(cfg)
+    return {"labels": cfg.all_labels, "ingress": "INGRESS_TRAFFIC_ALL", "template": template}
+
+
+def _vpc_access(cfg: Config) -> dict:
+    # Direct VPC egress into the database's network; only private ranges go through it.
+    return {"networkInterfaces": [{"network": cfg.database.network}], "egress": "PRIVATE_RANGES_ONLY"}
 
 
 def job(cfg: Config, image: str) -> dict:
@@ -248,6 +252,7 @@ def job(cfg: Config, image: str) -> dict:
                 # A failed migration must be looked at, not retried blindly.
                 "maxRetries": 0,
                 "timeout": "1800s",
+                **({"vpcAccess": _vpc_access(cfg)} if cfg.database.private_ip else {}),
                 "volumes": _cloudsql_volume(cfg),
                 "containers": [
                     {
