@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -207,3 +208,31 @@ def test_the_front_sets_the_run_app_host(stack, plugin):
     )
     assert direct.status_code == 403 and "Invalid Host header" in direct.text
     assert FRONT_HOST.endswith(".run.app")
+
+
+def test_a_retried_upload_sends_the_whole_file_again(stack, plugin, tmp_path):
+    data = os.urandom(3 * 1024 * 1024)
+    src = tmp_path / "upload.bin"
+    src.write_bytes(data)
+    url = f"{stack.front.url}/api/2.0/mlflow-artifacts/artifacts/{uuid.uuid4().hex}/upload.bin"
+    requests.get(f"{stack.front.url}/health", auth=GcpAuth(), timeout=30)  # cache a token
+    plugin.clock = lambda: stack.clock() - 7200  # the front will find that token expired
+    stack.clock.advance(3700)
+    with open(src, "rb") as body:
+        resp = requests.put(url, data=body, auth=GcpAuth(), timeout=60)
+    assert resp.status_code == 200 and [r.status_code for r in resp.history] == [401]
+    back = requests.get(url, auth=GcpAuth(), timeout=60)
+    assert back.content == data  # rewound: not a truncated or empty second attempt
+
+
+def test_a_stream_that_cannot_be_rewound_is_not_retried(stack, plugin):
+    url = f"{stack.front.url}/api/2.0/mlflow-artifacts/artifacts/{uuid.uuid4().hex}/stream.bin"
+    requests.get(f"{stack.front.url}/health", auth=GcpAuth(), timeout=30)
+    plugin.clock = lambda: stack.clock() - 7200
+    stack.clock.advance(3700)
+    resp = requests.put(url, data=iter([b"x" * 1024] * 4), auth=GcpAuth(), timeout=60)
+    assert resp.status_code == 401 and not resp.history
+    # Not retried, but the token is renewed for what follows.
+    assert plugin.fetches == 2
+    assert requests.get(f"{stack.front.url}/health", auth=GcpAuth(), timeout=30).status_code == 200
+    assert stack.front.count(401) == 1

@@ -72,14 +72,16 @@ class GcpAuth(requests.auth.AuthBase):
         if response.status_code != 401:
             return response
         sent = response.request
-        body = sent.body
-        if body is not None and not isinstance(body, (bytes, str)):
-            if body_pos is None or not hasattr(body, "seek"):
-                return response  # a consumed stream cannot be sent twice
-            body.seek(body_pos)
         rejected = sent.headers.get(AUTHORIZATION, "").removeprefix("Bearer ")
         log.debug("401 from %s: refreshing the ID token and retrying once", audience)
         fresh = self.cache.refresh_after_rejection(audience, rejected)
+        body = sent.body
+        if body is not None and not isinstance(body, (bytes, str)):
+            if body_pos is None or not hasattr(body, "seek"):
+                # A consumed stream cannot be sent twice: the caller gets the 401, and its next
+                # request the new token.
+                return response
+            body.seek(body_pos)
         response.content  # noqa: B018 -- read the error body so the connection can be reused
         response.close()
         retry = sent.copy()
