@@ -249,3 +249,22 @@ def test_gcloud_failure_is_one_line_with_the_fix(tmp_path, clock):
 def test_token_repr_hides_the_token(idp):
     token = tokens._token(idp.mint(SA, AUD), "test")
     assert token.value not in repr(token)
+
+
+def test_off_google_cloud_the_metadata_probe_is_quiet_and_says_no():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"  # nothing listens once the socket closes
+    script = (
+        "from mlflow_gcp.client import tokens\n"
+        "try:\n    tokens.resolve_source()\n"
+        "except tokens.TokenError as err:\n    print(err)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        env=clean_env(NO_GCE_CHECK="", GCE_METADATA_IP=closed, GCE_METADATA_HOST=closed),
+    )
+    assert proc.stdout.startswith("no Google credentials found")
+    assert proc.stderr == ""  # no google-auth warning about the missing metadata server

@@ -46,7 +46,8 @@ GCLOUD_ENV = "MLFLOW_GCP_GCLOUD"  # path of the gcloud binary, if not the one on
 # Google ID tokens live one hour; renewing five minutes early covers clock skew and slow
 # requests that start just before expiry.
 REFRESH_MARGIN = 300.0
-# Probing the metadata server off Google Cloud costs this much once per process.
+# Probing the metadata server off Google Cloud costs up to this much once per process
+# (NO_GCE_CHECK=true skips the probe).
 METADATA_PROBE_TIMEOUT = 1.0
 GCLOUD_TIMEOUT = 60.0
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -190,7 +191,15 @@ class MetadataSource(_CredentialsSource):
         transport = _google_auth()
         from google.auth.compute_engine import _metadata
 
-        return _metadata.ping(transport.Request(), timeout=METADATA_PROBE_TIMEOUT, retry_count=1)
+        # Off Google Cloud the probe fails by design; google-auth would log that as a warning.
+        probe_log = logging.getLogger(_metadata.__name__)
+        level = probe_log.level
+        probe_log.setLevel(logging.ERROR)
+        try:
+            return _metadata.ping(transport.Request(), timeout=METADATA_PROBE_TIMEOUT,
+                                  retry_count=1)
+        finally:
+            probe_log.setLevel(level)
 
 
 class GcloudSource:
