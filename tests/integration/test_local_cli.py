@@ -1,0 +1,135 @@
+"""`mlflow-gcp local` as a user runs it: prints the URL and the client line, serves the real
+MLflow client, and Ctrl-C (SIGINT) or SIGTERM stops every process it started."""
+
+from __future__ import annotations
+
+import os
+import threading
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from queue import Empty, Queue
+
+import pytest
+
+from mlflow_gcp.server import local as local_mod
+from tests.conftest import alive, clean_env, process_tree
+
+pytestmark = pytest.mark.slow
+
+
+def start_local(*args: str, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
+    """Run the CLI until it prints the client line; returns the process and its stdout so far."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_gcp", "local", *args],
+        cwd=cwd,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    queue: Queue = Queue()
+    # A thread reads the pipe (select() on a buffered text stream misses lines already read).
+    threading.Thread(target=lambda: [queue.put(line) for line in proc.stdout] + [queue.put(None)], daemon=True).start()
+    deadline = time.monotonic() + local_mod.HEALTH_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            line = queue.get(timeout=1)
+        except Empty:
+            continue
+        if line is None:
+            break
+        lines.append(line.rstrip("\n"))
+        if line.startswith("  export MLFLOW_TRACKING_URI="):
+            return proc, lines
+    proc.kill()
+    pytest.fail("mlflow-gcp local did not print the client line:\n" + "\n".join(lines), pytrace=False)
+
+
+def stop_and_check_tree(proc: subprocess.Popen, signum: int) -> None:
+    tree = process_tree(proc.pid)
+    assert len(tree) >= 4, tree  # cli -> entrypoint -> mlflow server -> uvicorn (+ emulator)
+    proc.send_signal(signum)
+    try:
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 10
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(tree), f"left behind: {alive(tree)}"
+
+
+def log_one_run(url: str, tmp_path: Path) -> str:
+    code = f"""
+import mlflow, pathlib
+mlflow.set_tracking_uri({url!r})
+mlflow.set_experiment("local-smoke")
+p = pathlib.Path({str(tmp_path / "notes.txt")!r}); p.write_text("hello from local mode")
+with mlflow.start_run() as run:
+    mlflow.log_param("alpha", 0.5)
+    mlflow.log_metric("loss", 0.25, step=1)
+    mlflow.log_artifact(str(p))
+    print("RUN_ID=" + run.info.run_id)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return next(line[len("RUN_ID="):] for line in out.stdout.splitlines() if line.startswith("RUN_ID="))
+
+
+def test_default_local_mode_uses_embedded_storage_and_stops_on_ctrl_c(tmp_path):
+    port = local_mod.free_port()
+    proc, lines = start_local("--port", str(port), cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    assert f"MLflow is running at {url}" in lines
+    assert f"  export MLFLOW_TRACKING_URI={url}" in lines
+    try:
+        run_id = log_one_run(url, tmp_path)
+        data = tmp_path / "mlflow-data"  # the default --data-dir, relative to where it runs
+        assert (data / "mlflow.db").stat().st_size > 0
+        stored = list((data / "artifacts").rglob("notes.txt"))
+        assert len(stored) == 1 and run_id in str(stored[0])
+    finally:
+        stop_and_check_tree(proc, signal.SIGINT)
+
+
+def test_gcs_emulator_mode_stores_artifacts_in_the_bucket_and_stops_on_sigterm(tmp_path):
+    port = local_mod.free_port()
+    data = tmp_path / "d"
+    proc, lines = start_local("--port", str(port), "--data-dir", str(data), "--gcs-emulator", cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    emulator = next(line.split(": ", 1)[1] for line in lines if line.startswith("GCS emulator: "))
+    try:
+        run_id = log_one_run(url, tmp_path)
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        gcs = storage.Client(
+            project="local", credentials=AnonymousCredentials(), client_options={"api_endpoint": emulator}
+        )
+        names = [b.name for b in gcs.list_blobs(local_mod.EMULATOR_BUCKET)]
+        assert any(n.endswith(f"{run_id}/artifacts/notes.txt") for n in names), names
+        blob = gcs.bucket(local_mod.EMULATOR_BUCKET).blob(next(n for n in names if n.endswith("notes.txt")))
+        assert blob.download_as_bytes() == b"hello from local mode"
+    finally:
+        stop_and_check_tree(proc, signal.SIGTERM)
+
+
+def test_busy_port_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "mlflow_gcp", "local", "--port", str(port)],
+            cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == f"Error: port {port} on 127.0.0.1 is in use (pass --port)"
+    assert not (tmp_path / "mlflow-data").exists() or not any((tmp_path / "mlflow-data").iterdir())
