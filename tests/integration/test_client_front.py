@@ -25,7 +25,7 @@ def _get(front, token: str | None):
 
 def test_tokens_are_checked_like_cloud_run(stack):
     idp, front = stack.idp, stack.front
-    assert _get(front, None).status_code == 401
+    assert _get(front, None).status_code == 403  # anonymous: Cloud Run's "Forbidden" page
     assert _get(front, idp.mint(INVOKER, "https://another-service.run.app")).status_code == 401
     assert _get(front, idp.mint(INVOKER, front.url + "/")).status_code == 200  # trailing slash
     expired = idp.mint(INVOKER, front.url)
@@ -39,8 +39,11 @@ def test_tokens_are_checked_like_cloud_run(stack):
         "no bearer token", "audience 'https://another-service.run.app' is not this service", "",
         "token expired", "someone@example.com lacks run.invoker", "bad signature",
     ]
-    refused = _get(front, None)
-    assert "Your client does not have permission" in refused.text
+    anonymous = _get(front, None)
+    assert "Your client does not have permission to get URL" in anonymous.text
+    refused = _get(front, "not-a-jwt")
+    assert refused.status_code == 401
+    assert "Your client does not have permission to the requested URL" in refused.text
     assert refused.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 

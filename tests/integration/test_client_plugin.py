@@ -78,8 +78,9 @@ def test_without_the_plugin_the_front_refuses(stack):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode != 0
-    assert "401" in proc.stderr
-    assert stack.front.count(401) >= 1 and stack.front.count(200) == 0
+    assert "403" in proc.stderr and "does not have permission" in proc.stderr
+    assert stack.front.count(403) >= 1 and stack.front.count(200) == 0
+    assert {s.reason for s in stack.front.log} == {"no bearer token"}
     assert stack.idp.issued_count() == 0
 
 

@@ -1,9 +1,12 @@
 """A local stand-in for Cloud Run's front door, in front of a real local server.
 
 What it does, as Cloud Run does for a private service:
-- checks the `Authorization: Bearer <ID token>`: RS256 signature by a key in `certs`, `aud` equal
-  to the service URL (or an extra audience), `exp` in the future by `clock`; otherwise 401;
-- a valid token whose `email` is not in `allowed_invokers` (when given) gets 403;
+- no `Authorization: Bearer` token at all: 403 "Your client does not have permission to get
+  URL" (what a private service answers an anonymous browser or curl; `missing_token_status`
+  changes it);
+- a token that fails the checks: RS256 signature by a key in `certs`, `aud` equal to the service
+  URL (or an extra audience), `exp` in the future by `clock`: 401;
+- a valid token whose `email` is not in `allowed_invokers` (when given): 403;
 - a request body over `max_body_bytes` (Cloud Run's HTTP/1 limit, 32 MiB) gets 413;
 - forwards everything else to `upstream_url` with `Host` set to the run.app host and the usual
   X-Forwarded-* headers, streaming bodies both ways; the Authorization header is passed on.
@@ -76,6 +79,7 @@ class CloudRunFront(BackgroundServer):
         host: str | None = None,
         extra_audiences: Iterable[str] = (),
         clock: Callable[[], float] = time.time,
+        missing_token_status: int = 403,
     ):
         """`audience` None means the front's own URL (known once started), like a service URL.
 
@@ -96,6 +100,7 @@ class CloudRunFront(BackgroundServer):
         self.host = host or f"mlflow-{uuid.uuid4().hex[:10]}-ew.a.run.app"
         self.extra_audiences = set(extra_audiences)
         self.clock = clock
+        self.missing_token_status = missing_token_status
         self.log: list[Seen] = []
         self._lock = threading.Lock()
 
@@ -123,7 +128,7 @@ class CloudRunFront(BackgroundServer):
     def check(self, authorization: str | None) -> tuple[int, str, str | None]:
         """(status, reason, caller email): 200 when the request may pass."""
         if not authorization or not authorization.startswith("Bearer "):
-            return 401, "no bearer token", None
+            return self.missing_token_status, "no bearer token", None
         certs = self._certs() if callable(self._certs) else self._certs
         try:
             claims = jwt.verify(authorization[len("Bearer "):].strip(), certs)
