@@ -477,3 +477,37 @@ def test_a_given_image_skips_the_registry_and_the_build(fake_gcp):
     assert fake_gcp.state("run")[SERVICE]["template"]["containers"][0]["image"] == cfg.service.image
     fake_gcp.clear_log()
     assert plan(cfg).empty and fake_gcp.mutating_requests() == []
+
+
+def test_a_failed_operation_is_a_typed_error_naming_what_failed(fake_gcp):
+    from mlflow_gcp.errors import OperationFailed
+
+    fake_gcp.fail_next_operation(api="sqladmin", message="Insufficient quota in region.")
+    with pytest.raises(OperationFailed) as err:
+        up(make_cfg())
+    assert "Cloud SQL instance mlflow-db to be created failed" in str(err.value)
+    assert "Insufficient quota in region." in str(err.value)
+    # Google leaves a FAILED instance behind: the next run says so and how to clear it.
+    with pytest.raises(Conflict) as err:
+        plan(make_cfg())
+    assert "mlflow-db is FAILED (its creation failed)" in str(err.value)
+    assert "gcloud sql instances delete mlflow-db" in str(err.value)
+
+
+def test_a_slow_operation_shows_progress_and_times_out_with_its_name(fake_gcp):
+    from mlflow_gcp.errors import OperationFailed
+    from mlflow_gcp.gcp import sql
+
+    up_to_database = make_cfg()
+    sleeps: list[float] = []
+    seen: list[tuple[str, float]] = []
+    clients = Clients.from_env(PROJECT, poll_interval=2, retry=gerrors.NO_RETRY,
+                               sleep=sleeps.append, clock=lambda: float(sum(sleeps)))
+    fake_gcp.reset(op_polls=0)
+    sql.create_instance(clients, desired.sql_instance(up_to_database))
+    fake_gcp.op_polls = 10_000  # from now on, operations never finish
+    with pytest.raises(OperationFailed) as err:
+        sql.create_database(clients, "mlflow-db", "mlflow", progress=lambda what, t: seen.append((what, t)))
+    assert "timed out after" in str(err.value) and "waiting for database mlflow" in str(err.value)
+    assert seen[0] == ("database mlflow", 0.0) and seen[-1][1] <= sql.SMALL_TIMEOUT_SECONDS
+    assert max(sleeps) == 10.0, "polling backs off to its ceiling"

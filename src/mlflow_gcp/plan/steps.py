@@ -168,6 +168,13 @@ class SqlInstance(Step):
             return self.action(ctx, CREATE, detail=f"{want['databaseVersion']} {want['settings']['tier']} in {ctx.cfg.region}")
         if ctx.applying:  # not while planning: settle what another run started
             current = sql.wait_ready(ctx.clients, want["name"], current, progress=ctx.progress)
+        if current.get("state") in ("FAILED", "SUSPENDED"):
+            raise Conflict(
+                f"Cloud SQL instance {want['name']} is {current['state']}"
+                + (" (its creation failed)" if current["state"] == "FAILED" else ""),
+                hint=f"delete it (gcloud sql instances delete {want['name']} --project {ctx.cfg.project}) "
+                "and rerun, or choose another name with --set database.instance=NAME",
+            )
         incompatible = [
             f"{k} is {current.get(k)}, not {want[k]}" for k in desired.SQL_IMMUTABLE if current.get(k) != want[k]
         ]
