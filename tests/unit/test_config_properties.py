@@ -42,7 +42,7 @@ def _assert_clean(err: ConfigError):
     assert err.problems
     for field, message in err.problems:
         assert field and message
-        assert "Traceback" not in message
+        assert "Traceback (most recent call last)" not in message
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
