@@ -511,3 +511,51 @@ def test_a_slow_operation_shows_progress_and_times_out_with_its_name(fake_gcp):
     assert "timed out after" in str(err.value) and "waiting for database mlflow" in str(err.value)
     assert seen[0] == ("database mlflow", 0.0) and seen[-1][1] <= sql.SMALL_TIMEOUT_SECONDS
     assert max(sleeps) == 10.0, "polling backs off to its ceiling"
+
+
+def test_a_new_image_migrates_before_it_rolls_out(fake_gcp):
+    up(make_cfg())
+    new_image = "europe-west9-docker.pkg.dev/acme-ml-prod/mlflow/mlflow-gcp@sha256:" + "b" * 64
+    changed = make_cfg(service__image=new_image)
+    p = plan(changed)
+    assert [(a.kind, a.verb) for a in p.changes] == [
+        ("Cloud Run job", "update"), ("schema migration", "run"), ("Cloud Run service", "update")]
+    fake_gcp.clear_log()
+    up(changed)
+    assert [r.method_id for r in fake_gcp.mutating_requests()] == [
+        "run.projects.locations.jobs.patch", "run.projects.locations.jobs.run", "run.projects.locations.services.patch"]
+    assert fake_gcp.state("run")[SERVICE]["template"]["containers"][0]["image"] == new_image
+
+
+def test_the_build_uploads_this_checkout_and_builds_with_the_packaged_dockerfile(fake_gcp):
+    import io
+    import tarfile
+
+    cfg = make_cfg()
+    up(cfg)
+    [build] = fake_gcp.state("cloudbuild").values()
+    source = build["source"]["storageSource"]
+    assert source["bucket"] == cfg.bucket_name and source["object"].startswith(desired.BUILD_PREFIX)
+    assert build["images"] == [cfg.image_uri]
+    data = fake_gcp.modules["storage"].data[(cfg.bucket_name, source["object"])]
+    names = tarfile.open(fileobj=io.BytesIO(bytes(data)), mode="r:gz").getnames()
+    assert "Dockerfile" in names and "pyproject.toml" in names
+    assert "src/mlflow_gcp/server/__main__.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+
+
+def test_a_concurrent_iam_change_is_reread_and_merged(fake_gcp):
+    fake_gcp.fail(409, method_id="cloudresourcemanager.projects.setIamPolicy", grpc_status="ABORTED",
+                  message="There were concurrent policy changes.")
+    up(make_cfg())
+    policy = json.dumps(fake_gcp.modules["cloudresourcemanager"].iam.policies)
+    assert "roles/cloudsql.client" in policy
+    sets = [r for r in fake_gcp.requests if r.method_id == "cloudresourcemanager.projects.setIamPolicy"]
+    assert len(sets) == 2 and sets[0].status == 409
+
+
+def test_up_without_a_terminal_or_yes_changes_nothing(fake_gcp, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main.main(["up", "--project", PROJECT]) == 4
+    assert "rerun with --yes" in capsys.readouterr().err
+    assert fake_gcp.mutating_requests() == []
