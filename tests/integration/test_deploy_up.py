@@ -559,3 +559,11 @@ def test_up_without_a_terminal_or_yes_changes_nothing(fake_gcp, tmp_path, monkey
     assert cli_main.main(["up", "--project", PROJECT]) == 4
     assert "rerun with --yes" in capsys.readouterr().err
     assert fake_gcp.mutating_requests() == []
+
+
+def test_a_different_postgres_major_version_is_not_changed_silently(fake_gcp):
+    up(make_cfg())
+    with pytest.raises(Conflict) as err:
+        plan(make_cfg(database__version="POSTGRES_16"))
+    assert "databaseVersion is POSTGRES_15, not POSTGRES_16" in str(err.value)
+    assert 'database.version = "POSTGRES_15"' in str(err.value)

@@ -179,9 +179,14 @@ class SqlInstance(Step):
             f"{k} is {current.get(k)}, not {want[k]}" for k in desired.SQL_IMMUTABLE if current.get(k) != want[k]
         ]
         if incompatible:
+            upgrade = (str(current.get("databaseVersion", "")).startswith("POSTGRES_")
+                       and current.get("region") == want["region"])
             raise Conflict(
                 f"Cloud SQL instance {want['name']} exists but cannot be adopted: " + "; ".join(incompatible),
-                hint="choose another name with --set database.instance=NAME, or delete that instance",
+                hint=(f"`up` does not change PostgreSQL major versions; set database.version = "
+                      f"\"{current.get('databaseVersion')}\", or upgrade the instance first"
+                      if upgrade else
+                      "choose another name with --set database.instance=NAME, or delete that instance"),
             )
         ignore = desired.SQL_CREATE_ONLY | {"name", "project"}
         changes = diff(want, current, ignore=ignore, labels=desired.FIELD_LABELS)
