@@ -18,15 +18,15 @@ def check(url: str, *, emulated: bool) -> Health:
     if emulated:
         return Health(None, "health check skipped: MLFLOW_GCP_API_ROOT points at an emulator")
     try:
-        import google.auth.transport.requests
-        import google.oauth2.id_token
+        # The same token sources as the client plugin: what works here works for MLflow clients.
+        from mlflow_gcp.client import tokens
 
-        token = google.oauth2.id_token.fetch_id_token(google.auth.transport.requests.Request(), url)
+        token = tokens.resolve_source().fetch(url).value
     except Exception as err:  # noqa: BLE001 - any failure to mint means "cannot check", not an error
         return Health(
             None,
-            f"health check skipped: no ID token could be minted for {url} ({err.__class__.__name__}); "
-            "user credentials cannot mint one, a service account or `gcloud auth print-identity-token` can",
+            f"health check skipped: no ID token could be minted for {url} ({err.__class__.__name__}: "
+            f"{getattr(err, 'message', None) or 'see --debug'}); `mlflow-gcp env` documents the token sources",
         )
     import requests
 
