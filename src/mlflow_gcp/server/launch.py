@@ -42,7 +42,8 @@ FIXED_ENV = {
     # Log lines leave the process at once (Cloud Logging, tests reading the output).
     "PYTHONUNBUFFERED": "1",
     # Library deprecation notices are not operator information; keep them out of the logs.
-    "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    # (MLflow 3.17 itself triggers Starlette's WSGI notice, a UserWarning, in every worker.)
+    "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore:starlette.middleware.wsgi is deprecated",
 }
 
 
@@ -214,6 +215,11 @@ def run(settings: Settings) -> int:
     """Start `mlflow server` for `settings` and supervise it until it exits or is told to stop."""
     argv, env = build_command(settings)
     log = logs.get()
+    if not settings.allowed_hosts and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "ALLOWED_HOSTS is not set: API requests whose Host is not localhost or a private IP "
+            "get 403 'Invalid Host header' (set it to the service's host, e.g. *.run.app)"
+        )
     log.info("starting: %s", describe(argv))
     supervisor = Supervisor(argv, env, settings.log_format)
     code = supervisor.wait()
