@@ -567,3 +567,12 @@ def test_a_different_postgres_major_version_is_not_changed_silently(fake_gcp):
         plan(make_cfg(database__version="POSTGRES_16"))
     assert "databaseVersion is POSTGRES_15, not POSTGRES_16" in str(err.value)
     assert 'database.version = "POSTGRES_15"' in str(err.value)
+
+
+def test_no_permission_to_list_apis_is_not_fatal(fake_gcp):
+    fake_gcp.fail(403, api="serviceusage", times=1000, grpc_status="PERMISSION_DENIED",
+                  message="Permission 'serviceusage.services.list' denied on resource 'projects/acme-ml-prod'")
+    p = plan(make_cfg())
+    assert p.actions[0].detail == "not checked: no permission to list enabled APIs"
+    up(make_cfg())
+    assert f"{PROJECT}/mlflow-db" in fake_gcp.state("sqladmin")

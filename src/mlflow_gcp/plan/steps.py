@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow_gcp.config import Config
-from mlflow_gcp.errors import ApiDisabled, Conflict, NotFound
+from mlflow_gcp.errors import ApiDisabled, Conflict, NotFound, PermissionDenied
 from mlflow_gcp.gcp import (
     artifactregistry,
     iam,
@@ -84,7 +84,12 @@ class Apis(Step):
         return f"{len(desired.REQUIRED_SERVICES)} services"
 
     def inspect(self, ctx):
-        missing = serviceusage.disabled(ctx.clients, list(desired.REQUIRED_SERVICES))
+        try:
+            missing = serviceusage.disabled(ctx.clients, list(desired.REQUIRED_SERVICES))
+        except PermissionDenied:
+            # Many deployers may use APIs without being allowed to list them; a disabled one still
+            # surfaces later as ApiDisabled, naming it.
+            return self.action(ctx, NONE, detail="not checked: no permission to list enabled APIs")
         if not missing:
             return self.action(ctx, NONE)
         return self.action(ctx, UPDATE, detail="enable " + ", ".join(missing), data={"missing": missing})
@@ -243,12 +248,10 @@ class SqlUser(Step):
     def apply(self, ctx, action):
         db = ctx.cfg.database
         password = ctx.facts.get("password") or secretmanager.access_latest(ctx.clients, ctx.cfg.secret_id)
-        if not action.data["exists"]:
-            if sql.create_user(ctx.clients, db.instance, db.user, password, progress=ctx.progress):
-                pass
-            else:
-                sql.set_password(ctx.clients, db.instance, db.user, password, progress=ctx.progress)
-        else:
+        created = not action.data["exists"] and sql.create_user(
+            ctx.clients, db.instance, db.user, password, progress=ctx.progress
+        )
+        if not created:  # adopted, or created meanwhile by another run: its password is unknown
             sql.set_password(ctx.clients, db.instance, db.user, password, progress=ctx.progress)
         secret = secretmanager.get_secret(ctx.clients, ctx.cfg.secret_id) or {}
         annotations = {**(secret.get("annotations") or {}), SYNCED_ANNOTATION: self._marker(ctx)}
@@ -457,7 +460,8 @@ class Service(Step):
     def inspect(self, ctx):
         raw = run.get_service_raw(ctx.clients, ctx.cfg.region, ctx.cfg.service.name)
         if raw is None:
-            return self.action(ctx, CREATE, detail=f"{ctx.cfg.service.min_instances}..{ctx.cfg.service.max_instances} instances, private" if ctx.cfg.access.mode == "private" else "public")
+            svc = ctx.cfg.service
+            return self.action(ctx, CREATE, detail=f"{svc.min_instances}..{svc.max_instances} instances, {ctx.cfg.access.mode}")
         changes = diff(self._want(ctx, raw), raw, labels=desired.FIELD_LABELS)
         return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=raw)
 
