@@ -98,3 +98,29 @@ def test_constraints_pin_every_runtime_dependency():
         name = re.sub(r"[-_.]+", "-", re.split(r"[<>=!~\[; ]", dep, 1)[0].lower())
         assert name in pins, f"{name} is not pinned in constraints.txt"
     assert pins["mlflow"] == "3.17.2"
+
+
+def test_the_copied_files_build_a_package_with_the_server_entry_points(tmp_path):
+    # What `pip install .` sees inside the image: only the files the Dockerfile copies.
+    import zipfile
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    for name in ("constraints.txt", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, ctx / name)
+    shutil.copytree(ROOT / "src", ctx / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "w"), str(ctx)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "w").glob("mlflow_gcp-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        names = zf.namelist()
+        entry_points = zf.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "mlflow_gcp/server/__main__.py" in names and "mlflow_gcp/server/pool_plugin.py" in names
+    # The server depends on both: the budgeted pool and the DB-request limiter.
+    assert "mlflow_gcp_pool = mlflow_gcp.server.pool_plugin:PoolPlugin" in entry_points
+    assert "mlflow-gcp = mlflow_gcp.server.app:create_app" in entry_points
