@@ -95,3 +95,32 @@ def test_destroy_keep_bucket_and_no_backup(fake_gcp, workdir, capsys):
     # And `up` brings everything back.
     assert cli_main.main(["up", "--yes"]) == 0
     assert f"{PROJECT}/mlflow-db" in fake_gcp.state("sqladmin")
+
+
+def test_a_destroy_interrupted_anywhere_finishes_when_rerun(fake_gcp, workdir, capsys):
+    from mlflow_gcp.errors import GcpError
+
+    _deploy(workdir)
+    baseline = None
+    n = 1
+    while True:
+        fake_gcp.reset()
+        assert cli_main.main(["up", "--yes"]) == 0
+        fake_gcp.clear_log()
+        if baseline is None:
+            assert cli_main.main(["destroy", "--yes", "--confirm", PROJECT]) == 0
+            baseline = len(fake_gcp.mutating_requests())
+            continue
+        if n > baseline:
+            break
+        # 400 is not retried, so the CLI (with its real retry policy) stops right there.
+        fake_gcp.fail_mutation(n, status=400, after_apply=(n % 2 == 0))
+        with pytest.raises(GcpError):
+            cli_main.main(["--debug", "destroy", "--yes", "--confirm", PROJECT])
+        fake_gcp.clear_faults()
+        assert cli_main.main(["destroy", "--yes", "--confirm", PROJECT]) == 0, f"rerun after fault {n}"
+        left = {api: list(fake_gcp.state(api)) for api in ("sqladmin", "run", "storage", "iam", "secretmanager",
+                                                          "artifactregistry")}
+        assert not any(left.values()), f"fault {n} left {left}"
+        n += 1
+    assert baseline >= 8
