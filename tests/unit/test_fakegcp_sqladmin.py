@@ -147,3 +147,17 @@ def test_v1beta4_paths_share_state(gcp_client, instance):
     beta = gcp_client("sqladmin", "v1beta4")
     got = beta.instances().get(project=P, instance="mlflow-db").execute()
     assert got["connectionName"] == instance["connectionName"]
+
+
+def test_final_backup_outlives_the_instance(fake_gcp, gcp_client, sql, instance):
+    wait(sql, sql.instances().patch(project=P, instance="mlflow-db",
+                                    body={"settings": {"deletionProtectionEnabled": False}}).execute())
+    wait(sql, sql.instances().delete(project=P, instance="mlflow-db", enableFinalBackup=True,
+                                     finalBackupTtlDays="30", finalBackupDescription="destroy").execute())
+    backups = sql.Backups().ListBackups(parent=f"projects/{P}").execute()["backups"]
+    assert [(b["instance"], b["type"], b["ttlDays"], b["description"]) for b in backups] == [
+        ("mlflow-db", "FINAL", "30", "destroy")]
+    beta = gcp_client("sqladmin", "v1beta4")
+    assert beta.backups().getBackup(name=backups[0]["name"]).execute()["state"] == "SUCCESSFUL"
+    wait(sql, sql.Backups().DeleteBackup(name=backups[0]["name"]).execute())
+    assert sql.Backups().ListBackups(parent=f"projects/{P}").execute() == {}

@@ -73,6 +73,7 @@ class SqlAdmin(ApiModule):
         self.ops: dict[str, Operation] = {}  # op name -> Operation
         self.op_json: dict[str, dict] = {}  # op name -> sql#operation fields
         self.busy: dict[str, str] = {}  # "project/instance" -> pending op name
+        self.project_backups: dict[str, dict] = {}  # "projects/p/backups/id" -> Backup (Backups API)
         self._backup_ids = itertools.count(1700000000000)
 
     def snapshot(self) -> dict:
@@ -80,7 +81,8 @@ class SqlAdmin(ApiModule):
             return {**user, "password": "<set>"} if user.get("password") is not None else user
         return {"instances": self.state, "databases": self.databases,
                 "users": {k: masked(u) for k, u in self.users.items()},
-                "backups": [b.get("type") + ":" + b.get("status") for b in self.backups.values()]}
+                "backups": [b.get("type") + ":" + b.get("status") for b in self.backups.values()],
+                "project_backups": sorted(f"{b['instance']}:{b['type']}" for b in self.project_backups.values())}
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -269,11 +271,18 @@ class SqlAdmin(ApiModule):
         key = f"{project}/{name}"
         self._check_idle(key)
         inst["state"] = "PENDING_DELETE"
+        final = inst["settings"].get("finalBackupConfig") or {}
+        want_final = req.get("enableFinalBackup")
+        want_final = final.get("enabled", False) if want_final is None else want_final in (True, "true")
 
         def done(op):
             if op.error:
                 inst["state"] = "RUNNABLE"
                 return
+            if want_final:
+                days = req.get("finalBackupTtlDays") or final.get("retentionDays") or 30
+                self._new_backup(project, inst, "FINAL", req.get("finalBackupDescription"),
+                                 ttl_days=str(days), expiry=req.get("finalBackupExpiryTime"))
             self.state.pop(key, None)
             for table in (self.databases, self.users, self.backups):
                 for k in [k for k in table if k.startswith(key + "/")]:
@@ -459,6 +468,74 @@ class SqlAdmin(ApiModule):
     def password_of(self, project: str, instance: str, user: str, host: str = "") -> str | None:
         """For tests: the password the API was given (the API itself never returns it)."""
         return self.users.get(f"{project}/{instance}/{user}@{host}", {}).get("password")
+
+    # -- Backups API (backups that outlive their instance, e.g. FINAL) ------------------------
+
+    def _new_backup(self, project: str, inst: dict, kind: str, description: str | None,
+                    ttl_days: str | None = None, expiry: str | None = None) -> dict:
+        backup_id = str(next(self._backup_ids))
+        name = f"projects/{project}/backups/{backup_id}"
+        backup = {"kind": "sql#backup", "name": name, "instance": inst["name"], "type": kind,
+                  "state": "SUCCESSFUL", "databaseVersion": inst["databaseVersion"],
+                  "location": inst["region"], "backupKind": "SNAPSHOT",
+                  "selfLink": f"{_BASE}/{name}", "instanceSettings": self._public(inst)}
+        if description:
+            backup["description"] = description
+        if kind == "FINAL":
+            backup["instanceDeletionTime"] = now()
+            if expiry:
+                backup["expiryTime"] = expiry
+            else:
+                backup["ttlDays"] = ttl_days or "30"
+        self.project_backups[name] = backup
+        return backup
+
+    @handles("sql.Backups.ListBackups", "sql.backups.listBackups")
+    def list_project_backups(self, req: Request) -> dict:
+        prefix = self._backups_parent(req.get("parent")) + "/backups/"
+        items = [copy.deepcopy(b) for n, b in self.project_backups.items() if n.startswith(prefix)]
+        items.reverse()
+        return {"backups": items} if items else {}
+
+    @staticmethod
+    def _backups_parent(parent: str) -> str:
+        return "/".join(parent.split("/")[:2])
+
+    def _project_backup(self, name: str) -> dict:
+        backup = self.project_backups.get(name)
+        if backup is None:
+            raise _err(404, "The backup does not exist.", "backupDoesNotExist")
+        return backup
+
+    @handles("sql.Backups.GetBackup", "sql.backups.getBackup")
+    def get_project_backup(self, req: Request) -> dict:
+        return copy.deepcopy(self._project_backup(req.get("name")))
+
+    @handles("sql.Backups.CreateBackup", "sql.backups.createBackup")
+    def create_project_backup(self, req: Request) -> dict:
+        project = req.get("parent").split("/")[1]
+        body = req.body or {}
+        inst = self._runnable(project, body.get("instance") or "")
+        req.params["project"] = project
+        backup = self._new_backup(project, inst, "ON_DEMAND", body.get("description"))
+        return self._operation(req, inst["name"], "BACKUP", backupContext={
+            "kind": "sql#backupContext", "name": backup["name"]})
+
+    @handles("sql.Backups.DeleteBackup", "sql.backups.deleteBackup")
+    def delete_project_backup(self, req: Request) -> dict:
+        backup = self._project_backup(req.get("name"))
+        del self.project_backups[backup["name"]]
+        req.params["project"] = backup["name"].split("/")[1]
+        # The instance may be gone (FINAL backups): the operation targets the backup's instance name.
+        key = f"{req.params['project']}/{backup['instance']}"
+        if key not in self.state:
+            self.busy.pop(key, None)
+        return self._operation(req, backup["instance"], "DELETE_BACKUP")
+
+    @handles("sql.instances.restart")
+    def restart(self, req: Request) -> dict:
+        self._runnable(req.get("project"), req.get("instance"))
+        return self._operation(req, req.get("instance"), "RESTART")
 
     # -- backup runs ------------------------------------------------------------------------
 
