@@ -38,6 +38,8 @@ APIS: dict[str, tuple[str, str]] = {
     "secretmanager": ("v1", ""),
     "artifactregistry": ("v1", ""),
     "cloudbuild": ("v1", ""),
+    "logging": ("v2", ""),
+    "cloudscheduler": ("v1", ""),
 }
 
 # Seconds an HTTP request may take before it counts as unavailable (then retried).

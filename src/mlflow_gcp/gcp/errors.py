@@ -88,6 +88,8 @@ _ROLE_FOR_API = {
     "cloudresourcemanager": "roles/resourcemanager.projectIamAdmin",
     "serviceusage": "roles/serviceusage.serviceUsageAdmin",
     "iamcredentials": "roles/iam.serviceAccountTokenCreator",
+    "logging": "roles/logging.viewer",
+    "cloudscheduler": "roles/cloudscheduler.admin",
 }
 _PERMISSION_RE = re.compile(r"\b([a-z]+\.[a-zA-Z]+\.[a-zA-Z]+)\b")
 _SERVICE_RE = re.compile(r"\b([a-z0-9-]+\.googleapis\.com)\b")
