@@ -177,6 +177,14 @@ class FakeGcp:
             else:
                 self.modules["serviceusage"].set_state(project, service, "ENABLED")
 
+    def check_member(self, member: str) -> None:
+        """Refuse an IAM member naming a user-managed service account the fake's IAM lacks."""
+        kind, _, email = member.partition(":")
+        if kind == "serviceAccount" and email.endswith(".iam.gserviceaccount.com") \
+                and email not in self.modules["iam"].state:
+            raise invalid_argument(f"Service account {email} does not exist.",
+                                   field="policy.bindings.members")
+
     def service_enabled(self, project: str | None, service: str) -> bool:
         return self.modules["serviceusage"].is_enabled(project, service)
 

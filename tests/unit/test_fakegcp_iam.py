@@ -59,7 +59,8 @@ def test_keys_and_account_policy(sas):
     assert sas.setIamPolicy(resource=name, body={"policy": policy}).execute()["bindings"] == policy["bindings"]
 
 
-def test_project_policy_etag_conflict(fake_gcp, gcp_client):
+def test_project_policy_etag_conflict(fake_gcp, gcp_client, sas):
+    sas.create(name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
     crm = gcp_client("cloudresourcemanager", "v1")
     project = crm.projects().get(projectId=P).execute()
     assert project["projectNumber"] == project_number(P) and project["lifecycleState"] == "ACTIVE"
@@ -71,6 +72,11 @@ def test_project_policy_etag_conflict(fake_gcp, gcp_client):
     with pytest.raises(HttpError) as info:
         crm.projects().setIamPolicy(resource=P, body={"policy": policy}).execute()
     assert info.value.status_code == 409 and json.loads(info.value.content)["error"]["status"] == "ABORTED"
+    conditional = {**new, "bindings": new["bindings"] + [{"role": "roles/viewer", "members": ["user:b@example.com"],
+                                                           "condition": {"expression": "true", "title": "t"}}]}
+    with pytest.raises(HttpError) as info:  # conditions need policy version 3
+        crm.projects().setIamPolicy(resource=P, body={"policy": conditional}).execute()
+    assert info.value.status_code == 400
     v3 = gcp_client("cloudresourcemanager", "v3")
     assert v3.projects().get(name=f"projects/{P}").execute()["name"] == f"projects/{project_number(P)}"
     got = v3.projects().getIamPolicy(resource=f"projects/{P}", body={}).execute()

@@ -45,7 +45,7 @@ def test_secret_versions_access_disable_and_iam(fake_gcp, gcp_client):
     assert info.value.status_code == 400 and b"DISABLED" in info.value.content
     assert secrets.versions().list(parent=name).execute()["versions"][0]["state"] == "DISABLED"
     policy = secrets.getIamPolicy(resource=name).execute()
-    policy["bindings"] = [{"role": "roles/secretmanager.secretAccessor", "members": ["serviceAccount:a@b.iam.gserviceaccount.com"]}]
+    policy["bindings"] = [{"role": "roles/secretmanager.secretAccessor", "members": ["user:a@example.com"]}]
     assert secrets.setIamPolicy(resource=name, body={"policy": policy}).execute()["bindings"] == policy["bindings"]
     secrets.delete(name=name).execute()
     with pytest.raises(HttpError) as info:

@@ -66,11 +66,17 @@ def test_patch_merges_and_bumps_metageneration(st, bucket):
     assert info.value.status_code == 400
 
 
-def test_iam_policy_with_etag(st, bucket):
+def test_iam_policy_with_etag(st, bucket, gcp_client):
     policy = st.buckets().getIamPolicy(bucket="mlflow-artifacts-x").execute()
+    with pytest.raises(HttpError) as info:  # the account does not exist yet
+        st.buckets().setIamPolicy(bucket="mlflow-artifacts-x", body={**policy, "bindings": [
+            {"role": "roles/storage.objectAdmin", "members": [f"serviceAccount:sa-gcs@{P}.iam.gserviceaccount.com"]}]}).execute()
+    assert info.value.status_code == 400 and b"does not exist" in info.value.content
+    gcp_client("iam", "v1").projects().serviceAccounts().create(
+        name=f"projects/{P}", body={"accountId": "sa-gcs"}).execute()
     assert {b["role"] for b in policy["bindings"]} == {"roles/storage.legacyBucketOwner", "roles/storage.legacyBucketReader"}
     policy["bindings"].append({"role": "roles/storage.objectAdmin",
-                               "members": [f"serviceAccount:sa@{P}.iam.gserviceaccount.com"]})
+                               "members": [f"serviceAccount:sa-gcs@{P}.iam.gserviceaccount.com"]})
     new = st.buckets().setIamPolicy(bucket="mlflow-artifacts-x", body=policy).execute()
     assert new["etag"] != policy["etag"]
     with pytest.raises(HttpError) as info:  # stale etag

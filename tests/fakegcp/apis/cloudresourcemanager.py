@@ -18,7 +18,7 @@ class ResourceManager(ApiModule):
     title = "Cloud Resource Manager API"
 
     def reset(self) -> None:
-        self.iam = IamPolicies()  # key: project id
+        self.iam = IamPolicies(member_check=self.fake.check_member)  # key: project id
         self.missing: set[str] = set()
         self.known: dict[str, str] = {}  # number -> id, for v3 names and numeric lookups
         self.state = self.iam.policies

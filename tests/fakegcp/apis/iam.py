@@ -22,7 +22,7 @@ class Iam(ApiModule):
     def reset(self) -> None:
         self.state: dict[str, dict] = {}  # email -> ServiceAccount
         self.keys: dict[str, dict] = {}  # key name -> ServiceAccountKey (without private data)
-        self.iam = IamPolicies()  # key: email
+        self.iam = IamPolicies(member_check=self.fake.check_member)  # key: email
 
     def snapshot(self) -> dict:
         return {"accounts": self.state, "keys": sorted(k.split("/keys/")[0] for k in self.keys),

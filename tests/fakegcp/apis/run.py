@@ -56,7 +56,7 @@ class Run(ApiModule):
         self.jobs: dict[str, dict] = {}  # job name -> Job
         self.executions: dict[str, dict] = {}  # execution name -> Execution
         self.ops: dict[str, Operation] = {}
-        self.iam = IamPolicies()  # key: service or job name
+        self.iam = IamPolicies(member_check=self.fake.check_member)  # key: service or job name
 
     def snapshot(self) -> dict:
         return {"services": self.state, "revisions": sorted(self.revisions), "jobs": self.jobs,

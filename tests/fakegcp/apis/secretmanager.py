@@ -29,7 +29,7 @@ class SecretManager(ApiModule):
     def reset(self) -> None:
         self.state: dict[str, dict] = {}  # "projects/<number>/secrets/<id>" -> Secret
         self.versions_of: dict[str, list[dict]] = {}  # secret name -> versions (with payload)
-        self.iam = IamPolicies()
+        self.iam = IamPolicies(member_check=self.fake.check_member)
 
     def snapshot(self) -> dict:
         return {"secrets": self.state, "iam": self.iam.policies,

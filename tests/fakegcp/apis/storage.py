@@ -53,7 +53,7 @@ class Storage(ApiModule):
         self.state: dict[str, dict] = {}  # bucket name -> Bucket
         self.objects: dict[str, dict[str, dict]] = {}  # bucket -> object name -> Object
         self.data: dict[tuple[str, str], bytes] = {}
-        self.iam = IamPolicies(stale_code=412)  # key: bucket name
+        self.iam = IamPolicies(stale_code=412, member_check=self.fake.check_member)  # key: bucket name
 
     def snapshot(self) -> dict:
         return {"buckets": self.state, "iam": self.iam.policies,

@@ -166,10 +166,13 @@ class IamPolicies:
     A setIamPolicy whose etag is not the current one fails like Google: 409 ABORTED for most
     APIs, 412 for Cloud Storage (set stale_code/stale_status)."""
 
-    def __init__(self, stale_code: int = 409, stale_status: str = "ABORTED"):
+    def __init__(self, stale_code: int = 409, stale_status: str = "ABORTED",
+                 member_check: Callable[[str], None] | None = None):
         self.policies: dict[str, dict] = {}
         self.stale_code = stale_code
         self.stale_status = stale_status
+        # Called for members a set adds (Google refuses service accounts that do not exist).
+        self.member_check = member_check
         self._serial = itertools.count(1)
 
     def _etag(self) -> str:
@@ -192,19 +195,29 @@ class IamPolicies:
                            "the whole read-modify-write with exponential backoff.",
                            self.stale_status, "aborted")
         bindings = []
+        had = {m for b in current.get("bindings", []) for m in b.get("members", [])}
+        version = policy.get("version", 1) or 1
         for b in policy.get("bindings", []) or []:
             if not b.get("role"):
                 raise invalid_argument("Policy binding is missing a role.", field="policy.bindings")
+            if not b["role"].startswith(("roles/", "projects/", "organizations/")):
+                raise invalid_argument(f"Role {b['role']} is not supported for this resource.",
+                                       field="policy.bindings.role")
+            if b.get("condition") and int(version) < 3:
+                raise invalid_argument("Policies with conditions must set version 3.",
+                                       field="policy.version")
             members = sorted(set(b.get("members", [])))
             for m in members:
                 if ":" not in m and m not in ("allUsers", "allAuthenticatedUsers"):
                     raise invalid_argument(f"Invalid member: {m}", field="policy.bindings.members")
+                if m not in had and self.member_check is not None:
+                    self.member_check(m)
             if members:
                 nb = {"role": b["role"], "members": members}
                 if b.get("condition"):
                     nb["condition"] = b["condition"]
                 bindings.append(nb)
-        new = {"version": policy.get("version", 1) or 1, "etag": self._etag()}
+        new = {"version": version, "etag": self._etag()}
         if bindings:
             new["bindings"] = bindings
         if policy.get("auditConfigs"):
