@@ -21,9 +21,11 @@ def fake_gcp_server():
 @pytest.fixture
 def fake_gcp(fake_gcp_server, monkeypatch):
     """The running fake with empty state, no faults, an empty request log, and
-    MLFLOW_GCP_API_ROOT pointing at it for the duration of the test."""
+    MLFLOW_GCP_API_ROOT pointing at it for the duration of the test (MLFLOW_GCP_POLL_SECONDS=0:
+    the fake's operations advance per poll, so waiting between polls only costs time)."""
     fake_gcp_server.reset()
     monkeypatch.setenv("MLFLOW_GCP_API_ROOT", fake_gcp_server.url)
+    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     yield fake_gcp_server
     fake_gcp_server.reset()
 

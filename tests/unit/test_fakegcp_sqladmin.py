@@ -161,3 +161,24 @@ def test_final_backup_outlives_the_instance(fake_gcp, gcp_client, sql, instance)
     assert beta.backups().getBackup(name=backups[0]["name"]).execute()["state"] == "SUCCESSFUL"
     wait(sql, sql.Backups().DeleteBackup(name=backups[0]["name"]).execute())
     assert sql.Backups().ListBackups(parent=f"projects/{P}").execute() == {}
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"tier": "db-tiny"}, b"Invalid Tier"),
+    ({"tier": "db-f1-micro", "backupConfiguration": {"enabled": False, "pointInTimeRecoveryEnabled": True}},
+     b"point-in-time"),
+    ({"tier": "db-f1-micro", "backupConfiguration": {"enabled": True, "binaryLogEnabled": True}}, b"MySQL"),
+    ({"tier": "db-f1-micro", "backupConfiguration": {"enabled": True, "startTime": "3am"}}, b"HH:MM"),
+    ({"tier": "db-f1-micro", "maintenanceWindow": {"day": 9, "hour": 4}}, b"maintenance window"),
+])
+def test_settings_cloud_sql_refuses(sql, settings, needle):
+    with pytest.raises(HttpError) as info:
+        sql.instances().insert(project=P, body={**BODY, "name": "bad", "settings": settings}).execute()
+    assert info.value.status_code == 400 and needle in info.value.content
+
+
+def test_patch_is_validated_after_merge(sql, instance):
+    with pytest.raises(HttpError) as info:
+        sql.instances().patch(project=P, instance="mlflow-db", body={"settings": {
+            "backupConfiguration": {"enabled": False}}}).execute()  # PITR is still on
+    assert info.value.status_code == 400

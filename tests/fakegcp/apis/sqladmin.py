@@ -30,6 +30,39 @@ def instance_missing() -> GcpError:
     return _err(404, "The Cloud SQL instance does not exist.", "instanceDoesNotExist")
 
 
+_TIER = re.compile(r"db-(f1-micro|g1-small|custom-\d+-\d+|n1-(standard|highmem)-\d+|"
+                   r"perf-optimized-N-\d+|(standard|highmem|lightweight)-\d+)")
+
+
+def _validate_settings(version: str, s: dict) -> None:
+    """What Cloud SQL refuses in settings the deploy sets (checked on insert and after patch)."""
+    if not _TIER.fullmatch(s.get("tier") or ""):
+        raise _err(400, f"Invalid request: Invalid Tier ({s.get('tier')}) for (SECOND_GEN) "
+                   "Edition. Use sql tiers list to see the list of valid tiers.", "invalid")
+    if s.get("tier") in ("db-f1-micro", "db-g1-small") and s.get("edition") == "ENTERPRISE_PLUS":
+        raise _err(400, "Invalid request: shared-core tiers are not available in the "
+                   "ENTERPRISE_PLUS edition.", "invalid")
+    backup = s.get("backupConfiguration") or {}
+    start = backup.get("startTime")
+    if start and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", start):
+        raise _err(400, f"Invalid request: backup start time {start!r} must be HH:MM.", "invalid")
+    if backup.get("pointInTimeRecoveryEnabled") and not backup.get("enabled"):
+        raise _err(400, "Invalid request: point-in-time recovery requires automated backups "
+                   "to be enabled.", "invalid")
+    if backup.get("binaryLogEnabled") and not version.startswith("MYSQL"):
+        raise _err(400, "Invalid request: binary logging is only supported for MySQL; use "
+                   "pointInTimeRecoveryEnabled.", "invalid")
+    days = backup.get("transactionLogRetentionDays")
+    if days is not None and not 1 <= int(days) <= 35:
+        raise _err(400, "Invalid request: transactionLogRetentionDays must be 1-35.", "invalid")
+    window = s.get("maintenanceWindow") or {}
+    if not 0 <= int(window.get("hour", 0)) <= 23 or not 0 <= int(window.get("day", 0)) <= 7:
+        raise _err(400, "Invalid request: maintenance window day must be 1-7 and hour 0-23.", "invalid")
+    if s.get("activationPolicy") not in (None, "ALWAYS", "NEVER"):
+        raise _err(400, f"Invalid request: activation policy {s['activationPolicy']} is not "
+                   "supported for second generation instances.", "invalid")
+
+
 def _default_settings(tier: str) -> dict:
     return {
         "kind": "sql#settings",
@@ -173,6 +206,7 @@ class SqlAdmin(ApiModule):
         version = body.get("databaseVersion") or "MYSQL_8_0"
         region = body.get("region") or "us-central1"
         merged = deep_merge(_default_settings(settings["tier"]), settings)
+        _validate_settings(version, merged)
         number = project_number(project)
         inst = {
             "kind": "sql#instance",
@@ -251,6 +285,7 @@ class SqlAdmin(ApiModule):
             new_settings = deep_merge(_default_settings(settings.get("tier") or inst["settings"]["tier"]), settings)
         else:
             new_settings = deep_merge(copy.deepcopy(inst["settings"]), settings)
+        _validate_settings(body.get("databaseVersion") or inst["databaseVersion"], new_settings)
         new_settings["settingsVersion"] = str(int(inst["settings"]["settingsVersion"]) + 1)
         inst["settings"] = new_settings
         for field in ("databaseVersion", "userLabels"):
