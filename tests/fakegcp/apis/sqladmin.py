@@ -108,6 +108,7 @@ class SqlAdmin(ApiModule):
         self.busy: dict[str, str] = {}  # "project/instance" -> pending op name
         self.project_backups: dict[str, dict] = {}  # "projects/p/backups/id" -> Backup (Backups API)
         self._backup_ids = itertools.count(1700000000000)
+        self.restores: list[tuple[str, str]] = []  # (instance, backup id) of every restore started
 
     def snapshot(self) -> dict:
         def masked(user):
@@ -335,6 +336,8 @@ class SqlAdmin(ApiModule):
         backup_key = f"{source_project}/{source}/{ctx.get('backupRunId')}"
         if backup_key not in self.backups:
             raise _err(404, "The backup run does not exist.", "backupRunDoesNotExist")
+        self._runnable(project, name)
+        self.restores.append((name, ctx.get("backupRunId")))
         return self._operation(req, name, "RESTORE_VOLUME")
 
     # -- operations -------------------------------------------------------------------------
@@ -370,7 +373,8 @@ class SqlAdmin(ApiModule):
 
     def _runnable(self, project: str, instance: str) -> dict:
         inst = self.instance(project, instance)
-        if inst["state"] != "RUNNABLE":
+        # A stopped instance (activationPolicy NEVER) refuses work that needs the database running.
+        if inst["state"] != "RUNNABLE" or inst["settings"].get("activationPolicy") == "NEVER":
             raise _err(400, f"Invalid request since instance is not running.", "invalidState")
         return inst
 
