@@ -177,7 +177,7 @@ def test_fresh_up_creates_everything_with_the_expected_fields(fake_gcp):
     tmpl = svc["template"]
     c = tmpl["containers"][0]
     env = {e["name"]: e for e in c["env"]}
-    assert env["DB_PASSWORD"]["valueSource"]["secretKeyRef"]["secret"].endswith("/secrets/mlflow-tracking-db-password")
+    assert env["DB_PASSWORD"]["valueSource"]["secretKeyRef"]["secret"] == "mlflow-tracking-db-password"
     assert "value" not in env["DB_PASSWORD"]
     assert env["DB_MIGRATE"]["value"] == "never" and env["LOG_FORMAT"]["value"] == "json"
     assert env["INSTANCE_CONNECTION_NAME"]["value"] == f"{PROJECT}:europe-west9:mlflow-db"

@@ -88,7 +88,7 @@ def test_the_password_is_only_a_secret_reference():
         env = {e["name"]: e for e in containers[0]["env"]}
         assert "value" not in env["DB_PASSWORD"]
         assert env["DB_PASSWORD"]["valueSource"]["secretKeyRef"] == {
-            "secret": "projects/acme-ml-prod/secrets/mlflow-tracking-db-password", "version": "latest"}
+            "secret": "mlflow-tracking-db-password", "version": "latest"}
 
 
 def test_service_env_matches_the_server_contract():

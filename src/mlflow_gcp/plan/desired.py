@@ -174,7 +174,8 @@ def allowed_hosts(cfg: Config, project_number: str | None, urls: list[str] | tup
 
 
 def _secret_ref(cfg: Config) -> dict:
-    return {"secretKeyRef": {"secret": f"projects/{cfg.project}/secrets/{cfg.secret_id}", "version": "latest"}}
+    # The bare name is Cloud Run's form for a secret in the service's own project.
+    return {"secretKeyRef": {"secret": cfg.secret_id, "version": "latest"}}
 
 
 def _db_env(cfg: Config) -> list[dict]:
