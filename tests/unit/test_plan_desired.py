@@ -130,3 +130,26 @@ def test_private_ip_gives_the_service_and_job_a_way_into_the_vpc():
         assert template["vpcAccess"] == {"networkInterfaces": [{"network": "projects/p/global/networks/vpc"}],
                                          "egress": "PRIVATE_RANGES_ONLY"}
     assert "vpcAccess" not in desired.service(cfg(), "img", [])["template"]
+
+
+def _container_env(container: dict, password: str) -> dict[str, str]:
+    """The environment Cloud Run gives the container: values, and secret references resolved."""
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env.update({e["name"]: password for e in container["env"] if "valueSource" in e})
+    return {**env, "PORT": str(container.get("ports", [{"containerPort": 8080}])[0]["containerPort"])}
+
+
+@pytest.mark.parametrize("settings", [{}, {"service": {"max_instances": 2, "workers": 3}, "artifacts": {"mode": "direct"}}])
+def test_the_server_accepts_the_environment_we_deploy(settings):
+    from mlflow_gcp.server.env import settings_from_env
+
+    c = cfg(**settings)
+    host = desired.run_app_host(c, "123456")
+    served = settings_from_env(_container_env(desired.service(c, "img", [host])["template"]["containers"][0], "pw"))
+    assert served.allowed_hosts == (host,) and served.migrate == "never"
+    assert served.workers == c.service.workers and served.artifact_mode == c.artifacts.mode
+    assert "/cloudsql/" + c.instance_connection_name in served.db_uri
+    assert served.pool.per_engine * c.service.workers <= c.connections_per_instance()
+    job = desired.job(c, "img")["template"]["template"]["containers"][0]
+    migrating = settings_from_env(_container_env(job, "pw"), serving=False)
+    assert migrating.db_uri == served.db_uri
