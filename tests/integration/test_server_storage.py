@@ -166,6 +166,12 @@ def test_host_header_checks(embedded_server):
     for host in (f"127.0.0.1:{server.port}", f"localhost:{server.port}", "mlflow-abc123-ew.a.run.app"):
         assert requests.get(api, headers={"Host": host}, timeout=10).status_code == 200, host
     assert requests.get(api, headers={"Host": "evil.example.com"}, timeout=10).status_code == 403
+    # The UI's own POSTs carry its Origin; a foreign origin is refused.
+    search = f"{server.url}/ajax-api/2.0/mlflow/experiments/search"
+    ui = {"Host": "mlflow-abc123-ew.a.run.app", "Origin": "https://mlflow-abc123-ew.a.run.app"}
+    assert requests.post(search, json={"max_results": 1}, headers=ui, timeout=10).status_code == 200
+    evil = {**ui, "Origin": "https://evil.example.com"}
+    assert requests.post(search, json={"max_results": 1}, headers=evil, timeout=10).status_code == 403
     # /health answers whatever the host: it alone proves nothing about the API.
     assert requests.get(f"{server.url}/health", headers={"Host": "evil.example.com"}, timeout=10).status_code == 200
 

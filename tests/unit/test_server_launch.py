@@ -81,6 +81,17 @@ def test_allowed_hosts_keep_local_access():
     assert opt(argv, "--allowed-hosts") == "*"
 
 
+def test_the_ui_origin_is_allowed_for_state_changing_requests():
+    from mlflow.server.security_utils import should_block_cors_request
+
+    argv, _ = build(ALLOWED_HOSTS="mlflow-x-ew.a.run.app")
+    origins = opt(argv, "--cors-allowed-origins").split(",")
+    assert not should_block_cors_request("https://mlflow-x-ew.a.run.app", "POST", origins)
+    assert should_block_cors_request("https://evil.example.com", "POST", origins)
+    argv, _ = build()
+    assert "--cors-allowed-origins" not in argv
+
+
 def test_allowed_host_patterns_match_as_mlflow_matches_them():
     # MLflow's own matcher (fnmatch for entries with '*'): *.run.app covers Cloud Run hosts.
     from mlflow.server.security_utils import is_allowed_host_header

@@ -64,6 +64,18 @@ def allowed_hosts(settings: Settings) -> list[str]:
     return list(dict.fromkeys([*settings.allowed_hosts, *LOCAL_HOSTS]))
 
 
+def cors_origins(settings: Settings) -> list[str]:
+    """The UI's own origins: browsers send Origin on same-origin POSTs too, and MLflow blocks
+    state-changing API requests from any non-localhost origin it was not told about, so without
+    these the UI served at https://<service>.run.app cannot search runs (403)."""
+    return [
+        f"{scheme}://{host}"
+        for host in settings.allowed_hosts
+        if host != "*"
+        for scheme in ("https", "http")
+    ]
+
+
 def build_command(settings: Settings, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
     """argv and extra environment for `mlflow server` (pure; nothing is started)."""
     argv = [
@@ -87,6 +99,9 @@ def build_command(settings: Settings, python: str = sys.executable) -> tuple[lis
     hosts = allowed_hosts(settings)
     if hosts:
         argv += ["--allowed-hosts", ",".join(hosts)]
+    origins = cors_origins(settings)
+    if origins:
+        argv += ["--cors-allowed-origins", ",".join(origins)]
     env = dict(FIXED_ENV)
     if settings.pool is not None:
         # MLflow's app, with no more DB requests at once than the pool can serve (server/app.py).
