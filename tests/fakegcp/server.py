@@ -177,11 +177,21 @@ class FakeGcp:
             else:
                 self.modules["serviceusage"].set_state(project, service, "ENABLED")
 
+    def delay_iam_propagation(self, policy_sets: int) -> None:
+        """A service account created from now on is unknown to the next `policy_sets`
+        setIamPolicy calls naming it (400 "does not exist"), as right after creation in Google."""
+        self.modules["iam"].propagation_calls = policy_sets
+
     def check_member(self, member: str) -> None:
         """Refuse an IAM member naming a user-managed service account the fake's IAM lacks."""
         kind, _, email = member.partition(":")
-        if kind == "serviceAccount" and email.endswith(".iam.gserviceaccount.com") \
-                and email not in self.modules["iam"].state:
+        if kind != "serviceAccount" or not email.endswith(".iam.gserviceaccount.com"):
+            return
+        iam = self.modules["iam"]
+        pending = iam.unpropagated.get(email, 0)
+        if email not in iam.state or pending > 0:
+            if pending > 0:
+                iam.unpropagated[email] = pending - 1
             raise invalid_argument(f"Service account {email} does not exist.",
                                    field="policy.bindings.members")
 

@@ -98,3 +98,18 @@ def test_iamcredentials_tokens_for_existing_accounts(gcp_client, sas):
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert claims["aud"] == "https://x.run.app" and claims["email"] == EMAIL
     assert creds.signBlob(name=name, body={"payload": base64.b64encode(b"x").decode()}).execute()["signedBlob"]
+
+
+def test_new_account_propagates_after_some_policy_sets(fake_gcp, gcp_client, sas):
+    fake_gcp.delay_iam_propagation(2)
+    sas.create(name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
+    crm = gcp_client("cloudresourcemanager", "v1").projects()
+    binding = {"role": "roles/cloudsql.client", "members": [f"serviceAccount:{EMAIL}"]}
+    for _ in range(2):
+        policy = crm.getIamPolicy(resource=P, body={}).execute()
+        with pytest.raises(HttpError) as info:
+            crm.setIamPolicy(resource=P, body={"policy": {**policy, "bindings": policy["bindings"] + [binding]}}).execute()
+        assert info.value.status_code == 400 and b"does not exist" in info.value.content
+    policy = crm.getIamPolicy(resource=P, body={}).execute()
+    crm.setIamPolicy(resource=P, body={"policy": {**policy, "bindings": policy["bindings"] + [binding]}}).execute()
+    assert binding in crm.getIamPolicy(resource=P, body={}).execute()["bindings"]

@@ -182,3 +182,12 @@ def test_patch_is_validated_after_merge(sql, instance):
         sql.instances().patch(project=P, instance="mlflow-db", body={"settings": {
             "backupConfiguration": {"enabled": False}}}).execute()  # PITR is still on
     assert info.value.status_code == 400
+
+
+def test_deleted_instance_name_stays_reserved(fake_gcp, sql):
+    body = {**BODY, "name": "short-lived", "settings": {"tier": "db-f1-micro"}}
+    wait(sql, sql.instances().insert(project=P, body=body).execute())
+    wait(sql, sql.instances().delete(project=P, instance="short-lived").execute())
+    with pytest.raises(HttpError) as info:
+        sql.instances().insert(project=P, body=body).execute()
+    assert info.value.status_code == 409 and b"one week" in info.value.content

@@ -23,6 +23,8 @@ class Iam(ApiModule):
         self.state: dict[str, dict] = {}  # email -> ServiceAccount
         self.keys: dict[str, dict] = {}  # key name -> ServiceAccountKey (without private data)
         self.iam = IamPolicies(member_check=self.fake.check_member)  # key: email
+        self.propagation_calls = 0  # see FakeGcp.delay_iam_propagation
+        self.unpropagated: dict[str, int] = {}  # email -> policy sets that still miss it
 
     def snapshot(self) -> dict:
         return {"accounts": self.state, "keys": sorted(k.split("/keys/")[0] for k in self.keys),
@@ -63,6 +65,8 @@ class Iam(ApiModule):
             if given.get(field):
                 sa[field] = given[field]
         self.state[email] = sa
+        if self.propagation_calls:
+            self.unpropagated[email] = self.propagation_calls
         return dict(sa)
 
     @handles("iam.projects.serviceAccounts.get")

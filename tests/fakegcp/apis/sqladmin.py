@@ -107,6 +107,9 @@ class SqlAdmin(ApiModule):
         self.op_json: dict[str, dict] = {}  # op name -> sql#operation fields
         self.busy: dict[str, str] = {}  # "project/instance" -> pending op name
         self.project_backups: dict[str, dict] = {}  # "projects/p/backups/id" -> Backup (Backups API)
+        # Names of deleted instances: Cloud SQL keeps them reserved for about a week.
+        self.deleted_names: set[str] = set()
+        self.reserve_deleted_names = True
         self._backup_ids = itertools.count(1700000000000)
         self.restores: list[tuple[str, str]] = []  # (instance, backup id) of every restore started
 
@@ -201,6 +204,10 @@ class SqlAdmin(ApiModule):
                        "and hyphens, starting with a letter.", "invalid")
         if f"{project}/{name}" in self.state:
             raise _err(409, "The Cloud SQL instance already exists.", "instanceAlreadyExists")
+        if self.reserve_deleted_names and f"{project}/{name}" in self.deleted_names:
+            raise _err(409, "The Cloud SQL instance already exists. When you delete an instance, "
+                       "you can't reuse the name of the deleted instance until one week from "
+                       "the deletion date.", "instanceAlreadyExists")
         settings = body.get("settings") or {}
         if not settings.get("tier"):
             raise _err(400, "Invalid request: Invalid Tier ().", "invalid")
@@ -320,6 +327,7 @@ class SqlAdmin(ApiModule):
                 self._new_backup(project, inst, "FINAL", req.get("finalBackupDescription"),
                                  ttl_days=str(days), expiry=req.get("finalBackupExpiryTime"))
             self.state.pop(key, None)
+            self.deleted_names.add(key)
             for table in (self.databases, self.users, self.backups):
                 for k in [k for k in table if k.startswith(key + "/")]:
                     del table[k]
