@@ -576,3 +576,12 @@ def test_no_permission_to_list_apis_is_not_fatal(fake_gcp):
     assert p.actions[0].detail == "not checked: no permission to list enabled APIs"
     up(make_cfg())
     assert f"{PROJECT}/mlflow-db" in fake_gcp.state("sqladmin")
+
+
+def test_an_existing_bucket_elsewhere_is_a_clear_error(fake_gcp, gcp_client):
+    cfg = make_cfg()
+    gcp_client("storage", "v1").buckets().insert(project=PROJECT, body={"name": cfg.bucket_name, "location": "US"}).execute()
+    with pytest.raises(Conflict) as err:
+        plan(cfg)
+    assert f"bucket {cfg.bucket_name} exists in US, not EUROPE-WEST9" in str(err.value)
+    assert "artifacts.location" in str(err.value)

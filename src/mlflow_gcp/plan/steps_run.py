@@ -1,0 +1,159 @@
+"""Steps for what runs: the image (repository and build), the migration job and its execution,
+and the Cloud Run service."""
+
+from __future__ import annotations
+
+from mlflow_gcp.config import Config
+from mlflow_gcp.errors import Conflict, NotFound
+from mlflow_gcp.gcp import artifactregistry, run
+from mlflow_gcp.plan import desired
+from mlflow_gcp.plan.context import Step
+from mlflow_gcp.plan.diff import diff
+from mlflow_gcp.plan.model import CREATE, NONE, RUN, UPDATE
+
+
+class Repository(Step):
+    key, kind = "repository", "Artifact Registry repository"
+
+    def name(self, ctx):
+        return f"{ctx.cfg.region}/{ctx.cfg.service.repository}"
+
+    def inspect(self, ctx):
+        if ctx.cfg.service.image:
+            return self.action(ctx, NONE, detail="not needed: service.image is set")
+        current = artifactregistry.get_repository(ctx.clients, ctx.cfg.region, ctx.cfg.service.repository)
+        if current is None:
+            return self.action(ctx, CREATE)
+        if current.get("format") != "DOCKER":
+            raise Conflict(
+                f"repository {ctx.cfg.service.repository} exists with format {current.get('format')}, not DOCKER",
+                hint="set service.repository to another name",
+            )
+        return self.action(ctx, NONE)
+
+    def apply(self, ctx, action):
+        artifactregistry.create_repository(
+            ctx.clients, ctx.cfg.region, ctx.cfg.service.repository, desired.repository(ctx.cfg), progress=ctx.progress
+        )
+
+
+def _image_parts(cfg: Config) -> tuple[str, str]:
+    path, tag = cfg.image_uri.rsplit(":", 1)
+    return path.rsplit("/", 1)[-1], tag
+
+
+class Image(Step):
+    key, kind = "image", "image"
+
+    def name(self, ctx):
+        return ctx.cfg.image_uri
+
+    def inspect(self, ctx):
+        if ctx.cfg.service.image:
+            ctx.facts["image"] = ctx.cfg.service.image
+            return self.action(ctx, NONE)
+        package, tag = _image_parts(ctx.cfg)
+        try:
+            digest = artifactregistry.tag_digest(ctx.clients, ctx.cfg.region, ctx.cfg.service.repository, package, tag)
+        except NotFound:
+            digest = None
+        if digest is None:
+            return self.action(ctx, CREATE, detail="build on Cloud Build from the packaged Dockerfile")
+        ctx.facts["image"] = f"{ctx.cfg.image_uri}@{digest}"
+        ctx.facts["digest"] = digest
+        return self.action(ctx, NONE)
+
+    def apply(self, ctx, action):
+        from mlflow_gcp.ops import image as image_ops
+
+        digest = image_ops.build(ctx)
+        if digest:
+            ctx.facts["image"] = f"{ctx.cfg.image_uri}@{digest}"
+            ctx.facts["digest"] = digest
+
+
+class MigrationJob(Step):
+    key, kind = "job", "Cloud Run job"
+
+    def name(self, ctx):
+        return ctx.cfg.migrate_job_name
+
+    def inspect(self, ctx):
+        want = desired.job(ctx.cfg, ctx.image)
+        current = run.get_job(ctx.clients, ctx.cfg.region, ctx.cfg.migrate_job_name)
+        if current is None:
+            return self.action(ctx, CREATE, detail="runs `python -m mlflow_gcp.server migrate`")
+        changes = diff(want, current, labels=desired.FIELD_LABELS)
+        return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=current)
+
+    def apply(self, ctx, action):
+        want = desired.job(ctx.cfg, ctx.image)
+        if action.verb == CREATE:
+            run.create_job(ctx.clients, ctx.cfg.region, ctx.cfg.migrate_job_name, want, progress=ctx.progress)
+        else:
+            want["labels"] = {**(action.current.get("labels") or {}), **want["labels"]}
+            run.update_job(ctx.clients, ctx.cfg.region, ctx.cfg.migrate_job_name, want, progress=ctx.progress)
+
+
+def _service_image(raw: dict | None) -> str | None:
+    if not raw:
+        return None
+    containers = (raw.get("template") or {}).get("containers") or [{}]
+    return containers[0].get("image")
+
+
+class Migrate(Step):
+    key, kind = "migrate", "schema migration"
+
+    def name(self, ctx):
+        return ctx.cfg.migrate_job_name
+
+    def inspect(self, ctx):
+        raw = run.get_service_raw(ctx.clients, ctx.cfg.region, ctx.cfg.service.name)
+        if _service_image(raw) == ctx.image:
+            return self.action(ctx, NONE)
+        return self.action(ctx, RUN, detail="run the job (mlflow db upgrade) before the new image rolls out")
+
+    def apply(self, ctx, action):
+        run.run_job(ctx.clients, ctx.cfg.region, ctx.cfg.migrate_job_name, progress=ctx.progress)
+
+
+def _urls(raw: dict | None) -> list[str]:
+    if not raw:
+        return []
+    return list(raw.get("urls") or []) + ([raw["uri"]] if raw.get("uri") else [])
+
+
+class Service(Step):
+    key, kind = "service", "Cloud Run service"
+
+    def name(self, ctx):
+        return ctx.cfg.service.name
+
+    def _want(self, ctx, raw):
+        hosts = desired.allowed_hosts(ctx.cfg, ctx.project_number, _urls(raw))
+        return desired.service(ctx.cfg, ctx.image, hosts)
+
+    def inspect(self, ctx):
+        raw = run.get_service_raw(ctx.clients, ctx.cfg.region, ctx.cfg.service.name)
+        if raw is None:
+            svc = ctx.cfg.service
+            return self.action(ctx, CREATE, detail=f"{svc.min_instances}..{svc.max_instances} instances, {ctx.cfg.access.mode}")
+        changes = diff(self._want(ctx, raw), raw, labels=desired.FIELD_LABELS)
+        return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=raw)
+
+    def apply(self, ctx, action):
+        cfg, clients = ctx.cfg, ctx.clients
+        want = self._want(ctx, action.current)
+        if action.verb == CREATE:
+            run.create_service(clients, cfg.region, cfg.service.name, want, progress=ctx.progress)
+        else:
+            want["labels"] = {**(action.current.get("labels") or {}), **want["labels"]}
+            run.update_service(clients, cfg.region, cfg.service.name, want, progress=ctx.progress)
+        # The service's URLs are known only once it exists: allow its own hosts too.
+        raw = run.get_service_raw(clients, cfg.region, cfg.service.name)
+        again = self._want(ctx, raw)
+        if raw is not None and diff(again, raw):
+            ctx.say("  adding the service's own URL to its allowed hosts")
+            again["labels"] = {**(raw.get("labels") or {}), **again["labels"]}
+            run.update_service(clients, cfg.region, cfg.service.name, again, progress=ctx.progress)
