@@ -169,3 +169,21 @@ def test_two_servers_on_an_empty_database_both_become_healthy(new_database, gcs_
     finally:
         for proc, _port in procs:
             local_mod.stop_group(proc)
+
+
+def test_sigterm_while_waiting_for_the_database_stops_cleanly(tmp_path):
+    port = local_mod.free_port()
+    env = {**GOOD, "DB_PORT": str(port), "DB_WAIT_SECONDS": "60", "LOG_FORMAT": "text"}
+    log_path = tmp_path / "wait.log"
+    proc, _ = launch_server(env, log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while "database not reachable yet" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        local_mod.stop_group(proc)
+    lines = log_path.read_text().splitlines()
+    assert lines[-1] == "stopped before the server started (serve)"
+    assert PASSWORD not in log_path.read_text()

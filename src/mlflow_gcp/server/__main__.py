@@ -13,6 +13,7 @@ Every failure is one line on stderr (JSON unless LOG_FORMAT=text) and a non-zero
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from mlflow_gcp.errors import MlflowGcpError
@@ -20,6 +21,14 @@ from mlflow_gcp.server import logs
 from mlflow_gcp.server.env import settings_from_env
 
 USAGE = "usage: python -m mlflow_gcp.server [serve|migrate|check]"
+
+
+class _Stopped(BaseException):
+    pass
+
+
+def _stop(_signum, _frame):
+    raise _Stopped()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in ("serve", "migrate", "check") or len(args) > 1:
         print(USAGE, file=sys.stderr)
         return 2
+    # Stopped while waiting or migrating: unwind (closing the connection releases the advisory
+    # lock and rolls back an unfinished migration) and say so in one line.
+    signal.signal(signal.SIGTERM, _stop)
     try:
         settings = settings_from_env(os.environ, serving=command == "serve")
         log = logs.setup(settings.log_format)
@@ -49,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except MlflowGcpError as err:
         print(logs.fatal_line(str(err), log_format), file=sys.stderr, flush=True)
         return err.exit_code
+    except (KeyboardInterrupt, _Stopped):
+        print(logs.fatal_line(f"stopped before the server started ({command})", log_format), file=sys.stderr)
+        return 0 if command == "serve" else 1
     if command != "serve":
         return 0
     sys.stdout.flush()
