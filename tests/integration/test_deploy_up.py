@@ -585,3 +585,12 @@ def test_an_existing_bucket_elsewhere_is_a_clear_error(fake_gcp, gcp_client):
         plan(cfg)
     assert f"bucket {cfg.bucket_name} exists in US, not EUROPE-WEST9" in str(err.value)
     assert "artifacts.location" in str(err.value)
+
+
+def test_an_existing_non_docker_repository_is_a_clear_error(fake_gcp, gcp_client):
+    repos = gcp_client("artifactregistry", "v1").projects().locations().repositories()
+    repos.create(parent=f"projects/{PROJECT}/locations/europe-west9", repositoryId="mlflow",
+                 body={"format": "MAVEN"}).execute()
+    with pytest.raises(Conflict) as err:
+        plan(make_cfg())
+    assert "repository mlflow exists with format MAVEN, not DOCKER" in str(err.value)
