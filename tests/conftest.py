@@ -205,7 +205,7 @@ class RunningServer:
 def launch_server(env: dict[str, str], log_path: Path, *, port: int | None = None) -> tuple[subprocess.Popen, int]:
     """Start the entrypoint without waiting; returns (process, port)."""
     port = port or local_mod.free_port()
-    full = clean_env(HOST="127.0.0.1", PORT=str(port), LOG_FORMAT="text", **env)
+    full = clean_env(**{"HOST": "127.0.0.1", "LOG_FORMAT": "text", **env, "PORT": str(port)})
     log = open(log_path, "wb")
     proc = local_mod.start_group(
         [sys.executable, "-m", "mlflow_gcp.server"], full, stdout=log, stderr=subprocess.STDOUT
