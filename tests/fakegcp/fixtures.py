@@ -27,7 +27,9 @@ def fake_gcp(fake_gcp_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_GCP_API_ROOT", fake_gcp_server.url)
     monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     yield fake_gcp_server
+    errors = list(fake_gcp_server.internal_errors)
     fake_gcp_server.reset()
+    assert not errors, "the fake itself failed (a bug in tests/fakegcp):\n" + errors[0]
 
 
 @pytest.fixture(scope="session")

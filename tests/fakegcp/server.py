@@ -8,8 +8,10 @@ the API module's handler (under one lock, so state changes are atomic); JSON res
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -37,6 +39,7 @@ class FakeGcp:
         self.lock = threading.RLock()
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
+        self.internal_errors: list[str] = []  # tracebacks of bugs in the fake itself
         self.globally_disabled: set[str] = set()
         self.modules: dict[str, ApiModule] = {cls.name: cls(self) for cls in ALL_APIS}
         self._server: ThreadingHTTPServer | None = None
@@ -87,6 +90,7 @@ class FakeGcp:
             self.op_polls = op_polls
             self.faults.clear()
             self.requests.clear()
+            self.internal_errors.clear()
             self.globally_disabled.clear()
             for module in self.modules.values():
                 module.reset()
@@ -210,7 +214,14 @@ class FakeGcp:
         with self.lock:
             self.requests.append(rec)
         try:
-            result = self._dispatch(rec, api, raw_path, query, headers, raw)
+            try:
+                result = self._dispatch(rec, api, raw_path, query, headers, raw)
+            except GcpError:
+                raise
+            except Exception as exc:  # a bug in the fake: answer 500 and keep the traceback
+                self.internal_errors.append(traceback.format_exc())
+                sys.stderr.write(f"fakegcp: {rec.method} /{api}/{rec.path}: {self.internal_errors[-1]}")
+                raise GcpError(500, f"fakegcp internal error: {type(exc).__name__}: {exc}")
         except GcpError as err:
             rec.status = err.code
             return err.code, {"Content-Type": "application/json; charset=UTF-8"}, \

@@ -222,3 +222,15 @@ def test_snapshot_equal_for_identical_runs_and_shows_differences(fake_gcp, gcp_c
     fake_gcp.reset()
     _deploy_like(gcp_client, name="db2")
     assert fake_gcp.snapshot()["sqladmin"] != first["sqladmin"]
+
+
+def test_a_bug_in_the_fake_is_a_500_with_its_traceback_kept(fake_gcp, sql, monkeypatch):
+    def broken(req):
+        raise KeyError("oops")
+
+    monkeypatch.setitem(fake_gcp.api("sqladmin").handlers, (None, "sql.instances.list"), broken)
+    with pytest.raises(HttpError) as info:
+        sql.instances().list(project=P).execute()
+    assert info.value.status_code == 500 and b"fakegcp internal error" in info.value.content
+    assert "KeyError" in fake_gcp.internal_errors[0]
+    fake_gcp.internal_errors.clear()  # the fixture fails a test whose fake had a bug
