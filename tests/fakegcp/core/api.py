@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import GcpError, aborted, invalid_argument
+from .errors import GcpError, invalid_argument
 
 if TYPE_CHECKING:
     from ..server import FakeGcp

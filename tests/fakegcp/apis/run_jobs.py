@@ -1,0 +1,181 @@
+"""Cloud Run Admin v2 jobs: create/get/list/patch/delete, run -> executions that succeed, or
+fail when fail_next_operation("run") was called. Mixed into the Run module (apis/run.py)."""
+
+from __future__ import annotations
+
+import copy
+
+from ..core.api import Request, handles, new_id, now, project_number
+from ..core.errors import GcpError, already_exists, invalid_argument
+from .run_common import _ID, JOB_INPUT, _ready, _suffix
+
+
+class RunJobs:
+
+    def _job(self, name: str) -> dict:
+        job = self.jobs.get(name)
+        if job is None:
+            raise GcpError(404, f"Resource '{name.rsplit('/', 1)[-1]}' of kind 'JOB' in region "
+                           f"'{name.split('/')[3]}' in project '{name.split('/')[1]}' does not "
+                           "exist.", "NOT_FOUND")
+        return job
+
+    def _job_template(self, project: str, job: dict) -> None:
+        tpl = job.setdefault("template", {})
+        tpl.setdefault("taskCount", 1)
+        tpl.setdefault("parallelism", 0)
+        task = tpl.setdefault("template", {})
+        self._check_containers(task, "template.template", service=False)
+        self._check_account(project, task.get("serviceAccount"))
+        task.setdefault("maxRetries", 3)
+        task.setdefault("timeout", "600s")
+        task.setdefault("serviceAccount", f"{project_number(project)}-compute@developer.gserviceaccount.com")
+        for c in task.get("containers") or []:
+            self._container_defaults(c, service=False)
+
+    def _job_ready(self, job: dict):
+        def done(op):
+            job["reconciling"] = False
+            job["observedGeneration"] = job["generation"]
+            job["terminalCondition"] = _ready() if op.error is None else {
+                "type": "Ready", "state": "CONDITION_FAILED", "message": op.error.message}
+            job["conditions"] = []
+            return copy.deepcopy(job)
+        return done
+
+    @handles("run.projects.locations.jobs.create")
+    def create_job(self, req: Request) -> dict:
+        parent = req.get("parent")
+        project, _ = self._split(parent)
+        jid = req.get("jobId") or ""
+        if not _ID.fullmatch(jid):
+            raise invalid_argument("job_id must be lowercase letters, digits or hyphens, "
+                                   "starting with a letter.", field="job_id")
+        name = f"{parent}/jobs/{jid}"
+        if name in self.jobs:
+            raise already_exists(f"Resource '{jid}'")
+        body = copy.deepcopy(req.body or {})
+        job = {k: body[k] for k in JOB_INPUT if k in body}
+        job.update({"name": name, "uid": new_id(), "generation": "1", "createTime": now(),
+                    "updateTime": now(), "creator": "fake-user@example.com",
+                    "lastModifier": "fake-user@example.com", "launchStage": body.get("launchStage", "GA"),
+                    "etag": new_id(), "reconciling": True, "executionCount": 0})
+        self._job_template(project, job)
+        self.jobs[name] = job
+        return self._lro(name, job, "Job", self._job_ready(job))
+
+    @handles("run.projects.locations.jobs.get")
+    def get_job(self, req: Request) -> dict:
+        return copy.deepcopy(self._job(req.get("name")))
+
+    @handles("run.projects.locations.jobs.list")
+    def list_jobs(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/jobs/"
+        items = [copy.deepcopy(j) for n, j in sorted(self.jobs.items()) if n.startswith(prefix)]
+        return {"jobs": items} if items else {}
+
+    @handles("run.projects.locations.jobs.patch")
+    def patch_job(self, req: Request) -> dict:
+        name = req.get("name")
+        project, _ = self._split(name)
+        if name not in self.jobs and req.get("allowMissing") in (True, "true"):
+            req.params["parent"] = name.rsplit("/jobs/", 1)[0]
+            req.params["jobId"] = name.rsplit("/", 1)[-1]
+            return self.create_job(req)
+        job = self._job(name)
+        body = copy.deepcopy(req.body or {})
+        new = copy.deepcopy(job)
+        for k in JOB_INPUT:
+            new.pop(k, None)
+        new.update({k: body[k] for k in JOB_INPUT if k in body})
+        self._job_template(project, new)
+        new["generation"] = str(int(job["generation"]) + 1)
+        new["updateTime"] = now()
+        new["etag"] = new_id()
+        new["reconciling"] = True
+        self.jobs[name] = new
+        return self._lro(name, new, "Job", self._job_ready(new))
+
+    @handles("run.projects.locations.jobs.delete")
+    def delete_job(self, req: Request) -> dict:
+        name = req.get("name")
+        job = self._job(name)
+        del self.jobs[name]
+        for e in [e for e in self.executions if e.startswith(name + "/executions/")]:
+            del self.executions[e]
+        self.iam.delete(name)
+        snapshot = copy.deepcopy(job)
+        return self._lro(name, snapshot, "Job", lambda op: snapshot)
+
+    @handles("run.projects.locations.jobs.run")
+    def run_job(self, req: Request) -> dict:
+        name = req.get("name")
+        job = self._job(name)
+        if job.get("reconciling"):
+            raise GcpError(400, f"Job {name.rsplit('/', 1)[-1]} is not ready: it is still being "
+                           "created or updated.", "FAILED_PRECONDITION")
+        job["executionCount"] = int(job.get("executionCount", 0)) + 1
+        jid = name.rsplit("/", 1)[-1]
+        eid = f"{jid}-{_suffix(job['name'], str(job['executionCount']), n=5)}"
+        ename = f"{name}/executions/{eid}"
+        overrides = (req.body or {}).get("overrides") or {}
+        template = copy.deepcopy(job["template"])
+        task_count = overrides.get("taskCount") or template.get("taskCount", 1)
+        execution = {
+            "name": ename, "uid": new_id(), "generation": "1", "createTime": now(),
+            "startTime": now(), "updateTime": now(), "job": jid, "launchStage": "GA",
+            "taskCount": task_count, "parallelism": template.get("parallelism", 0),
+            "template": template.get("template", {}), "reconciling": True, "runningCount": task_count,
+            "conditions": [{"type": "Completed", "state": "CONDITION_PENDING"}],
+            "etag": new_id(), "logUri": f"https://console.cloud.google.com/logs/viewer?execution={eid}",
+        }
+        if overrides:
+            execution["annotations"] = {"run.googleapis.com/overrides": "true"}
+            execution["overrides"] = overrides  # kept out of the public JSON below
+        self.executions[ename] = execution
+        job["latestCreatedExecution"] = {"name": ename, "createTime": execution["createTime"]}
+
+        def done(op):
+            execution["reconciling"] = False
+            execution["runningCount"] = 0
+            execution["completionTime"] = now()
+            if op.error is None:
+                execution["succeededCount"] = task_count
+                execution["conditions"] = [
+                    {"type": "Completed", "state": "CONDITION_SUCCEEDED", "lastTransitionTime": now()},
+                    {"type": "ResourcesAvailable", "state": "CONDITION_SUCCEEDED"},
+                    {"type": "Started", "state": "CONDITION_SUCCEEDED"}]
+                status = "EXECUTION_SUCCEEDED"
+            else:
+                execution["failedCount"] = task_count
+                execution["conditions"] = [
+                    {"type": "Completed", "state": "CONDITION_FAILED", "message": op.error.message,
+                     "lastTransitionTime": now()}]
+                status = "EXECUTION_FAILED"
+            job["latestCreatedExecution"].update(completionTime=execution["completionTime"],
+                                                 completionStatus=status)
+            return self._execution(execution)
+
+        return self._lro(name, self._execution(execution), "Execution", done)
+
+    @staticmethod
+    def _execution(execution: dict) -> dict:
+        return {k: copy.deepcopy(v) for k, v in execution.items() if k != "overrides"}
+
+    def execution_overrides(self, name: str) -> dict:
+        """For tests: the overrides a run was started with."""
+        return self.executions[name].get("overrides", {})
+
+    @handles("run.projects.locations.jobs.executions.get")
+    def get_execution(self, req: Request) -> dict:
+        execution = self.executions.get(req.get("name"))
+        if execution is None:
+            raise GcpError(404, f"Execution {req.get('name')} does not exist.", "NOT_FOUND")
+        return self._execution(execution)
+
+    @handles("run.projects.locations.jobs.executions.list")
+    def list_executions(self, req: Request) -> dict:
+        prefix = req.get("parent") + "/executions/"
+        items = [self._execution(e) for n, e in self.executions.items() if n.startswith(prefix)]
+        items.reverse()
+        return {"executions": items} if items else {}
