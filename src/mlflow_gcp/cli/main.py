@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "mlflow_gcp.cli.access_cmds",
     "mlflow_gcp.cli.deploy",
     "mlflow_gcp.cli.local",
+    "mlflow_gcp.cli.ops_cmds",
 ]
 
 

@@ -1,0 +1,296 @@
+"""`doctor`: the old troubleshooting guide as checks, each PASS, WARN or FAIL with the command
+that fixes it. Read-only: doctor never changes anything.
+
+How "schema at head" is checked without a database connection from here: our server refuses to
+start on an out-of-date schema (it never migrates itself), so (a) the last execution of the
+migration job must have succeeded with the very image the service runs, and (b) when an ID token
+can be minted, an authenticated MLflow API call must answer 200, which only a started server does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlflow_gcp import budget
+from mlflow_gcp.config import PUBLIC_MEMBERS
+from mlflow_gcp.errors import GcpError, MlflowGcpError
+from mlflow_gcp.gcp import iampolicy, resourcemanager, run, secretmanager, serviceusage, sql, storage
+from mlflow_gcp.ops import live, status
+from mlflow_gcp.plan import desired
+
+PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+INVOKER = "roles/run.invoker"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return {"check": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+class _Facts:
+    """What the checks read, each fetched once."""
+
+    def __init__(self, ctx, url: str | None):
+        self.ctx, self.url = ctx, url
+        self._cache: dict = {}
+
+    def get(self, key: str, read: Callable):
+        if key not in self._cache:
+            self._cache[key] = read()
+        return self._cache[key]
+
+    @property
+    def service(self):
+        c = self.ctx
+        return self.get("service", lambda: run.get_service_raw(c.clients, c.cfg.region, c.cfg.service.name))
+
+    @property
+    def instance(self):
+        return self.get("instance", lambda: sql.get_instance(self.ctx.clients, self.ctx.cfg.database.instance))
+
+    @property
+    def health(self):
+        return self.get("health", lambda: live.probe(self.ctx, self.url, (self.service or {}).get("uri")))
+
+    @property
+    def token_email(self):
+        def read():
+            audience = self.url or (self.service or {}).get("uri")
+            if not audience:
+                return None, "the service has no URL"
+            try:
+                from mlflow_gcp.client import tokens
+
+                token = tokens.resolve_source().fetch(audience.rstrip("/")).value
+                return tokens.jwt_claims(token).get("email"), ""
+            except Exception as err:  # noqa: BLE001 - any failure to mint is reported, not raised
+                return None, f"no ID token could be minted ({getattr(err, 'message', None) or err.__class__.__name__})"
+        return self.get("token", read)
+
+
+def _credentials(f: _Facts) -> Check:
+    number = resourcemanager.project_number(f.ctx.clients)
+    return Check("credentials and project", PASS, f"project {f.ctx.cfg.project} (number {number}) is readable")
+
+
+def _apis(f: _Facts) -> Check:
+    missing = serviceusage.disabled(f.ctx.clients, list(desired.REQUIRED_SERVICES))
+    if missing:
+        return Check("APIs enabled", FAIL, "disabled: " + ", ".join(missing),
+                     f"gcloud services enable {' '.join(missing)} --project {f.ctx.cfg.project}")
+    return Check("APIs enabled", PASS, f"{len(desired.REQUIRED_SERVICES)} APIs enabled")
+
+
+def _service_ready(f: _Facts) -> Check:
+    raw = f.service
+    if raw is None:
+        return Check("service ready", FAIL, f"{f.ctx.cfg.service.name} is not deployed", "mlflow-gcp up")
+    cond = raw.get("terminalCondition") or {}
+    if cond.get("state") != "CONDITION_SUCCEEDED":
+        return Check("service ready", FAIL, f"{cond.get('state')}: {cond.get('message', '')}".strip(": "),
+                     "mlflow-gcp logs --severity ERROR, then mlflow-gcp up")
+    rev = (raw.get("latestReadyRevision") or "").rsplit("/", 1)[-1]
+    return Check("service ready", PASS, f"revision {rev} is ready at {raw.get('uri')}")
+
+
+def _health(f: _Facts) -> Check:
+    h = f.health
+    if h.ok is None:
+        return Check("health (ID token)", WARN, h.message, "mlflow-gcp env (token sources), or pass --url")
+    if not h.ok:
+        paused = live.is_paused(f.instance)
+        return Check("health (ID token)", FAIL, h.message + (" (the database is paused)" if paused else ""),
+                     "mlflow-gcp resume" if paused else "mlflow-gcp logs --severity WARNING")
+    return Check("health (ID token)", PASS, h.message)
+
+
+def _invoker(f: _Facts) -> Check:
+    cfg = f.ctx.cfg
+    if f.service is None:
+        return Check("caller may invoke", WARN, "no service to check", "mlflow-gcp up")
+    members = iampolicy.members_of(run.get_service_iam_policy(f.ctx.clients, cfg.region, cfg.service.name), INVOKER)
+    email, why = f.token_email
+    if email is None:
+        return Check("caller may invoke", WARN, f"cannot tell who you are: {why}",
+                     "mlflow-gcp env (token sources)")
+    if {f"user:{email}", f"serviceAccount:{email}", *PUBLIC_MEMBERS} & members:
+        return Check("caller may invoke", PASS, f"{email} holds {INVOKER}")
+    if any(m.startswith(("group:", "domain:")) for m in members):
+        return Check("caller may invoke", WARN, f"{email} is not listed; it may be through a group or domain",
+                     f"mlflow-gcp access grant {_member(email)}")
+    return Check("caller may invoke", FAIL, f"{email} does not hold {INVOKER}",
+                 f"mlflow-gcp access grant {_member(email)}")
+
+
+def _member(email: str) -> str:
+    return f"serviceAccount:{email}" if email.endswith(".gserviceaccount.com") else f"user:{email}"
+
+
+def _public(f: _Facts) -> Check:
+    cfg = f.ctx.cfg
+    if f.service is None:
+        return Check("no public access", WARN, "no service to check", "mlflow-gcp up")
+    members = iampolicy.members_of(run.get_service_iam_policy(f.ctx.clients, cfg.region, cfg.service.name), INVOKER)
+    public = sorted(set(PUBLIC_MEMBERS) & members)
+    if public and cfg.access.mode != "public":
+        return Check("no public access", FAIL, f"{', '.join(public)} may invoke, but access.mode is private",
+                     "mlflow-gcp up (removes them)")
+    if public:
+        return Check("no public access", WARN, "access.mode = public: anyone on the internet may use it")
+    return Check("no public access", PASS, "only listed members may invoke")
+
+
+def _database(f: _Facts) -> Check:
+    inst = f.instance
+    name = f.ctx.cfg.database.instance
+    if inst is None:
+        return Check("Cloud SQL running", FAIL, f"{name} does not exist", "mlflow-gcp up")
+    if live.is_paused(inst):
+        return Check("Cloud SQL running", WARN, f"{name} is paused (MLflow answers errors)", "mlflow-gcp resume")
+    if inst.get("state") != "RUNNABLE":
+        return Check("Cloud SQL running", FAIL, f"{name} is {inst.get('state')}",
+                     f"gcloud sql instances describe {name} --project {f.ctx.cfg.project}")
+    return Check("Cloud SQL running", PASS, f"{name} is RUNNABLE ({(inst.get('settings') or {}).get('tier')})")
+
+
+def _storage_and_roles(f: _Facts) -> Check:
+    cfg, clients = f.ctx.cfg, f.ctx.clients
+    if storage.get_bucket(clients, cfg.bucket_name) is None:
+        return Check("bucket and server permissions", FAIL, f"bucket {cfg.bucket_name} does not exist", "mlflow-gcp up")
+    missing = iampolicy.missing(storage.get_iam_policy(clients, cfg.bucket_name), desired.bucket_bindings(cfg))
+    missing += iampolicy.missing(resourcemanager.get_iam_policy(clients), desired.project_bindings(cfg))
+    if secretmanager.get_secret(clients, cfg.secret_id) is not None:
+        missing += iampolicy.missing(secretmanager.get_iam_policy(clients, cfg.secret_id), desired.secret_bindings(cfg))
+    if missing:
+        return Check("bucket and server permissions", FAIL,
+                     "server account lacks " + ", ".join(r for r, _ in missing), "mlflow-gcp up")
+    return Check("bucket and server permissions", PASS,
+                 f"gs://{cfg.bucket_name} exists; {cfg.server_service_account_email} has its roles")
+
+
+def _allowed_hosts(f: _Facts) -> Check:
+    raw = f.service
+    if raw is None:
+        return Check("allowed hosts", WARN, "no service to check", "mlflow-gcp up")
+    from urllib.parse import urlparse
+
+    hosts = set((status.env_value(raw, "ALLOWED_HOSTS") or "").split(","))
+    urls = [u for u in [raw.get("uri"), *(raw.get("urls") or [])] if u]
+    missing = sorted({urlparse(u).hostname for u in urls} - hosts)
+    if missing:
+        return Check("allowed hosts", FAIL, "ALLOWED_HOSTS lacks " + ", ".join(missing) + " (MLflow answers 403)",
+                     "mlflow-gcp up")
+    return Check("allowed hosts", PASS, f"{len(urls)} service URL(s) allowed")
+
+
+def _schema(f: _Facts) -> Check:
+    cfg = f.ctx.cfg
+    raw = f.service
+    job = run.get_job(f.ctx.clients, cfg.region, cfg.migrate_job_name)
+    if raw is None or job is None:
+        return Check("schema at head", FAIL, "no service or migration job", "mlflow-gcp up")
+    service_image = (((raw.get("template") or {}).get("containers") or [{}])[0]).get("image")
+    job_image = ((((job.get("template") or {}).get("template") or {}).get("containers") or [{}])[0]).get("image")
+    last = job.get("latestCreatedExecution") or {}
+    outcome = last.get("completionStatus")
+    if outcome and outcome != "EXECUTION_SUCCEEDED":
+        return Check("schema at head", FAIL, f"the last migration ({last.get('name', '').rsplit('/', 1)[-1]}) "
+                     f"ended {outcome}", f"mlflow-gcp logs --severity ERROR, then mlflow-gcp up")
+    if job_image != service_image:
+        return Check("schema at head", WARN, "the migration job runs another image than the service",
+                     "mlflow-gcp up")
+    if not outcome:
+        return Check("schema at head", WARN, "the migration job has not run", "mlflow-gcp up")
+    if f.health.ok:
+        return Check("schema at head", PASS, "migrated with the served image, and the server answers the API")
+    return Check("schema at head", PASS, "the last migration succeeded with the served image "
+                 "(the API was not reached to confirm)")
+
+
+def _version_skew(f: _Facts) -> Check:
+    from importlib import metadata
+
+    raw = f.service
+    server = status.mlflow_version_of(((((raw or {}).get("template") or {}).get("containers") or [{}])[0]).get("image"),
+                                      ((((raw or {}).get("template") or {}).get("containers") or [{}])[0]).get("env"))
+    client = None
+    for dist in ("mlflow", "mlflow-skinny"):
+        try:
+            client = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    if not server or not client:
+        return Check("client/server MLflow versions", WARN,
+                     f"client {client or 'not installed'}, server {server or 'unknown'}")
+    if client.split(".")[:2] != server.split(".")[:2]:
+        return Check("client/server MLflow versions", WARN, f"client {client}, server {server}",
+                     f"pip install 'mlflow=={server}' (or mlflow-gcp upgrade --mlflow-version {client})")
+    return Check("client/server MLflow versions", PASS, f"client {client}, server {server}")
+
+
+def _budget(f: _Facts) -> Check:
+    cfg = f.ctx.cfg
+    try:
+        cfg.pool()
+    except MlflowGcpError as err:
+        return Check("connection budget", FAIL, str(err), "mlflow-gcp scale --max-instances N")
+    raw, inst = f.service, f.instance
+    tier = ((inst or {}).get("settings") or {}).get("tier") or cfg.database.tier
+    max_conn = budget.tier_max_connections(tier)
+    if raw is not None:
+        share = status.env_value(raw, "DB_CONNECTIONS")
+        instances = int(((raw.get("template") or {}).get("scaling") or {}).get("maxInstanceCount") or 0)
+        if share and share.isdigit():
+            used = int(share) * instances + budget.RESERVED_CONNECTIONS
+            if used > max_conn:
+                return Check("connection budget", FAIL, f"{instances} x {share} + {budget.RESERVED_CONNECTIONS} = "
+                             f"{used} connections but {tier} allows {max_conn}", "mlflow-gcp up")
+            return Check("connection budget", PASS, f"at most {used} of {max_conn} connections ({tier})")
+    return Check("connection budget", PASS, f"the config fits {tier} ({max_conn} connections)")
+
+
+def _lifecycle(f: _Facts) -> Check:
+    cfg = f.ctx.cfg
+    bucket = storage.get_bucket(f.ctx.clients, cfg.bucket_name)
+    if bucket is None:
+        return Check("lifecycle safety", WARN, "no bucket to check", "mlflow-gcp up")
+    rules = (bucket.get("lifecycle") or {}).get("rule") or []
+    whole = [r for r in rules if (r.get("action") or {}).get("type") == "Delete"
+             and not ((r.get("condition") or {}).get("matchesPrefix"))]
+    if whole:
+        return Check("lifecycle safety", FAIL, "a Delete rule covers the whole bucket, registered models included",
+                     "mlflow-gcp lifecycle set --action archive --days 90")
+    deletes = [status.describe_rule(r) for r in rules if (r.get("action") or {}).get("type") == "Delete"
+               and desired.BUILD_PREFIX not in ((r.get("condition") or {}).get("matchesPrefix") or [])]
+    if deletes:
+        return Check("lifecycle safety", WARN, "; ".join(deletes) + " (checked against models when set)",
+                     "mlflow-gcp lifecycle show")
+    return Check("lifecycle safety", PASS, "no rule deletes artifacts")
+
+
+CHECKS = (_credentials, _apis, _service_ready, _health, _invoker, _public, _database, _storage_and_roles,
+          _allowed_hosts, _schema, _version_skew, _budget, _lifecycle)
+NAMES = ("credentials and project", "APIs enabled", "service ready", "health (ID token)", "caller may invoke",
+         "no public access", "Cloud SQL running", "bucket and server permissions", "allowed hosts",
+         "schema at head", "client/server MLflow versions", "connection budget", "lifecycle safety")
+
+
+def run_checks(ctx, url: str | None = None) -> list[Check]:
+    facts = _Facts(ctx, url)
+    out = []
+    for check, name in zip(CHECKS, NAMES):
+        try:
+            out.append(check(facts))
+        except GcpError as err:
+            out.append(Check(name, FAIL, err.message, err.hint or ""))
+        if name == "credentials and project" and out[-1].status == FAIL:
+            break  # nothing else can be read
+    return out
