@@ -153,3 +153,20 @@ def test_the_server_accepts_the_environment_we_deploy(settings):
     job = desired.job(c, "img")["template"]["template"]["containers"][0]
     migrating = settings_from_env(_container_env(job, "pw"), serving=False)
     assert migrating.db_uri == served.db_uri
+
+
+def test_the_build_source_is_reproducible(tmp_path):
+    import os
+
+    from mlflow_gcp.ops import image
+
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")
+    (tmp_path / "src" / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "src" / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "src" / "pkg" / "__pycache__" / "x.pyc").write_bytes(b"junk")
+    first = image.source_tarball(tmp_path)
+    os.utime(tmp_path / "Dockerfile", (1, 1))  # touching files changes nothing
+    assert image.source_tarball(tmp_path) == first
+    (tmp_path / "src" / "pkg" / "__init__.py").write_text("x = 1\n")
+    assert image.source_tarball(tmp_path) != first

@@ -8,6 +8,7 @@ rule clears after a month).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import tarfile
@@ -39,7 +40,9 @@ def source_tarball(root: Path) -> bytes:
         p for p in (root / "src").rglob("*")
         if p.is_file() and not (_SKIP_PARTS & set(p.parts)) and ".egg-info" not in str(p) and p.suffix != ".pyc"
     )
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    # gzip's header carries a timestamp too: zero it, or the same source hashes differently.
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in paths:
             info = tar.gettarinfo(str(path), arcname=str(path.relative_to(root)))
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
