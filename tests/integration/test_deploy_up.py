@@ -552,3 +552,16 @@ def test_an_existing_non_docker_repository_is_a_clear_error(fake_gcp, gcp_client
     with pytest.raises(Conflict) as err:
         plan(make_cfg())
     assert "repository mlflow exists with format MAVEN, not DOCKER" in str(err.value)
+
+
+def test_a_tier_change_patches_only_the_instance_and_warns_of_the_restart(fake_gcp, tmp_path, monkeypatch, capsys):
+    up(make_cfg())
+    bigger = make_cfg(database__tier="db-g1-small")
+    p = plan(bigger)
+    sql_action = next(a for a in p.changes if a.kind == "Cloud SQL instance")
+    assert [str(c) for c in sql_action.changes] == ["settings.tier (database.tier): db-f1-micro -> db-g1-small"]
+    assert "restarts the instance" in sql_action.detail
+    fake_gcp.clear_log()
+    up(bigger)
+    sql_writes = [r for r in fake_gcp.mutating_requests() if r.api == "sqladmin"]
+    assert [(r.method_id, r.body) for r in sql_writes] == [("sql.instances.patch", {"settings": {"tier": "db-g1-small"}})]

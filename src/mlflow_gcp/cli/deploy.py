@@ -44,7 +44,7 @@ def _render_plan(plan, estimate, as_json: bool) -> None:
     options.table(rows, ["action", "resource", "name", "details"])
     for a in plan.actions:
         if a.verb == "update" and a.changes:
-            click.echo(f"\n~ {a.kind} {a.name}:")
+            click.echo(f"\n~ {a.kind} {a.name}:" + (f" {a.detail}" if a.detail else ""))
             for change in a.changes:
                 click.echo(f"    {change}")
     click.echo("")

@@ -8,6 +8,8 @@ from typing import Any
 from mlflow_gcp.plan.diff import Change
 
 CREATE, UPDATE, NONE, RUN, DELETE = "create", "update", "no change", "run", "delete"
+# IAM steps describe their changes in their detail already.
+_DETAIL_ONLY = {"bucket_iam", "secret_iam", "project_iam", "sa_iam", "invokers"}
 
 
 @dataclass
@@ -26,11 +28,10 @@ class Action:
         return self.verb != NONE
 
     def summary(self) -> str:
-        if self.detail:
-            return self.detail
-        if self.verb == UPDATE:
-            return ", ".join(str(c) for c in self.changes)
-        return ""
+        if self.verb == UPDATE and self.changes and self.key not in _DETAIL_ONLY:
+            text = ", ".join(str(c) for c in self.changes)
+            return f"{text} ({self.detail})" if self.detail else text
+        return self.detail
 
     def as_dict(self) -> dict:
         return {

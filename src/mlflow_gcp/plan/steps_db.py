@@ -15,6 +15,8 @@ from mlflow_gcp.plan.model import CREATE, NONE, UPDATE
 # Secret annotation naming the instance/user whose password was set from this secret; without it
 # an existing user is "adopted" by setting its password from the secret.
 SYNCED_ANNOTATION = "mlflow-gcp-password-set-on"
+# Changing these makes Cloud SQL restart the instance.
+_RESTARTING = {"settings.tier", "settings.edition", "settings.ipConfiguration.privateNetwork"}
 
 
 class Secret(Step):
@@ -98,7 +100,9 @@ class SqlInstance(Step):
             )
         ignore = desired.SQL_CREATE_ONLY | {"name", "project"}
         changes = diff(want, current, ignore=ignore, labels=desired.FIELD_LABELS)
-        return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=current)
+        restart = any(c.path in _RESTARTING for c in changes)
+        return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=current,
+                           detail="restarts the instance: a few minutes without database" if restart else "")
 
     def apply(self, ctx, action):
         want = desired.sql_instance(ctx.cfg)
