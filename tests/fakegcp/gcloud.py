@@ -12,8 +12,11 @@ the user's gcloud configuration and credentials are never read or touched:
 - auth/access_token_file = a file holding a fake token (sent as "Authorization: Bearer"; the
   fake ignores it), so gcloud needs no login and no network;
 - usage reporting, update checks and prompts are off.
-gcloud run is not covered: it talks to regional run v1 (Knative) endpoints that the fake does
-not serve.
+- the fake is also gcloud's HTTP proxy: `gcloud run` derives a regional endpoint by prefixing
+  the host (http://europe-west1-127.0.0.1:PORT/run/), which only resolves through a proxy; the
+  fake reads the region from the Host header and serves Cloud Run v1 (Knative) reads from its v2
+  state. It also means an https call to a real Google host (an API without an override) is
+  refused by the fake rather than sent to the network.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from urllib.parse import urlsplit
 
 # gcloud's api_endpoint_overrides property name -> the suffix after the fake root.
 OVERRIDES = {
@@ -37,6 +41,7 @@ OVERRIDES = {
     "cloudbuild": "cloudbuild/",
     "logging": "logging/",
     "cloudscheduler": "cloudscheduler/",
+    "run": "run/",
 }
 
 
@@ -72,6 +77,9 @@ def gcloud_env(fake_url: str, config_dir: str, project: str | None = None) -> di
         "CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK": "true",
         "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
         "CLOUDSDK_CORE_SHOW_STRUCTURED_LOGS": "never",
+        "CLOUDSDK_PROXY_TYPE": "http",
+        "CLOUDSDK_PROXY_ADDRESS": urlsplit(root).hostname,
+        "CLOUDSDK_PROXY_PORT": str(urlsplit(root).port or 80),
     })
     if project:
         env["CLOUDSDK_CORE_PROJECT"] = project

@@ -52,6 +52,16 @@ def fake():
             name=f"projects/{P}", body={"accountId": "mlflow-server",
                                         "serviceAccount": {"displayName": "MLflow server"}}).execute()
 
+        run = build_client(url, "run", "v2").projects().locations()
+        op = run.services().create(parent=f"projects/{P}/locations/{R}", serviceId="mlflow", body={
+            "template": {"serviceAccount": SA, "scaling": {"maxInstanceCount": 3},
+                         "volumes": [{"name": "cloudsql", "cloudSqlInstance": {"instances": [f"{P}:{R}:mlflow-db"]}}],
+                         "containers": [{"image": f"{R}-docker.pkg.dev/{P}/mlflow/server@sha256:{'a' * 64}",
+                                         "env": [{"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {
+                                             "secret": "mlflow-db-password", "version": "latest"}}}],
+                                         "volumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}]}]}}).execute()
+        run.operations().get(name=op["name"]).execute()
+
         crm = build_client(url, "cloudresourcemanager", "v1").projects()
         policy = crm.getIamPolicy(resource=P, body={}).execute()
         policy["bindings"].append({"role": "roles/cloudsql.client", "members": [f"serviceAccount:{SA}"]})
@@ -99,3 +109,18 @@ def test_project_iam_policy(fake):
     policy = run_gcloud(fake.url, "projects", "get-iam-policy", P, project=P)
     assert {"role": "roles/cloudsql.client", "members": [f"serviceAccount:{SA}"]} in policy["bindings"]
     assert policy["etag"]
+
+
+def test_cloud_run_service(fake):
+    svc = run_gcloud(fake.url, "run", "services", "describe", "mlflow", f"--region={R}", project=P)
+    assert svc["status"]["url"] == f"https://mlflow-{project_number(P)}.{R}.run.app"
+    assert {c["type"]: c["status"] for c in svc["status"]["conditions"]}["Ready"] == "True"
+    spec = svc["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == SA
+    assert spec["containers"][0]["env"] == [
+        {"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "mlflow-db-password", "key": "latest"}}}]
+    annotations = svc["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["autoscaling.knative.dev/maxScale"] == "3"
+    assert annotations["run.googleapis.com/cloudsql-instances"] == f"{P}:{R}:mlflow-db"
+    listed = run_gcloud(fake.url, "run", "services", "list", f"--region={R}", project=P)
+    assert [s["metadata"]["name"] for s in listed] == ["mlflow"]

@@ -144,3 +144,14 @@ def test_job_runs_to_execution_success_and_injected_failure(fake_gcp, run):
     assert job["template"]["template"]["containers"][0]["image"] == "img2" and job["generation"] == "2"
     wait(run, jobs.delete(name=job_name).execute())
     assert fake_gcp.api("run").jobs == {}
+
+
+def test_v1_knative_view_for_gcloud(run, gcp_client):
+    wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body()).execute())
+    v1 = gcp_client("run", "v1")
+    svc = v1.namespaces().services().get(name=f"namespaces/{P}/services/mlflow").execute()
+    assert svc["kind"] == "Service" and svc["metadata"]["namespace"] == project_number(P)
+    assert svc["status"]["latestReadyRevisionName"].startswith("mlflow-00001-")
+    assert svc["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:1")
+    listed = v1.namespaces().services().list(parent=f"namespaces/{project_number(P)}").execute()
+    assert [s["metadata"]["name"] for s in listed["items"]] == ["mlflow"]

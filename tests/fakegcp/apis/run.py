@@ -20,11 +20,12 @@ from ..core.api import (ApiModule, IamPolicies, Operation, Request, apply_mask, 
 from ..core.errors import GcpError, already_exists, invalid_argument
 from .run_common import _ENV, _ID, _RESERVED_ENV, SERVICE_INPUT, _ready, _suffix
 from .run_jobs import RunJobs
+from .run_knative import RunKnative
 
 
-class Run(RunJobs, ApiModule):
+class Run(RunJobs, RunKnative, ApiModule):
     name = "run"
-    versions = ("v2",)
+    versions = ("v2", "v1")  # v1: a read-only Knative view for gcloud (apis/run_knative.py)
     service = "run.googleapis.com"
     title = "Cloud Run Admin API"
 
