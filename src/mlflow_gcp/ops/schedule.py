@@ -253,7 +253,7 @@ def savings(cfg, current: dict | None) -> dict:
         "examples": [
             {"timetable": "weekends (fri 20:00 - mon 07:00)", "paused_hours_per_week": weekends,
              "monthly_saving_usd": monthly_saving(cfg, weekends)},
-            {"timetable": "nights and weekends (20:00 - 07:00, weekends off)", "paused_hours_per_week": nights_weekends,
+            {"timetable": "weeknights and weekends (mon-fri 20:00 - 07:00)", "paused_hours_per_week": nights_weekends,
              "monthly_saving_usd": monthly_saving(cfg, nights_weekends)},
         ],
         "note": "a paused instance still pays for its storage, backups and IP address",
