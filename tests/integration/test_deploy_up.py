@@ -565,3 +565,12 @@ def test_a_tier_change_patches_only_the_instance_and_warns_of_the_restart(fake_g
     up(bigger)
     sql_writes = [r for r in fake_gcp.mutating_requests() if r.api == "sqladmin"]
     assert [(r.method_id, r.body) for r in sql_writes] == [("sql.instances.patch", {"settings": {"tier": "db-g1-small"}})]
+
+
+def test_a_busy_cloud_sql_instance_is_waited_out(fake_gcp):
+    fake_gcp.fail(409, method_id="sql.databases.insert", times=4, reason="operationInProgress",
+                  message="Operation failed because another operation was already in progress.")
+    sleeps: list[float] = []
+    up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=5), sleeps=sleeps)
+    assert [s for s in sleeps if s] == [1.0, 2.0, 4.0, 8.0], "longer than the default budget of 5 s here"
+    assert plan(make_cfg()).empty

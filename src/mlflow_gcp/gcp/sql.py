@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from mlflow_gcp.errors import AlreadyExists, NotFound
 from mlflow_gcp.gcp import operations
+from mlflow_gcp.gcp.errors import DEFAULT_RETRY, RetryPolicy
 
 # Creating an instance takes 5-15 minutes on Google; 30 leaves room for a slow day.
 CREATE_TIMEOUT_SECONDS = 30 * 60
 PATCH_TIMEOUT_SECONDS = 20 * 60
 SMALL_TIMEOUT_SECONDS = 5 * 60
+# Cloud SQL refuses changes (409 operationInProgress) while it runs its own operations, such as
+# the first backup right after creation, which can take several minutes: wait longer for those.
+BUSY_RETRY = RetryPolicy(budget_seconds=10 * 60, max_delay=30.0, retryable=DEFAULT_RETRY.retryable)
+
+
+def _retry(clients) -> RetryPolicy:
+    # Tests (and callers) that ask for no retries keep that; otherwise wait out a busy instance.
+    return clients.retry if clients.retry.budget_seconds <= 0 else BUSY_RETRY
 
 
 def _instances(clients):
@@ -55,7 +64,7 @@ def create_instance(clients, body: dict, progress=None) -> bool:
 def patch_instance(clients, name: str, body: dict, progress=None) -> None:
     op = clients.execute(
         _instances(clients).patch(project=clients.project, instance=name, body=body),
-        f"updating Cloud SQL instance {name}",
+        f"updating Cloud SQL instance {name}", retry=_retry(clients),
     )
     operations.wait(clients, op, api="sqladmin", what=f"Cloud SQL instance {name} to be updated",
                     timeout=PATCH_TIMEOUT_SECONDS, progress=progress)
@@ -97,7 +106,7 @@ def create_database(clients, instance: str, database: str, progress=None) -> boo
             clients.api("sqladmin").databases().insert(
                 project=clients.project, instance=instance, body={"name": database, "instance": instance}
             ),
-            f"creating database {database}",
+            f"creating database {database}", retry=_retry(clients),
         )
     except AlreadyExists:
         return False
@@ -122,7 +131,7 @@ def create_user(clients, instance: str, user: str, password: str, progress=None)
             clients.api("sqladmin").users().insert(
                 project=clients.project, instance=instance, body={"name": user, "password": password}
             ),
-            f"creating database user {user}",
+            f"creating database user {user}", retry=_retry(clients),
         )
     except AlreadyExists:
         return False
@@ -136,7 +145,7 @@ def set_password(clients, instance: str, user: str, password: str, progress=None
         clients.api("sqladmin").users().update(
             project=clients.project, instance=instance, name=user, body={"name": user, "password": password}
         ),
-        f"setting the password of database user {user}",
+        f"setting the password of database user {user}", retry=_retry(clients),
     )
     operations.wait(clients, op, api="sqladmin", what=f"database user {user}", timeout=SMALL_TIMEOUT_SECONDS,
                     progress=progress)
