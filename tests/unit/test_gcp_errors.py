@@ -75,6 +75,8 @@ def test_emulated_uris_are_attributed_to_their_api():
     (409, {"message": "Your previous request to create the named bucket succeeded and you already own it."}, AlreadyExists),
     (409, {"message": "There were concurrent policy changes.", "status": "ABORTED"}, gerrors.Aborted),
     (412, {"message": "Precondition Failed"}, gerrors.Aborted),
+    (409, {"message": "Operation failed because another operation was already in progress.",
+           "status": "ALREADY_EXISTS", "errors": [{"reason": "operationInProgress"}]}, gerrors.Aborted),
     (429, {"message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}, RateLimited),
     (403, {"message": "Rate Limit Exceeded", "errors": [{"reason": "rateLimitExceeded"}]}, RateLimited),
     (500, {"message": "Internal error"}, Unavailable),

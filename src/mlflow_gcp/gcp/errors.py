@@ -184,6 +184,10 @@ def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
     if status == 404:
         return NotFound(text, status=status)
     if status == 409:
+        # Cloud SQL's "another operation is in progress" is a wait, never a sign the thing exists.
+        if "operationInProgress" in reasons or "operation is in progress" in message.lower() \
+                or "already in progress" in message.lower():
+            return Aborted(text, status=status)
         if state == "ALREADY_EXISTS" or "already exist" in message.lower() or "you already own" in message.lower():
             return AlreadyExists(text, status=status)
         return Aborted(text, status=status)
