@@ -111,3 +111,19 @@ def test_google_cloud_storage_library_round_trip(fake_gcp):
     assert blob.size == 7 and blob.content_type == "application/gzip"
     assert blob.download_as_bytes() == b"payload"
     assert [b.name for b in client.list_blobs("src-bucket-x", prefix="source/")] == ["source/app.tgz"]
+
+
+def test_object_listing_pages_and_prefixes(fake_gcp, st, bucket):
+    for i in range(5):
+        fake_gcp.api("storage").put_object("mlflow-artifacts-x", f"1/run{i}/artifacts/f.txt", b"x")
+    fake_gcp.api("storage").put_object("mlflow-artifacts-x", "top.txt", b"x")
+    names, token = [], None
+    while True:
+        page = st.objects().list(bucket="mlflow-artifacts-x", maxResults=2, pageToken=token).execute()
+        names += [o["name"] for o in page["items"]]
+        token = page.get("nextPageToken")
+        if not token:
+            break
+    assert len(names) == 6 and len(set(names)) == 6
+    top = st.objects().list(bucket="mlflow-artifacts-x", delimiter="/").execute()
+    assert [o["name"] for o in top["items"]] == ["top.txt"] and top["prefixes"] == ["1/"]

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 
-from ..core.api import ApiModule, IamPolicies, Request, handles, now
+from ..core.api import ApiModule, IamPolicies, Request, handles, now, paginate
 from ..core.errors import GcpError, invalid_argument, not_found
 
 _ACCOUNT_ID = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -78,7 +78,11 @@ class Iam(ApiModule):
         project = req.get("name").split("/")[1]
         accounts = [dict(sa) for sa in sorted(self.state.values(), key=lambda s: s["email"])
                     if project == "-" or sa["projectId"] == project]
-        return {"accounts": accounts} if accounts else {}
+        accounts, token = paginate(accounts, req.get("pageSize"), req.get("pageToken"), 20)
+        out = {"accounts": accounts} if accounts else {}
+        if token:
+            out["nextPageToken"] = token
+        return out
 
     @handles("iam.projects.serviceAccounts.patch")
     def patch(self, req: Request) -> dict:

@@ -15,7 +15,8 @@ import json
 import hashlib
 import re
 
-from ..core.api import ApiModule, IamPolicies, Request, deep_merge, handles, now, project_number
+from ..core.api import (ApiModule, IamPolicies, Request, deep_merge, handles, now, paginate,
+                        project_number)
 from ..core.errors import GcpError, invalid_argument
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
@@ -189,9 +190,12 @@ class Storage(ApiModule):
         prefix = req.get("prefix") or ""
         items = [self._public(b) for n, b in sorted(self.state.items())
                  if b["_project"] == project and n.startswith(prefix)]
+        items, token = paginate(items, req.get("maxResults"), req.get("pageToken"))
         out = {"kind": "storage#buckets"}
         if items:
             out["items"] = items
+        if token:
+            out["nextPageToken"] = token
         return out
 
     @handles("storage.buckets.patch", "storage.buckets.update")
@@ -311,11 +315,24 @@ class Storage(ApiModule):
     def list_objects(self, req: Request) -> dict:
         self.bucket(req.get("bucket"))
         prefix = req.get("prefix") or ""
-        items = [dict(o) for n, o in sorted(self.objects.get(req.get("bucket"), {}).items())
-                 if n.startswith(prefix)]
+        delimiter = req.get("delimiter")
+        items, prefixes = [], set()
+        for n, o in sorted(self.objects.get(req.get("bucket"), {}).items()):
+            if not n.startswith(prefix):
+                continue
+            rest = n[len(prefix):]
+            if delimiter and delimiter in rest:
+                prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
+            else:
+                items.append(dict(o))
+        items, token = paginate(items, req.get("maxResults"), req.get("pageToken"))
         out = {"kind": "storage#objects"}
         if items:
             out["items"] = items
+        if prefixes:
+            out["prefixes"] = sorted(prefixes)
+        if token:
+            out["nextPageToken"] = token
         return out
 
     @handles("storage.objects.delete")

@@ -44,6 +44,14 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def paginate(items: list, page_size, token, default_size: int = 1000) -> tuple[list, str | None]:
+    """One page of items and the next page token (an offset), as list methods page results."""
+    size = int(page_size or default_size) or default_size
+    start = int(token or 0)
+    page = items[start:start + size]
+    return page, (str(start + size) if start + size < len(items) else None)
+
+
 def deep_merge(target: dict, patch: dict) -> dict:
     """Merge a PATCH body into a resource: nested messages merge, lists and scalars replace."""
     for key, value in patch.items():
