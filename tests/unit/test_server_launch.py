@@ -222,3 +222,11 @@ def test_concurrency_limit_queues_database_requests_only():
     inside["max"] = 0
     asyncio.run(main("/health", 5))
     assert inside["max"] == 5
+
+
+def test_head_revision_read_from_files_is_mlflows():
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from mlflow_gcp.server.migrate import head_revision_from_files
+
+    assert head_revision_from_files() == _get_latest_schema_revision()

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -51,14 +53,48 @@ def _first_line(err: BaseException) -> str:
     return redact(text[0] if text else type(orig).__name__)
 
 
+_REVISION_RE = re.compile(r"^revision\s*=\s*['\"](\w+)['\"]", re.MULTILINE)
+_DOWN_RE = re.compile(r"^down_revision\s*=\s*(.+)$", re.MULTILINE)
+
+
+def head_revision_from_files() -> str | None:
+    """MLflow's latest schema revision, read from its migration scripts without importing MLflow
+    (which takes seconds of every cold start); None when the scripts do not show exactly one head."""
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.origin:
+        return None
+    versions = Path(spec.origin).parent / "store" / "db_migrations" / "versions"
+    revisions, parents = set(), set()
+    for script in versions.glob("*.py"):
+        text = script.read_text(encoding="utf-8")
+        rev, down = _REVISION_RE.search(text), _DOWN_RE.search(text)
+        if rev:
+            revisions.add(rev.group(1))
+        if down:
+            parents.update(re.findall(r"['\"](\w+)['\"]", down.group(1)))
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def current_revision(engine) -> str | None:
+    """The database's alembic revision; None when it has no MLflow schema yet."""
+    import sqlalchemy
+
+    with engine.connect() as conn:
+        if not sqlalchemy.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalar()
+
+
 def make_engine(db_uri: str):
     """An engine that keeps no connection open: these steps run once, before the server."""
     import sqlalchemy
     from sqlalchemy.pool import NullPool
 
-    from mlflow.store.db.utils import _make_parent_dirs_if_sqlite
-
-    _make_parent_dirs_if_sqlite(db_uri)
+    if db_uri.startswith("sqlite:///"):
+        database = sqlalchemy.engine.make_url(db_uri).database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
     connect_args = {"connect_timeout": 5} if db_uri.startswith("postgresql") else {}
     return sqlalchemy.create_engine(db_uri, poolclass=NullPool, connect_args=connect_args)
 
@@ -171,16 +207,20 @@ def route_library_logs(handler: logging.Handler) -> None:
 
 def prepare(settings: Settings, log: logging.Logger, *, mode: str | None = None) -> str:
     """Wait for the database, then migrate (auto) or check (never); returns a summary line."""
-    import mlflow  # noqa: F401  (configures its loggers on import; route them afterwards)
-
-    if log.handlers:
-        route_library_logs(log.handlers[0])
     engine = make_engine(settings.db_uri)
     try:
         if settings.db_kind == "postgresql":
             wait_for_database(engine, settings.db_wait_seconds, log)
         mode = mode or settings.migrate
         try:
+            # Fast path, the usual restart: the schema is at the head, no need to import MLflow.
+            head = head_revision_from_files()
+            if head is not None and current_revision(engine) == head:
+                return f"schema is current ({head})"
+            import mlflow  # noqa: F401  (configures its loggers on import; route them after)
+
+            if log.handlers:
+                route_library_logs(log.handlers[0])
             return migrate(engine, settings, log) if mode == "auto" else check(engine)
         except MlflowGcpError:
             raise
