@@ -40,6 +40,7 @@ class FakeGcp:
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
         self.internal_errors: list[str] = []  # tracebacks of bugs in the fake itself
+        self.denied_permissions: set[str] = set()  # left out of testIamPermissions answers
         self.globally_disabled: set[str] = set()
         self.modules: dict[str, ApiModule] = {cls.name: cls(self) for cls in ALL_APIS}
         self._server: ThreadingHTTPServer | None = None
@@ -91,6 +92,7 @@ class FakeGcp:
             self.faults.clear()
             self.requests.clear()
             self.internal_errors.clear()
+            self.denied_permissions.clear()
             self.globally_disabled.clear()
             for module in self.modules.values():
                 module.reset()
@@ -125,16 +127,34 @@ class FakeGcp:
              path_regex: str | None = None, api: str | None = None, method_id: str | None = None,
              message: str | None = None, reason: str | None = None, times: int = 1,
              grpc_status: str | None = None, mutating_only: bool = False,
-             after_apply: bool = False) -> Fault:
+             after_apply: bool = False, details: list | None = None) -> Fault:
         """Fail the at_call-th request matching the filters (and the next times-1 ones).
 
         Counting starts now. after_apply=True lets the call change state first and then answers
         with the error, as when a response is lost."""
         rule = Fault(status, at_call, times, method, path_regex, api, method_id, mutating_only,
-                     message, reason, grpc_status, after_apply)
+                     message, reason, grpc_status, after_apply, list(details or []))
         with self.faults.lock:
             self.faults.rules.append(rule)
         return rule
+
+    def deny_permission(self, permission: str, method_id: str | None = None,
+                        path_regex: str | None = None, times: int = 10**9, **kw) -> Fault:
+        """Answer matching calls (default: every call of method_id) with the 403 Google sends
+        when the caller lacks an IAM permission: status PERMISSION_DENIED, a message naming the
+        permission and the resource, and an ErrorInfo with reason IAM_PERMISSION_DENIED and
+        metadata.permission. Also removes the permission from testIamPermissions answers."""
+        self.denied_permissions.add(permission)
+        api = (method_id or "").split(".")[0] or kw.pop("api", None)
+        api = {"sql": "sqladmin"}.get(api, api)
+        service = f"{api}.googleapis.com" if api else "googleapis.com"
+        message = (f"Permission '{permission}' denied on resource (or it may not exist).")
+        details = [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "IAM_PERMISSION_DENIED", "domain": "iam.googleapis.com",
+                    "metadata": {"permission": permission, "service": service}}]
+        return self.fail(status=403, method_id=method_id, path_regex=path_regex, times=times,
+                         message=message, grpc_status="PERMISSION_DENIED", reason="forbidden",
+                         details=details, **kw)
 
     def fail_mutation(self, n: int, status: int = 503, **kw) -> Fault:
         """Fail the n-th mutating call from now (any API), e.g. to interrupt `up` at step n."""

@@ -234,3 +234,24 @@ def test_a_bug_in_the_fake_is_a_500_with_its_traceback_kept(fake_gcp, sql, monke
     assert info.value.status_code == 500 and b"fakegcp internal error" in info.value.content
     assert "KeyError" in fake_gcp.internal_errors[0]
     fake_gcp.internal_errors.clear()  # the fixture fails a test whose fake had a bug
+
+
+def test_deny_permission_has_googles_shape_and_shows_in_test_permissions(fake_gcp, gcp_client):
+    fake_gcp.deny_permission("run.services.create", method_id="run.projects.locations.services.create")
+    run = gcp_client("run", "v2").projects().locations().services()
+    with pytest.raises(HttpError) as info:
+        run.create(parent=f"projects/{P}/locations/r", serviceId="s",
+                   body={"template": {"containers": [{"image": "img"}]}}).execute()
+    err = error_of(info.value)
+    assert info.value.status_code == 403 and err["status"] == "PERMISSION_DENIED"
+    assert "run.services.create" in err["message"]
+    assert err["details"][0]["reason"] == "IAM_PERMISSION_DENIED"
+    assert err["details"][0]["metadata"]["permission"] == "run.services.create"
+    crm = gcp_client("cloudresourcemanager", "v1").projects()
+    held = crm.testIamPermissions(resource=P, body={"permissions": [
+        "run.services.create", "run.services.get"]}).execute()
+    assert held == {"permissions": ["run.services.get"]}
+    st = gcp_client("storage", "v1")
+    st.buckets().insert(project=P, body={"name": "perm-bkt"}).execute()
+    got = st.buckets().testIamPermissions(bucket="perm-bkt", permissions=["storage.objects.get"]).execute()
+    assert got["permissions"] == ["storage.objects.get"]

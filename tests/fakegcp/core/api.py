@@ -257,6 +257,22 @@ class ApiModule:
     def reset(self) -> None:
         """Forget all state (called for each test)."""
 
+    @handles("run.projects.locations.services.testIamPermissions",
+             "run.projects.locations.jobs.testIamPermissions",
+             "cloudresourcemanager.projects.testIamPermissions",
+             "secretmanager.projects.secrets.testIamPermissions",
+             "iam.projects.serviceAccounts.testIamPermissions",
+             "storage.buckets.testIamPermissions")
+    def test_iam_permissions(self, req: Request) -> dict:
+        """The caller holds every permission asked for, except those FakeGcp.deny_permission named."""
+        asked = req.get("permissions") if req.body is None else (req.body or {}).get("permissions")
+        asked = asked if isinstance(asked, list) else [asked] if asked else []
+        held = [p for p in asked if p not in self.fake.denied_permissions]
+        out: dict = {"kind": "storage#testIamPermissionsResponse"} if self.name == "storage" else {}
+        if held:
+            out["permissions"] = held
+        return out
+
     def alias_path(self, raw_path: str) -> str:
         """Map paths clients use that discovery does not list (e.g. GCS /download/) onto ones it does."""
         return raw_path

@@ -45,6 +45,7 @@ class Fault:
     reason: str | None = None
     grpc_status: str | None = None
     after_apply: bool = False  # run the handler (state changes) and then answer with the error
+    details: list = field(default_factory=list)  # error.details, e.g. an ErrorInfo
     seen: int = 0
     fired: int = 0
 
@@ -63,7 +64,7 @@ class Fault:
 
     def error(self) -> GcpError:
         message = self.message or f"Injected fault: HTTP {self.status}."
-        return GcpError(self.status, message, self.grpc_status, self.reason)
+        return GcpError(self.status, message, self.grpc_status, self.reason, list(self.details))
 
 
 @dataclass
