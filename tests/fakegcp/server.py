@@ -8,6 +8,7 @@ the API module's handler (under one lock, so state changes are atomic); JSON res
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -161,18 +162,24 @@ class FakeGcp:
         return self.fail(status=status, at_call=n, mutating_only=True, **kw)
 
     def fail_next_operation(self, api: str | None = None, message: str = "Injected operation failure.",
-                            status: str = "INTERNAL", code: int = 500) -> None:
-        """The next long-running operation created (in `api`, or any) finishes with an error."""
+                            status: str = "INTERNAL", code: int = 500,
+                            target_regex: str | None = None) -> None:
+        """The next long-running operation created (in `api`, or any) finishes with an error.
+
+        target_regex narrows it to operations whose "<resource name> <kind>" it matches, e.g.
+        r"services/mlflow " (a service rollout, not the migration job's execution),
+        r"jobs/.* Execution", r"instances/mlflow-db BACKUP_VOLUME"."""
         with self.faults.lock:
             self.faults.operation_failures.setdefault(api, []).append(
-                GcpError(code, message, status))
+                (target_regex, GcpError(code, message, status)))
 
-    def _take_operation_failure(self, api: str):
+    def _take_operation_failure(self, api: str, target: str = ""):
         with self.faults.lock:
             for key in (api, None):
-                queue = self.faults.operation_failures.get(key)
-                if queue:
-                    return queue.pop(0)
+                queue = self.faults.operation_failures.get(key) or []
+                for i, (regex, error) in enumerate(queue):
+                    if regex is None or re.search(regex, target):
+                        return queue.pop(i)[1]
         return None
 
     def add_latency(self, seconds: float, api: str | None = None, path_regex: str | None = None,

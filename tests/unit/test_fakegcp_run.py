@@ -155,3 +155,23 @@ def test_v1_knative_view_for_gcloud(run, gcp_client):
     assert svc["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:1")
     listed = v1.namespaces().services().list(parent=f"namespaces/{project_number(P)}").execute()
     assert [s["metadata"]["name"] for s in listed["items"]] == ["mlflow"]
+
+
+def test_failed_rollout_keeps_the_ready_revision_and_traffic_can_go_back(fake_gcp, run):
+    wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body()).execute())
+    good = services(run).get(name=NAME).execute()["latestReadyRevision"]
+    fake_gcp.fail_next_operation("run", message="Container failed to start", target_regex=r"services/mlflow ")
+    op = wait(run, services(run).patch(name=NAME, body=service_body(image="bad")).execute())
+    assert "failed to start" in op["error"]["message"]
+    svc = services(run).get(name=NAME).execute()
+    assert svc["latestReadyRevision"] == good != svc["latestCreatedRevision"]
+    assert svc["terminalCondition"]["state"] == "CONDITION_FAILED"
+    back = service_body(image="bad")
+    back["traffic"] = [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": good.rsplit("/", 1)[-1], "percent": 100}]
+    svc = wait(run, services(run).patch(name=NAME, body=back).execute())["response"]
+    assert svc["trafficStatuses"] == [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION",
+                                       "revision": good.rsplit("/", 1)[-1], "percent": 100}]
+    back["traffic"][0]["revision"] = "mlflow-09999-xyz"
+    with pytest.raises(HttpError) as info:
+        services(run).patch(name=NAME, body=back).execute()
+    assert info.value.status_code == 400

@@ -38,7 +38,7 @@ class ArtifactRegistry(ApiModule):
     def _lro(self, parent_name: str, on_done) -> dict:
         parts = parent_name.split("/")
         name = f"projects/{parts[1]}/locations/{parts[3]}/operations/{new_id()}"
-        op = self.new_operation(name, on_done, metadata={
+        op = self.new_operation(name, on_done, target=parent_name, metadata={
             "@type": "type.googleapis.com/google.devtools.artifactregistry.v1.OperationMetadata"})
         self.ops[name] = op
         return op.lro()

@@ -83,7 +83,8 @@ class CloudBuild(ApiModule):
             op.metadata = metadata()
             return {"@type": "type.googleapis.com/google.devtools.cloudbuild.v1.Build", **copy.deepcopy(build)}
 
-        op = self.new_operation(op_name, done, metadata=metadata())
+        op = self.new_operation(op_name, done, metadata=metadata(),
+                                target=f"{name} {' '.join(build.get('images') or [])}")
         if not op.done:
             build["status"] = "WORKING"
             build["startTime"] = now()

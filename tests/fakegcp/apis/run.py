@@ -56,7 +56,7 @@ class Run(RunJobs, RunKnative, ApiModule):
             result = on_done(op)
             return {"@type": f"type.googleapis.com/google.cloud.run.v2.{type_name}", **result}
 
-        op = self.new_operation(name, done, metadata={
+        op = self.new_operation(name, done, target=f"{parent} {type_name}", metadata={
             "@type": f"type.googleapis.com/google.cloud.run.v2.{type_name}", **copy.deepcopy(resource)})
         self.ops[name] = op
         return op.lro()
@@ -257,6 +257,12 @@ class Run(RunJobs, RunKnative, ApiModule):
         if lo is not None and hi is not None and int(lo) > int(hi):
             raise invalid_argument("template.scaling.minInstanceCount must not exceed "
                                    "maxInstanceCount.", field="template.scaling")
+        for t in body.get("traffic") or []:
+            if t.get("type") == "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION":
+                rev = f"{body.get('name', '')}/revisions/{t.get('revision', '')}"
+                if rev not in self.revisions:
+                    raise invalid_argument(f"Revision named '{t.get('revision')}' does not exist.",
+                                           field="traffic.revision")
         total = sum(int(t.get("percent") or 0) for t in body.get("traffic") or [])
         if body.get("traffic") and total != 100:
             raise invalid_argument("traffic percentages must sum to 100.", field="traffic")

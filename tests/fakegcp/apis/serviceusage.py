@@ -111,7 +111,8 @@ class ServiceUsage(ApiModule):
             return {"@type": f"type.googleapis.com/google.api.serviceusage.v1.{response_type}", **body}
 
         number = project_number(project)
-        op = self.new_operation(f"operations/acat.p2-{number}-{new_id()}", done, metadata={
+        op = self.new_operation(f"operations/acat.p2-{number}-{new_id()}", done,
+                                target=" ".join(s for s, _ in changes), metadata={
             "@type": "type.googleapis.com/google.api.serviceusage.v1.OperationMetadata",
             "resourceNames": [f"projects/{number}/services/{s}" for s, _ in changes]})
         self.ops[op.name] = op

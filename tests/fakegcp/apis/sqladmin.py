@@ -164,7 +164,7 @@ class SqlAdmin(SqlData, ApiModule):
         }
         self.op_json[name] = fields
         self.busy[key] = name
-        op = self.new_operation(name, done)
+        op = self.new_operation(name, done, target=f"projects/{project}/instances/{instance} {op_type}")
         self.ops[name] = op
         return self._render(op)
 

@@ -298,8 +298,10 @@ class ApiModule:
     def op_polls(self) -> int:
         return self.fake.op_polls
 
-    def new_operation(self, name: str, on_done=None, metadata=None, kind: str = "") -> Operation:
-        error = self.fake._take_operation_failure(self.name)
+    def new_operation(self, name: str, on_done=None, metadata=None, kind: str = "",
+                      target: str = "") -> Operation:
+        """target ("<resource name> <kind>") is what fail_next_operation(target_regex=) matches."""
+        error = self.fake._take_operation_failure(self.name, target)
         return Operation(name, self.op_polls(), on_done, metadata, error, kind)
 
     @staticmethod
