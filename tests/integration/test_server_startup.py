@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -187,3 +188,23 @@ def test_sigterm_while_waiting_for_the_database_stops_cleanly(tmp_path):
     lines = log_path.read_text().splitlines()
     assert lines[-1] == "stopped before the server started (serve)"
     assert PASSWORD not in log_path.read_text()
+
+
+def test_direct_artifact_mode_hands_clients_the_store_itself(start_server, tmp_path, monkeypatch):
+    import mlflow
+
+    root = tmp_path / "direct-artifacts"
+    server = start_server(
+        {"DB_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "ARTIFACT_ROOT": str(root), "ARTIFACT_MODE": "direct"}
+    )
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH", raising=False)
+    mlflow.set_tracking_uri(server.url)
+    note = tmp_path / "note.txt"
+    note.write_text("direct")
+    mlflow.set_experiment("direct-mode")
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(note))
+    # No proxying: the run's artifact URI is the store, and the client wrote there itself.
+    assert run.info.artifact_uri.startswith(str(root)) and "mlflow-artifacts" not in run.info.artifact_uri
+    assert (Path(run.info.artifact_uri) / "note.txt").read_text() == "direct"
+    server.stop()
