@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settings_from_env(os.environ, serving=command == "serve")
         log = logs.setup(settings.log_format)
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before MLflow is imported
         from mlflow_gcp.server import migrate
 
         mode = {"serve": None, "migrate": "auto", "check": "never"}[command]
