@@ -314,9 +314,21 @@ class FakeGcp:
                            f"({route.version}).", "UNIMPLEMENTED", "notImplemented")
         with self.lock:
             result = handler(req)
+            if rec.mutating and api != "logging":
+                self._audit(module, req)
         if fault is not None:
             raise fault.error()
         return result
+
+    def _audit(self, module: ApiModule, req: Request) -> None:
+        project = module.project_of(req)
+        if not project:
+            return
+        resource = next((req.params[k] for k in ("name", "resource", "parent") if req.params.get(k)), None)
+        if resource is None:
+            resource = "/".join(f"{k}/{req.params[k]}" for k in ("project", "instance", "bucket")
+                                if req.params.get(k)) or req.path
+        self.modules["logging"].audit(project, module.name, module.service, req.method_id, resource)
 
 
 class _HttpHandler(BaseHTTPRequestHandler):

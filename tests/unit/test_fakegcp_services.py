@@ -137,3 +137,15 @@ def test_scheduler_jobs_pause_resume(gcp_client):
     with pytest.raises(HttpError) as info:
         jobs.get(name=body["name"]).execute()
     assert info.value.status_code == 404
+
+
+def test_mutations_leave_admin_activity_audit_entries(fake_gcp, gcp_client):
+    gcp_client("iam", "v1").projects().serviceAccounts().create(
+        name=f"projects/{P}", body={"accountId": "audited-sa"}).execute()
+    gcp_client("iam", "v1").projects().serviceAccounts().list(name=f"projects/{P}").execute()
+    got = gcp_client("logging", "v2").entries().list(body={
+        "resourceNames": [f"projects/{P}"],
+        "filter": f'logName="projects/{P}/logs/cloudaudit.googleapis.com%2Factivity"'}).execute()
+    payloads = [e["protoPayload"] for e in got["entries"]]
+    assert [(p["serviceName"], p["methodName"], p["resourceName"]) for p in payloads] == [
+        ("iam.googleapis.com", "iam.projects.serviceAccounts.create", f"projects/{P}")]

@@ -90,6 +90,25 @@ class Logging(ApiModule):
         self.state.setdefault(project, []).append(entry)
         return entry
 
+    _AUDIT_RESOURCE = {"run": "cloud_run_revision", "sqladmin": "cloudsql_database",
+                       "storage": "gcs_bucket", "iam": "service_account",
+                       "secretmanager": "audited_resource", "cloudresourcemanager": "project"}
+
+    def audit(self, project: str, api: str, service: str, method_id: str, resource: str) -> None:
+        """An Admin Activity audit entry for a mutating call the fake accepted (methodName is the
+        discovery method id, an approximation of Google's names)."""
+        labels = {"project_id": project}
+        if api == "run" and "/services/" in resource:
+            labels["service_name"] = resource.split("/services/")[1].split("/")[0]
+        self.add_entry(
+            project, severity="NOTICE",
+            logName=f"projects/{project}/logs/cloudaudit.googleapis.com%2Factivity",
+            resource={"type": self._AUDIT_RESOURCE.get(api, "audited_resource"), "labels": labels},
+            protoPayload={"@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+                          "serviceName": service, "methodName": method_id,
+                          "resourceName": resource, "status": {},
+                          "authenticationInfo": {"principalEmail": "fake-user@example.com"}})
+
     @handles("logging.entries.write")
     def write(self, req: Request) -> dict:
         body = req.body or {}
