@@ -92,9 +92,15 @@ def test_destroy_keep_bucket_and_no_backup(fake_gcp, workdir, capsys):
     assert cfg.server_service_account_email not in json.dumps(fake_gcp.modules["storage"].iam.policies)
     delete = next(r for r in fake_gcp.mutating_requests() if r.method_id == "sql.instances.delete")
     assert "enableFinalBackup" not in delete.query
-    # And `up` brings everything back.
-    assert cli_main.main(["up", "--yes"]) == 0
-    assert f"{PROJECT}/mlflow-db" in fake_gcp.state("sqladmin")
+    # `up` again: Cloud SQL keeps a deleted instance's name for a week, and says so...
+    capsys.readouterr()
+    assert cli_main.main(["up", "--yes"]) == 1
+    err = capsys.readouterr().err
+    assert "mlflow-db belonged to a recently deleted Cloud SQL instance" in err
+    assert "--set database.instance=mlflow-db-2" in err
+    # ... and with a new name everything comes back, the kept bucket adopted as it is.
+    assert cli_main.main(["up", "--yes", "--set", "database.instance=mlflow-db-2"]) == 0
+    assert f"{PROJECT}/mlflow-db-2" in fake_gcp.state("sqladmin")
 
 
 def test_a_destroy_interrupted_anywhere_finishes_when_rerun(fake_gcp, workdir, capsys):

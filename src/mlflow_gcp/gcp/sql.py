@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlflow_gcp.errors import AlreadyExists, NotFound
+from mlflow_gcp.errors import AlreadyExists, Conflict, NotFound
 from mlflow_gcp.gcp import operations
 from mlflow_gcp.gcp.errors import DEFAULT_RETRY, RetryPolicy
 
@@ -54,7 +54,14 @@ def create_instance(clients, body: dict, progress=None) -> bool:
         op = clients.execute(
             _instances(clients).insert(project=clients.project, body=body), f"creating Cloud SQL instance {name}"
         )
-    except AlreadyExists:
+    except AlreadyExists as err:
+        if get_instance(clients, name) is None:
+            # Cloud SQL keeps a deleted instance's name reserved for about a week.
+            raise Conflict(
+                f"the name {name} belonged to a recently deleted Cloud SQL instance and cannot be "
+                "reused yet (Cloud SQL reserves it for about a week)",
+                hint="set database.instance to a new name, e.g. --set database.instance=" + f"{name}-2",
+            ) from err
         return False
     operations.wait(clients, op, api="sqladmin", what=f"Cloud SQL instance {name} to be created",
                     timeout=CREATE_TIMEOUT_SECONDS, progress=progress)
