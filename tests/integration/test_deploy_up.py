@@ -574,3 +574,14 @@ def test_a_busy_cloud_sql_instance_is_waited_out(fake_gcp):
     up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=5), sleeps=sleeps)
     assert [s for s in sleeps if s] == [1.0, 2.0, 4.0, 8.0], "longer than the default budget of 5 s here"
     assert plan(make_cfg()).empty
+
+
+def test_a_bucket_name_taken_elsewhere_says_to_pick_another(fake_gcp, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
+    fake_gcp.fail(409, method_id="storage.buckets.insert", grpc_status="CONFLICT",
+                  message="The requested bucket name is not available. The bucket namespace is shared by all users.")
+    assert cli_main.main(["up", "--yes", "--project", PROJECT]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bucket name acme-ml-prod-mlflow-artifacts is taken by another project" in err[0]
+    assert "artifacts.bucket" in err[0]

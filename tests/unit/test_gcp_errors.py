@@ -9,7 +9,7 @@ import pytest
 from googleapiclient.errors import HttpError
 
 from mlflow_gcp.errors import (
-    AlreadyExists, ApiDisabled, GcpError, NotFound, PermissionDenied, RateLimited, Unavailable,
+    AlreadyExists, ApiDisabled, Conflict, GcpError, NotFound, PermissionDenied, RateLimited, Unavailable,
 )
 from mlflow_gcp.gcp import errors as gerrors
 
@@ -75,6 +75,8 @@ def test_emulated_uris_are_attributed_to_their_api():
     (409, {"message": "Your previous request to create the named bucket succeeded and you already own it."}, AlreadyExists),
     (409, {"message": "There were concurrent policy changes.", "status": "ABORTED"}, gerrors.Aborted),
     (412, {"message": "Precondition Failed"}, gerrors.Aborted),
+    (409, {"message": "The requested bucket name is not available. The bucket namespace is shared by all users."},
+     Conflict),
     (409, {"message": "Operation failed because another operation was already in progress.",
            "status": "ALREADY_EXISTS", "errors": [{"reason": "operationInProgress"}]}, gerrors.Aborted),
     (429, {"message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}, RateLimited),

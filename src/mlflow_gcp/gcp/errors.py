@@ -19,6 +19,7 @@ from typing import Any
 from mlflow_gcp.errors import (
     AlreadyExists,
     ApiDisabled,
+    Conflict,
     GcpError,
     NotFound,
     PermissionDenied,
@@ -188,6 +189,9 @@ def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
         if "operationInProgress" in reasons or "operation is in progress" in message.lower() \
                 or "already in progress" in message.lower():
             return Aborted(text, status=status)
+        if "not available" in message.lower():
+            # A global name (a bucket) that someone else holds: waiting will not help.
+            return Conflict(text, status=status)
         if state == "ALREADY_EXISTS" or "already exist" in message.lower() or "you already own" in message.lower():
             return AlreadyExists(text, status=status)
         return Aborted(text, status=status)

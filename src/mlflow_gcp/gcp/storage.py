@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlflow_gcp.errors import AlreadyExists, NotFound
+from mlflow_gcp.errors import AlreadyExists, Conflict, NotFound
 
 
 def _buckets(clients):
@@ -23,6 +23,9 @@ def create_bucket(clients, body: dict) -> bool:
         )
     except AlreadyExists:
         return False
+    except Conflict as err:
+        raise Conflict(f"bucket name {body['name']} is taken by another project",
+                       hint="set artifacts.bucket to another name") from err
     return True
 
 
