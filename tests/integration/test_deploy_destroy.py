@@ -130,3 +130,14 @@ def test_a_destroy_interrupted_anywhere_finishes_when_rerun(fake_gcp, workdir, c
         assert not any(left.values()), f"fault {n} left {left}"
         n += 1
     assert baseline >= 8
+
+
+def test_a_failed_up_records_what_it_applied_and_the_error(fake_gcp, workdir, capsys):
+    assert cli_main.main(["init", "--project", PROJECT]) == 0
+    fake_gcp.fail(403, method_id="storage.buckets.insert", grpc_status="PERMISSION_DENIED",
+                  message="me@example.com does not have storage.buckets.create access to the Google Cloud project.")
+    assert cli_main.main(["up", "--yes"]) == 1
+    [record] = [json.loads(line) for line in (workdir / ".mlflow-gcp" / "history.jsonl").read_text().splitlines()]
+    assert "create Cloud SQL instance mlflow-db" in record["changed"]
+    assert not any("bucket" in c for c in record["changed"] if c.startswith("create bucket"))
+    assert "storage.buckets.create" in record["error"] and "roles/storage.admin" in record["error"]

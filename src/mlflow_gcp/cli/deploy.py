@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from mlflow_gcp.cli import options
-from mlflow_gcp.errors import UserAborted
+from mlflow_gcp.errors import MlflowGcpError, UserAborted
 
 _allow_public = click.option(
     "--allow-public", is_flag=True, help="Confirm access.mode = public: anyone on the internet may use the server."
@@ -77,7 +77,7 @@ def init_cmd(cfg_source, force: bool) -> None:
 
     path = Path(cfg_source.file)
     if path.exists() and not force:
-        raise init_ops.MlflowGcpError(f"{path} already exists", hint="pass --force to overwrite it")
+        raise MlflowGcpError(f"{path} already exists", hint="pass --force to overwrite it")
     data = dict(cfg_source.overrides)
     if sys.stdin.isatty():
         if "project" not in data:
@@ -110,7 +110,7 @@ def plan_cmd(cfg_source, as_json: bool, allow_public: bool) -> None:
 @_allow_public
 def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
     """Create or update the deployment so it matches the config; then print the URL."""
-    from mlflow_gcp.ops import cost, health, history
+    from mlflow_gcp.ops import cost, health
     from mlflow_gcp.ops import up as up_ops
 
     cfg = _load(cfg_source, allow_public)
@@ -124,16 +124,16 @@ def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
     else:
         _render_plan(plan, cost.estimate(cfg), as_json=False)
         options.confirm(f"Apply these changes to project {cfg.project}?", yes)
-        result = up_ops.apply(ctx, plan)
+        result = up_ops.UpResult(plan)
+        try:
+            up_ops.apply(ctx, plan, result=result)
+        except MlflowGcpError as err:
+            # What was applied before the failure is part of the record too.
+            _record(cfg_source, cfg, result, error=str(err))
+            raise
         click.echo(f"Applied {len(result.applied)} change(s).")
     service = result.service
-    history.append(cfg_source.file, {
-        "project": cfg.project,
-        "changed": [f"{a.verb} {a.kind} {a.name}" for a in result.applied],
-        "revision": service.latest_ready_revision if service else None,
-        "image": service.image if service else None,
-        "image_digest": result.digest or _digest(service),
-    })
+    _record(cfg_source, cfg, result)
     if service is None or not service.uri:
         click.echo("The service has no URL yet; run `mlflow-gcp up` again in a minute.")
         return
@@ -142,6 +142,22 @@ def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
     click.echo("\nOn a client:")
     click.echo(f"  export MLFLOW_TRACKING_URI={service.uri}")
     click.echo("  export MLFLOW_TRACKING_AUTH=gcp")
+
+
+def _record(cfg_source, cfg, result, error: str | None = None) -> None:
+    from mlflow_gcp.ops import history
+
+    service = result.service
+    record = {
+        "project": cfg.project,
+        "changed": [f"{a.verb} {a.kind} {a.name}" for a in result.applied],
+        "revision": service.latest_ready_revision if service else None,
+        "image": service.image if service else None,
+        "image_digest": result.digest or _digest(service),
+    }
+    if error:
+        record["error"] = error
+    history.append(cfg_source.file, record)
 
 
 def _service(ctx):

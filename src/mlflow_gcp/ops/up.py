@@ -43,9 +43,13 @@ class UpResult:
     digest: str | None = None
 
 
-def apply(ctx: Context, plan: Plan, *, clock: Callable[[], float] = time.monotonic) -> UpResult:
-    """Re-inspect and apply each step in order; steps with nothing to do make no write."""
-    result = UpResult(plan)
+def apply(ctx: Context, plan: Plan, *, clock: Callable[[], float] = time.monotonic,
+          result: UpResult | None = None) -> UpResult:
+    """Re-inspect and apply each step in order; steps with nothing to do make no write.
+
+    `result` (when given) is filled as steps complete, so a caller still knows what was applied
+    when a later step fails."""
+    result = result if result is not None else UpResult(plan)
     ctx.applying = True
     all_steps = steps()
     total = len(all_steps)
