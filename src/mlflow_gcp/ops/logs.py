@@ -67,11 +67,13 @@ def filters(cfg, *, since: str | None = None, severity: str | None = None, audit
             f"serviceAccounts/{cfg.server_service_account_email}",
         ]
         return [" AND ".join([log_name, f'protoPayload.resourceName:"{n}"', *tail]) for n in names]
+    # Audit entries share the resource type and labels; they have their own view (--audit).
+    not_audit = 'NOT logName:"cloudaudit.googleapis.com"'
     return [
         " AND ".join(['resource.type="cloud_run_revision"',
-                      f'resource.labels.service_name="{cfg.service.name}"', *tail]),
+                      f'resource.labels.service_name="{cfg.service.name}"', not_audit, *tail]),
         " AND ".join(['resource.type="cloud_run_job"',
-                      f'resource.labels.job_name="{cfg.migrate_job_name}"', *tail]),
+                      f'resource.labels.job_name="{cfg.migrate_job_name}"', not_audit, *tail]),
     ]
 
 
