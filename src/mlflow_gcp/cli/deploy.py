@@ -127,9 +127,11 @@ def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
         result = up_ops.UpResult(plan)
         try:
             up_ops.apply(ctx, plan, result=result)
-        except MlflowGcpError as err:
+        except (MlflowGcpError, KeyboardInterrupt) as err:
             # What was applied before the failure is part of the record too.
-            _record(cfg_source, cfg, result, error=str(err))
+            _record(cfg_source, cfg, result, error=str(err) or "interrupted")
+            if isinstance(err, KeyboardInterrupt):
+                click.echo("Interrupted: run `mlflow-gcp up` again to continue from here.", err=True)
             raise
         click.echo(f"Applied {len(result.applied)} change(s).")
     service = result.service
