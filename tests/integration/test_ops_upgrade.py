@@ -1,0 +1,126 @@
+"""upgrade (and its automatic rollback) and rotate-password, against the fake of Google's APIs;
+the smoke test goes through a Cloud Run front stand-in to a real MLflow server."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from mlflow_gcp import config
+
+from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server  # noqa: F401
+from tests.integration.ops_support import PROJECT, SERVICE, deployed, run_cli, workdir, writes  # noqa: F401
+from tests.support.cloudrun_front import CloudRunFront
+
+NEW = "3.17.3"
+JOB = f"projects/{PROJECT}/locations/europe-west9/jobs/mlflow-tracking-migrate"
+
+
+def _image(fake) -> str:
+    return fake.state("run")[SERVICE]["template"]["containers"][0]["image"]
+
+
+def _job_image(fake) -> str:
+    return fake.api("run").jobs[JOB]["template"]["template"]["containers"][0]["image"]
+
+
+def _ready_revision(fake) -> str:
+    return fake.state("run")[SERVICE]["latestReadyRevision"].rsplit("/", 1)[-1]
+
+
+def test_upgrade_backs_up_builds_migrates_then_rolls_out(deployed, fake_gcp, capsys):
+    before = _ready_revision(fake_gcp)
+    code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")
+    assert code == 0, err
+    ids = writes(fake_gcp)
+    order = [ids.index(m) for m in ("sql.backupRuns.insert", "cloudbuild.projects.builds.create",
+                                    "run.projects.locations.jobs.patch", "run.projects.locations.jobs.run",
+                                    "run.projects.locations.services.patch")]
+    assert order == sorted(order)
+    assert f"/mlflow-gcp:{NEW}@sha256:" in _image(fake_gcp)
+    assert _job_image(fake_gcp) == _image(fake_gcp)
+    after = _ready_revision(fake_gcp)
+    assert after != before and f"revision {after} serves all traffic" in out
+    assert "health check skipped" in out  # emulated: said, not faked
+    assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == NEW
+    fake_gcp.clear_log()
+    assert run_cli(capsys, "up", "--yes")[1].startswith("No changes.")
+    assert run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")[1].strip() == f"Already on MLflow {NEW}."
+
+
+def test_a_failed_rollout_sends_traffic_back(deployed, fake_gcp, capsys):
+    before, old_image = _ready_revision(fake_gcp), _image(fake_gcp)
+    fake_gcp.fail_next_operation(api="run", target_regex=r"services/mlflow-tracking ", message="container failed to start")
+    code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")
+    assert code == 1
+    assert f"upgrade to MLflow {NEW} rolled back" in err and "container failed to start" in err
+    assert f"all traffic is on {before}" in err and "mlflow-gcp backup restore" in err
+    svc = fake_gcp.state("run")[SERVICE]
+    assert svc["traffic"] == [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": before, "percent": 100}]
+    assert _job_image(fake_gcp) == old_image
+    assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == config.MLFLOW_VERSION
+    # While traffic is pinned, changes that need a new revision are refused with the way out.
+    code, _, err = run_cli(capsys, "scale", "--max-instances", "5")
+    assert code == 1 and "traffic is pinned" in err and "mlflow-gcp up" in err
+
+
+def test_a_bad_version_is_refused_before_any_call(deployed, fake_gcp, capsys):
+    code, _, err = run_cli(capsys, "upgrade", "--mlflow-version", "2.9.2", "--yes")
+    assert code == 2 and "known server vulnerabilities" in err
+    assert fake_gcp.mutating_requests() == []
+
+
+@pytest.fixture
+def wired(deployed, fake_gcp, plugin, stack, monkeypatch):
+    """The deployed fake plus the client stack (ID tokens from a local IdP)."""
+    monkeypatch.setenv("MLFLOW_GCP_API_ROOT", fake_gcp.url)  # the plugin fixture clears MLFLOW_GCP_*
+    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
+    return stack
+
+
+def test_an_unhealthy_new_revision_is_rolled_back(wired, fake_gcp, capsys):
+    # A front whose host MLflow does not allow: /health answers 200 but every API call 403.
+    bad = CloudRunFront(wired.server.url, certs=wired.idp.certs, host="not-allowed.a.run.app",
+                        clock=wired.clock).start()
+    try:
+        before = _ready_revision(fake_gcp)
+        code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes", "--url", bad.url)
+    finally:
+        bad.close()
+    assert code == 1
+    assert "the MLflow API answered 403" in err and f"all traffic is on {before}" in err
+    assert fake_gcp.state("run")[SERVICE]["traffic"][0]["revision"] == before
+
+
+def test_a_healthy_new_revision_keeps_the_traffic(wired, fake_gcp, capsys):
+    code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes", "--url", wired.front.url)
+    assert code == 0, err
+    assert "healthy: /health and the MLflow API answer 200" in out
+    assert wired.front.count(200) >= 2
+
+
+def test_rotate_password_never_shows_it(deployed, fake_gcp, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    secrets = fake_gcp.api("secretmanager")
+    old = secrets.payload_of(PROJECT, "mlflow-tracking-db-password").decode()
+    before = _ready_revision(fake_gcp)
+    code, out, err = run_cli(capsys, "--debug", "rotate-password", "--yes")
+    assert code == 0, err
+    new = secrets.payload_of(PROJECT, "mlflow-tracking-db-password").decode()
+    assert new != old
+    assert fake_gcp.api("sqladmin").password_of(PROJECT, "mlflow-db", "mlflow") == new
+    versions = next(v for k, v in secrets.versions_of.items() if k.endswith("/mlflow-tracking-db-password"))
+    assert [v["state"] for v in versions] == ["DISABLED", "ENABLED"]
+    assert _ready_revision(fake_gcp) != before
+    ids = writes(fake_gcp)
+    assert ids.index("sql.users.update") < ids.index("run.projects.locations.services.patch") < ids.index(
+        "secretmanager.projects.secrets.versions.disable")
+    text = out + err + caplog.text + "".join(str(r.body) for r in fake_gcp.requests
+                                              if r.method_id.startswith(("run.", "cloudscheduler.", "logging.")))
+    for password in (new, old):
+        assert password not in text
+    assert "Password rotated: secret version 2" in out and "disabled version(s) 1" in out
+    # The next `up` agrees: the user's password came from the secret, the service reads latest.
+    fake_gcp.clear_log()
+    assert run_cli(capsys, "up", "--yes")[1].startswith("No changes.")
