@@ -42,6 +42,8 @@ class FakeGcp:
         self.requests: list[RecordedRequest] = []
         self.internal_errors: list[str] = []  # tracebacks of bugs in the fake itself
         self.denied_permissions: set[str] = set()  # left out of testIamPermissions answers
+        # Opt-in: accepted mutations leave Admin Activity audit entries in the fake logging.
+        self.audit_logs = False
         self.globally_disabled: set[str] = set()
         self.modules: dict[str, ApiModule] = {cls.name: cls(self) for cls in ALL_APIS}
         self._server: ThreadingHTTPServer | None = None
@@ -94,6 +96,7 @@ class FakeGcp:
             self.requests.clear()
             self.internal_errors.clear()
             self.denied_permissions.clear()
+            self.audit_logs = False
             self.globally_disabled.clear()
             for module in self.modules.values():
                 module.reset()
@@ -314,7 +317,7 @@ class FakeGcp:
                            f"({route.version}).", "UNIMPLEMENTED", "notImplemented")
         with self.lock:
             result = handler(req)
-            if rec.mutating and api != "logging":
+            if self.audit_logs and rec.mutating and api != "logging":
                 self._audit(module, req)
         if fault is not None:
             raise fault.error()

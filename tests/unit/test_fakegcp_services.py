@@ -140,6 +140,7 @@ def test_scheduler_jobs_pause_resume(gcp_client):
 
 
 def test_mutations_leave_admin_activity_audit_entries(fake_gcp, gcp_client):
+    fake_gcp.audit_logs = True
     gcp_client("iam", "v1").projects().serviceAccounts().create(
         name=f"projects/{P}", body={"accountId": "audited-sa"}).execute()
     gcp_client("iam", "v1").projects().serviceAccounts().list(name=f"projects/{P}").execute()
