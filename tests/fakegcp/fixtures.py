@@ -1,21 +1,34 @@
-"""pytest fixtures: one fake server per session, fresh state for every test.
+"""pytest fixtures: one fake server per test process, fresh state for every test.
 
-Enable with `pytest_plugins = ["tests.fakegcp.fixtures"]` in a conftest, or import the fixtures.
+Enable with `pytest_plugins = ["tests.fakegcp.fixtures"]` in a conftest, or import the fixtures
+into a test module (`from tests.fakegcp.fixtures import fake_gcp, fake_gcp_server, ...`).
 """
 
 from __future__ import annotations
+
+import atexit
 
 import pytest
 
 from .client import build_client
 from .server import FakeGcp
 
+# Modules that import these fixtures each get their own fixture definitions, so a plain
+# session-scoped fixture would start one server per module: share one per process instead.
+_SHARED: dict = {}
+
+
+def shared_fake() -> FakeGcp:
+    if "fake" not in _SHARED:
+        _SHARED["fake"] = FakeGcp().start()
+        _SHARED["clients"] = {}
+        atexit.register(_SHARED["fake"].stop)
+    return _SHARED["fake"]
+
 
 @pytest.fixture(scope="session")
 def fake_gcp_server():
-    fake = FakeGcp().start()
-    yield fake
-    fake.stop()
+    return shared_fake()
 
 
 @pytest.fixture
@@ -34,8 +47,8 @@ def fake_gcp(fake_gcp_server, monkeypatch):
 
 @pytest.fixture(scope="session")
 def _fake_gcp_clients(fake_gcp_server):
-    # Building a client parses its discovery document (up to a few hundred kB): once per session.
-    return {}
+    # Building a client parses its discovery document (up to a few hundred kB): once per process.
+    return _SHARED["clients"]
 
 
 @pytest.fixture

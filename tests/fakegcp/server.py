@@ -37,6 +37,7 @@ class FakeGcp:
         self.port = port
         self.op_polls = op_polls
         self.services_enabled_by_default = services_enabled
+        self._services_enabled_initially = services_enabled
         self.lock = threading.RLock()
         self.faults = Faults()
         self.requests: list[RecordedRequest] = []
@@ -92,6 +93,7 @@ class FakeGcp:
         """Fresh state, log and faults (the server keeps running)."""
         with self.lock:
             self.op_polls = op_polls
+            self.services_enabled_by_default = self._services_enabled_initially
             self.faults.clear()
             self.requests.clear()
             self.internal_errors.clear()
