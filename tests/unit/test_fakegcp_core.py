@@ -255,3 +255,14 @@ def test_deny_permission_has_googles_shape_and_shows_in_test_permissions(fake_gc
     st.buckets().insert(project=P, body={"name": "perm-bkt"}).execute()
     got = st.buckets().testIamPermissions(bucket="perm-bkt", permissions=["storage.objects.get"]).execute()
     assert got["permissions"] == ["storage.objects.get"]
+
+
+def test_proto_json_formats_are_strict(fake_gcp, gcp_client):
+    run = gcp_client("run", "v2").projects().locations().services()
+    with pytest.raises(HttpError) as info:
+        run.create(parent=f"projects/{P}/locations/r", serviceId="s",
+                   body={"template": {"timeout": "300", "containers": [{"image": "img"}]}}).execute()
+    assert info.value.status_code == 400 and "template.timeout" in error_of(info.value)["message"]
+    op = run.create(parent=f"projects/{P}/locations/r", serviceId="s",
+                    body={"template": {"timeout": "300s", "containers": [{"image": "img"}]}}).execute()
+    assert op["name"]

@@ -160,6 +160,17 @@ def _bad_value(path: str, schema: dict, value) -> Exception:
     )
 
 
+_DURATION = re.compile(r"-?\d+(\.\d{1,9})?s")
+_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]*={0,2}")
+# Proto JSON forms Google's front end parses strictly ("300" is not a Duration, "300s" is).
+_FORMAT_CHECKS = {
+    "google-duration": lambda v: _DURATION.fullmatch(v) is not None,
+    "google-datetime": lambda v: _DATETIME.fullmatch(v) is not None,
+    "byte": lambda v: _BASE64.fullmatch(v) is not None and len(v.rstrip("=")) % 4 != 1,
+}
+
+
 def _is_int_string(v) -> bool:
     return isinstance(v, str) and re.fullmatch(r"-?\d+", v) is not None
 
@@ -171,7 +182,7 @@ def _check_scalar(value, schema: dict, path: str, from_query: bool = False) -> N
         if fmt in ("int64", "uint64", "int32", "uint32"):
             ok = _is_int_string(value) or (isinstance(value, int) and not isinstance(value, bool))
         else:
-            ok = isinstance(value, str)
+            ok = isinstance(value, str) and _FORMAT_CHECKS.get(fmt, lambda v: True)(value)
         if not ok:
             raise _bad_value(path, schema, value)
         enum = schema.get("enum")
