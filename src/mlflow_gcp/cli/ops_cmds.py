@@ -144,8 +144,10 @@ def doctor_cmd(cfg_source, as_json: bool, url: str | None) -> None:
         fails = sum(c.status == doctor.FAIL for c in checks)
         warns = sum(c.status == doctor.WARN for c in checks)
         click.echo(f"\n{len(checks)} checks: {fails} failed, {warns} warning(s).")
-    if any(c.status == doctor.FAIL for c in checks):
-        raise click.exceptions.Exit(1)
+    failed = [c.name for c in checks if c.status == doctor.FAIL]
+    if failed:
+        # An error (not click's Exit, which main() would turn into 0) so scripts see exit code 1.
+        raise MlflowGcpError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
 
 
 # ------------------------------------------------------------------ backup
