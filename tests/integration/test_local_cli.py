@@ -45,7 +45,11 @@ def start_local(*args: str, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
         lines.append(line.rstrip("\n"))
         if line.startswith("  export MLFLOW_TRACKING_URI="):
             return proc, lines
-    proc.kill()
+    proc.terminate()  # the CLI stops what it started
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     pytest.fail("mlflow-gcp local did not print the client line:\n" + "\n".join(lines), pytrace=False)
 
 
@@ -117,6 +121,19 @@ def test_gcs_emulator_mode_stores_artifacts_in_the_bucket_and_stops_on_sigterm(t
         assert blob.download_as_bytes() == b"hello from local mode"
     finally:
         stop_and_check_tree(proc, signal.SIGTERM)
+
+
+def test_a_killed_cli_leaves_no_server_behind(tmp_path):
+    # SIGKILL cannot be caught: the children must notice their parent is gone on their own.
+    port = local_mod.free_port()
+    proc, _lines = start_local("--port", str(port), cwd=tmp_path)
+    tree = process_tree(proc.pid)
+    proc.kill()
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 30
+    while alive(tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(tree), f"left behind: {alive(tree)}"
 
 
 def test_busy_port_is_one_line(tmp_path):

@@ -47,6 +47,16 @@ FIXED_ENV = {
 }
 
 
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM if its parent dies, even by SIGKILL (Linux), so a killed
+    supervisor or `mlflow-gcp local` does not leave a server running in its own session."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def backend_store_uri(settings: Settings) -> str:
     """The URI `mlflow server` gets: the budgeted pool rides along for the engine plugin."""
     if settings.pool is None:
@@ -161,6 +171,7 @@ class Supervisor:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,  # its own process group: one signal reaches every worker
+            preexec_fn=die_with_parent,
         )
         self.pumps = [
             threading.Thread(target=_pump, args=(self.proc.stdout, sys.stdout, log_format), daemon=True),

@@ -93,7 +93,11 @@ def port_is_free(host: str, port: int) -> bool:
 
 def start_group(argv: list[str], env: dict[str, str], **popen) -> subprocess.Popen:
     """Start `argv` as the leader of a new process group (so one signal reaches all of it)."""
-    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, **popen)
+    from mlflow_gcp.server.launch import die_with_parent
+
+    return subprocess.Popen(
+        argv, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent, **popen
+    )
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 15.0) -> int | None:
