@@ -123,6 +123,31 @@ def test_gcs_emulator_mode_stores_artifacts_in_the_bucket_and_stops_on_sigterm(t
         stop_and_check_tree(proc, signal.SIGTERM)
 
 
+def test_production_parity_postgres_and_a_gs_bucket_via_storage_emulator_host(tmp_path, new_database, gcs_emulator):
+    # gcs_emulator exported STORAGE_EMULATOR_HOST; the CLI and the server inherit it.
+    url = new_database().replace("postgresql+psycopg2://", "postgresql://")
+    bucket = gcs_emulator.new_bucket()
+    port = local_mod.free_port()
+    proc, _lines = start_local(
+        "--port", str(port), "--backend-store-uri", url, "--artifacts-destination", f"gs://{bucket}/mlflow",
+        cwd=tmp_path,
+    )
+    try:
+        run_id = log_one_run(f"http://127.0.0.1:{port}", tmp_path)
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
+        gcs = storage.Client(
+            project="local", credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": gcs_emulator.host},
+        )
+        names = [b.name for b in gcs.list_blobs(bucket, prefix="mlflow/")]
+        assert any(n.endswith(f"{run_id}/artifacts/notes.txt") for n in names), names
+        assert not (tmp_path / "mlflow-data" / "mlflow.db").exists()  # the database is PostgreSQL
+    finally:
+        stop_and_check_tree(proc, signal.SIGINT)
+
+
 def test_a_killed_cli_leaves_no_server_behind(tmp_path):
     # SIGKILL cannot be caught: the children must notice their parent is gone on their own.
     port = local_mod.free_port()
