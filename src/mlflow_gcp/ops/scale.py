@@ -41,7 +41,7 @@ def new_config(cfg, max_instances: int, min_instances: int | None):
         new.pool()
     except BudgetError as err:
         tier = tier_that_fits(max_instances, new.service.workers)
-        hint = (f"{tier} would fit: --set database.tier={tier} then `mlflow-gcp up`" if tier
+        hint = (f"{tier} would fit: set database.tier = \"{tier}\", run `mlflow-gcp up`, then scale" if tier
                 else "no tier up to db-custom-16-61440 fits; use fewer instances or workers")
         raise BudgetError(err.problems, hint=hint) from None
     return new
