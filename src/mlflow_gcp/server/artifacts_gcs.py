@@ -1,0 +1,222 @@
+"""gs:// artifacts of any size through a server behind Cloud Run's 32 MiB request cap.
+
+Registered for the `gs` scheme through MLflow's `mlflow.artifact_repository` entry point, so the
+server's proxied artifact store (`--artifacts-destination gs://...`) is this class. It changes
+three things of MLflow's GCSArtifactRepository, and nothing a direct-mode client relies on:
+
+- Multipart uploads (`/mlflow-artifacts/mpu/create|complete|abort`, used by MLflow clients with
+  MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) no longer use GCS's XML multipart API (no emulator
+  implements it) nor `blob.generate_signed_url` with the default credentials (Cloud Run's keyless
+  credentials cannot sign). Each part is its own temporary object under
+  `gs://BUCKET/.mlflow-gcp-uploads/<upload id>/`, written by the client with a V4 signed PUT URL
+  (straight to GCS, never through Cloud Run); `complete` composes the parts into the artifact
+  (32 sources per compose call, in a tree) and deletes them; `abort` deletes them.
+- Signing: with a service-account key (tests, local use) the key signs; otherwise (Cloud Run) the
+  IAM Credentials signBlob API signs as the server's own account, which holds
+  roles/iam.serviceAccountTokenCreator on itself. MLFLOW_GCP_SIGNER_EMAIL names the account
+  (default: the metadata server's); MLFLOW_GCP_IAM_ENDPOINT points signBlob elsewhere (tests).
+
+Downloads keep MLflow's path (GCS -> temporary file in chunks -> streamed response); see
+docs/artifacts.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import os
+import posixpath
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from mlflow.entities.multipart_upload import CreateMultipartUploadResponse, MultipartUploadCredential
+from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
+
+# Bucket-level, outside any artifact root, so a lifecycle rule can clear abandoned uploads.
+UPLOADS_PREFIX = ".mlflow-gcp-uploads/"
+# GCS: at most 32 source objects per compose request.
+COMPOSE_MAX_SOURCES = 32
+# MLflow numbers parts 1..10000 (S3's limit); at its 10 MiB default part size that is ~100 GB.
+MAX_PARTS = 10_000
+# A 5 GiB artifact at 10 MB/s takes ~9 minutes; leave slow links plenty.
+URL_LIFETIME = datetime.timedelta(hours=6)
+SIGNING_THREADS = 8
+SIGNER_EMAIL_ENV = "MLFLOW_GCP_SIGNER_EMAIL"
+IAM_ENDPOINT_ENV = "MLFLOW_GCP_IAM_ENDPOINT"
+IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
+_UPLOAD_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+
+
+def _bad_request(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(message)
+
+
+def part_name(upload_id: str, part_number: int) -> str:
+    return f"{UPLOADS_PREFIX}{upload_id}/part-{part_number:05d}"
+
+
+def check_upload_id(upload_id: str) -> str:
+    # The id becomes an object prefix that abort deletes: never let a client choose another one.
+    if not isinstance(upload_id, str) or not _UPLOAD_ID_RE.match(upload_id):
+        raise _bad_request("upload_id is not one this server issued")
+    return upload_id
+
+
+class IamSigner:
+    """Signs with the IAM Credentials signBlob API as `email`, authorised by `credentials`.
+
+    Duck-types google.auth.credentials.Signing's use in google-cloud-storage's V4 signer
+    (`signer_email`, `sign_bytes`) with an endpoint that tests can replace.
+    """
+
+    def __init__(self, credentials, email: str, endpoint: str | None = None):
+        self.credentials = credentials
+        self.email = email
+        self.endpoint = (endpoint or os.environ.get(IAM_ENDPOINT_ENV) or IAM_ENDPOINT).rstrip("/")
+        self._session = None
+
+    @property
+    def signer_email(self) -> str:
+        return self.email
+
+    @property
+    def signer(self):
+        return self
+
+    def sign_bytes(self, message: bytes) -> bytes:
+        from google.auth.transport.requests import AuthorizedSession
+
+        if self._session is None:
+            self._session = AuthorizedSession(self.credentials)
+        url = f"{self.endpoint}/v1/projects/-/serviceAccounts/{self.email}:signBlob"
+        resp = self._session.post(url, json={"payload": base64.b64encode(message).decode()}, timeout=30)
+        if resp.status_code != 200:
+            raise MlflowException(
+                f"IAM signBlob as {self.email} failed ({resp.status_code}): the server's account needs "
+                "roles/iam.serviceAccountTokenCreator on itself to sign upload URLs"
+            )
+        return base64.b64decode(resp.json()["signedBlob"])
+
+
+def _as_signing(signer: IamSigner):
+    """Wrap `signer` in a google.auth Signing object, which google-cloud-storage insists on."""
+    import google.auth.credentials
+
+    class _Signing(google.auth.credentials.Signing):
+        def sign_bytes(self, message):
+            return signer.sign_bytes(message)
+
+        @property
+        def signer_email(self):
+            return signer.signer_email
+
+        @property
+        def signer(self):
+            return signer
+
+    return _Signing()
+
+
+def signing_credentials():
+    """Credentials that can sign URLs: a key if the default credentials have one, else signBlob."""
+    import google.auth
+    import google.auth.credentials
+    from google.auth.transport.requests import Request
+
+    try:
+        credentials, _project = google.auth.default(scopes=_SCOPES)
+    except google.auth.exceptions.DefaultCredentialsError as err:
+        raise MlflowException(f"no Google credentials to sign upload URLs with: {err}") from None
+    if isinstance(credentials, google.auth.credentials.Signing) and getattr(credentials, "signer", None):
+        return credentials
+    email = os.environ.get(SIGNER_EMAIL_ENV, "").strip()
+    if not email:
+        # Metadata credentials learn their account's email on refresh.
+        credentials.refresh(Request())
+        email = getattr(credentials, "service_account_email", "") or ""
+    if not email or email == "default":
+        raise MlflowException(f"cannot tell which service account signs upload URLs: set {SIGNER_EMAIL_ENV}")
+    return _as_signing(IamSigner(credentials, email))
+
+
+class UploadableGCSArtifactRepository(GCSArtifactRepository):
+    """GCSArtifactRepository whose multipart uploads work on Cloud Run and against emulators."""
+
+    _signing = None
+
+    def _signing_credentials(self):
+        if self._signing is None:
+            type(self)._signing = signing_credentials()  # one per process: signBlob needs no more
+        return self._signing
+
+    def _destination(self, local_file: str, artifact_path: str | None) -> tuple[str, str]:
+        bucket, dest_path = self.parse_gcs_uri(self.artifact_uri)
+        if artifact_path:
+            dest_path = posixpath.join(dest_path, artifact_path)
+        return bucket, posixpath.join(dest_path, os.path.basename(local_file))
+
+    # ------------------------------------------------------------------ multipart
+
+    def create_multipart_upload(self, local_file, num_parts=1, artifact_path=None):
+        num_parts = int(num_parts or 1)
+        if not 1 <= num_parts <= MAX_PARTS:
+            raise _bad_request(f"num_parts must be between 1 and {MAX_PARTS}, got {num_parts}")
+        bucket_name, _dest = self._destination(local_file, artifact_path)
+        bucket = self._get_bucket(bucket_name)
+        upload_id = uuid.uuid4().hex
+        credentials = self._signing_credentials()
+
+        def sign(number: int) -> MultipartUploadCredential:
+            url = bucket.blob(part_name(upload_id, number)).generate_signed_url(
+                version="v4", method="PUT", expiration=URL_LIFETIME, credentials=credentials
+            )
+            # No headers: the client's part PUT carries none we signed, and no Authorization.
+            return MultipartUploadCredential(url=url, part_number=number, headers={})
+
+        with ThreadPoolExecutor(max_workers=min(SIGNING_THREADS, num_parts)) as pool:
+            creds = list(pool.map(sign, range(1, num_parts + 1)))
+        return CreateMultipartUploadResponse(upload_id=upload_id, credentials=creds)
+
+    def complete_multipart_upload(self, local_file, upload_id, parts=None, artifact_path=None):
+        from google.api_core import exceptions as gexc
+        from mlflow.utils.mime_type_utils import _guess_mime_type
+
+        check_upload_id(upload_id)
+        numbers = sorted(int(p.part_number) for p in parts or [])
+        if not numbers or numbers != list(range(1, len(numbers) + 1)):
+            raise _bad_request("parts must be numbered 1..N without gaps")
+        bucket_name, dest = self._destination(local_file, artifact_path)
+        bucket = self._get_bucket(bucket_name)
+        sources = [bucket.blob(part_name(upload_id, n)) for n in numbers]
+        try:
+            level = 0
+            while len(sources) > COMPOSE_MAX_SOURCES:
+                merged = []
+                for i in range(0, len(sources), COMPOSE_MAX_SOURCES):
+                    blob = bucket.blob(f"{UPLOADS_PREFIX}{upload_id}/compose-{level}-{i:05d}")
+                    blob.compose(sources[i : i + COMPOSE_MAX_SOURCES], timeout=self._GCS_DEFAULT_TIMEOUT)
+                    merged.append(blob)
+                sources, level = merged, level + 1
+            target = bucket.blob(dest)
+            target.content_type = _guess_mime_type(os.path.basename(dest))
+            target.compose(sources, timeout=self._GCS_DEFAULT_TIMEOUT)
+        except gexc.NotFound:
+            raise _bad_request(f"upload {upload_id} is missing parts (expired, aborted or never written)") from None
+        self._delete_upload(bucket, upload_id)
+
+    def abort_multipart_upload(self, local_file, upload_id, artifact_path=None):
+        check_upload_id(upload_id)
+        bucket_name, _dest = self._destination(local_file, artifact_path)
+        self._delete_upload(self._get_bucket(bucket_name), upload_id)
+
+    def _delete_upload(self, bucket, upload_id: str) -> None:
+        from google.api_core import exceptions as gexc
+
+        for blob in bucket.list_blobs(prefix=f"{UPLOADS_PREFIX}{upload_id}/"):
+            try:
+                blob.delete(timeout=self._GCS_DEFAULT_TIMEOUT)
+            except gexc.NotFound:
+                pass  # a concurrent abort got there first
