@@ -124,3 +124,27 @@ def test_rotate_password_never_shows_it(deployed, fake_gcp, capsys, caplog):
     # The next `up` agrees: the user's password came from the secret, the service reads latest.
     fake_gcp.clear_log()
     assert run_cli(capsys, "up", "--yes")[1].startswith("No changes.")
+
+
+def test_a_failed_migration_rolls_nothing_out(deployed, fake_gcp, capsys):
+    before, old_image = _ready_revision(fake_gcp), _image(fake_gcp)
+    fake_gcp.fail_next_operation(api="run", target_regex=r"jobs/.* Execution", message="relation does not exist")
+    code, _, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")
+    assert code == 1
+    assert "the schema migration to MLflow 3.17.3 failed, nothing was rolled out" in err
+    assert "mlflow-gcp backup restore" in err
+    assert "run.projects.locations.services.patch" not in writes(fake_gcp)
+    assert (_ready_revision(fake_gcp), _image(fake_gcp), _job_image(fake_gcp)) == (before, old_image, old_image)
+
+
+def test_a_refused_password_change_leaves_the_secret_as_it_was(deployed, fake_gcp, capsys):
+    secrets = fake_gcp.api("secretmanager")
+    old = secrets.payload_of(PROJECT, "mlflow-tracking-db-password")
+    fake_gcp.fail(status=400, method_id="sql.users.update", message="password too weak")
+    code, _, err = run_cli(capsys, "rotate-password", "--yes")
+    assert code == 1 and "password too weak" in err
+    versions = next(v for k, v in secrets.versions_of.items() if k.endswith("/mlflow-tracking-db-password"))
+    assert [v["state"] for v in versions] == ["ENABLED", "DESTROYED"]
+    assert secrets.payload_of(PROJECT, "mlflow-tracking-db-password") == old  # latest is the old one again
+    assert fake_gcp.api("sqladmin").password_of(PROJECT, "mlflow-db", "mlflow") == old.decode()
+    assert "run.projects.locations.services.patch" not in writes(fake_gcp)

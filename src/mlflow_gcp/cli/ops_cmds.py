@@ -385,7 +385,13 @@ def cost_cmd(cfg_source, as_json: bool) -> None:
     estimate = cost.estimate(cfg)
     current = None
     try:
-        current = schedule.show(_ctx(cfg_source, quiet=True), quiet=True)
+        from mlflow_gcp.gcp import errors as gerrors
+        from mlflow_gcp.gcp.clients import Clients
+        from mlflow_gcp.plan.steps import Context
+
+        # One quick try: an estimate must not wait minutes on a network or credentials problem.
+        quick = Context(cfg, Clients.from_env(cfg.project, retry=gerrors.NO_RETRY))
+        current = schedule.show(quick, quiet=True)
     except MlflowGcpError:
         current = None  # no credentials or no deployment: estimate from the config alone
     if current and "error" in current:

@@ -40,3 +40,11 @@ def disable(clients, secret_id: str, version: str) -> None:
                                    body={}),
         f"disabling version {version} of secret {secret_id}",
     )
+
+
+def destroy(clients, secret_id: str, version: str) -> None:
+    clients.execute(
+        _versions(clients).destroy(name=f"{secretmanager.secret_name(clients, secret_id)}/versions/{version}",
+                                   body={}),
+        f"destroying version {version} of secret {secret_id}",
+    )

@@ -77,7 +77,11 @@ def restore(ctx, backup_id: str) -> RestoreResult:
                  f"--instance {name} --project {cfg.project}`",
         ) from err
     ctx.say(f"safety backup {safety['id']} done; restoring backup {backup_id} onto {name}")
-    sqlbackup.restore_backup(ctx.clients, name, backup_id, progress=ctx.progress)
+    try:
+        sqlbackup.restore_backup(ctx.clients, name, backup_id, progress=ctx.progress)
+    except GcpError as err:
+        raise MlflowGcpError(f"the restore of backup {backup_id} failed: {err.message}",
+                             hint=f"the state before it is safety backup {safety['id']}") from err
     # An older backup may hold an older MLflow schema, on which the server refuses to start.
     migrated = False
     if run.get_job(ctx.clients, cfg.region, cfg.migrate_job_name) is not None:

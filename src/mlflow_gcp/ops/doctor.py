@@ -14,13 +14,15 @@ from dataclasses import dataclass
 
 from mlflow_gcp import budget
 from mlflow_gcp.config import PUBLIC_MEMBERS
-from mlflow_gcp.errors import GcpError, MlflowGcpError
+from mlflow_gcp.errors import GcpError, MlflowGcpError, PermissionDenied
 from mlflow_gcp.gcp import iampolicy, resourcemanager, run, secretmanager, serviceusage, sql, storage
 from mlflow_gcp.ops import live, status
 from mlflow_gcp.plan import desired
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 INVOKER = "roles/run.invoker"
+# Project roles that include run.routes.invoke.
+PROJECT_INVOKE_ROLES = (INVOKER, "roles/run.admin", "roles/run.developer", "roles/editor", "roles/owner")
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,10 @@ def _credentials(f: _Facts) -> Check:
 
 
 def _apis(f: _Facts) -> Check:
-    missing = serviceusage.disabled(f.ctx.clients, list(desired.REQUIRED_SERVICES))
+    try:
+        missing = serviceusage.disabled(f.ctx.clients, list(desired.REQUIRED_SERVICES))
+    except PermissionDenied:
+        return Check("APIs enabled", WARN, "not checked: no permission to list enabled APIs")
     if missing:
         return Check("APIs enabled", FAIL, "disabled: " + ", ".join(missing),
                      f"gcloud services enable {' '.join(missing)} --project {f.ctx.cfg.project}")
@@ -120,8 +125,13 @@ def _invoker(f: _Facts) -> Check:
     if email is None:
         return Check("caller may invoke", WARN, f"cannot tell who you are: {why}",
                      "mlflow-gcp env (token sources)")
-    if {f"user:{email}", f"serviceAccount:{email}", *PUBLIC_MEMBERS} & members:
+    me = {f"user:{email}", f"serviceAccount:{email}"}
+    if (me | set(PUBLIC_MEMBERS)) & members:
         return Check("caller may invoke", PASS, f"{email} holds {INVOKER}")
+    project_policy = resourcemanager.get_iam_policy(f.ctx.clients)
+    for role in PROJECT_INVOKE_ROLES:
+        if me & iampolicy.members_of(project_policy, role):
+            return Check("caller may invoke", PASS, f"{email} holds {role} on the project")
     if any(m.startswith(("group:", "domain:")) for m in members):
         return Check("caller may invoke", WARN, f"{email} is not listed; it may be through a group or domain",
                      f"mlflow-gcp access grant {_member(email)}")

@@ -45,8 +45,15 @@ def rotate(ctx) -> RotateResult:
     password = _secrets.token_urlsafe(32)
     version = secretversions.add(clients, cfg.secret_id, password)
     ctx.say(f"stored a new password as version {version} of secret {cfg.secret_id}")
-    sql.set_password(clients, db.instance, db.user, password, progress=ctx.progress)
-    del password
+    try:
+        sql.set_password(clients, db.instance, db.user, password, progress=ctx.progress)
+    except MlflowGcpError:
+        # New instances read the latest version: it must not hold a password the database lacks.
+        secretversions.destroy(clients, cfg.secret_id, version)
+        ctx.say(f"the database refused the new password; version {version} was destroyed, nothing changed")
+        raise
+    finally:
+        del password
     ctx.say(f"database user {db.user} updated")
 
     body = runrevisions.input_body(raw)

@@ -103,7 +103,7 @@ def gather(ctx, url: str | None = None) -> dict:
         out["bucket"]["lifecycle"] = [describe_rule(r) for r in (bucket.get("lifecycle") or {}).get("rule") or []]
 
     out["schedule"] = schedule.show(ctx, quiet=True)
-    out["budget"] = _budget(cfg, raw)
+    out["budget"] = _budget(cfg, raw, (out["database"].get("tier") if out["database"].get("exists") else None))
     service_uri = out["service"].get("url")
     checked = live.probe(ctx, url, service_uri) if (raw is not None or url) else None
     out["health"] = None if checked is None else {"ok": checked.ok, "message": checked.message}
@@ -131,10 +131,11 @@ def _backup_row(b: dict) -> dict:
             "description": b.get("description")}
 
 
-def _budget(cfg, raw: dict | None) -> dict:
-    """The connections the deployed service may open against what the tier allows."""
-    max_conn = cfg.database.max_connections
-    out = {"tier": cfg.database.tier, "max_connections": max_conn, "reserved": budget.RESERVED_CONNECTIONS}
+def _budget(cfg, raw: dict | None, deployed_tier: str | None) -> dict:
+    """The connections the deployed service may open against what the deployed tier allows."""
+    tier = deployed_tier or cfg.database.tier
+    max_conn = _max_connections(tier) or cfg.database.max_connections
+    out = {"tier": tier, "max_connections": max_conn, "reserved": budget.RESERVED_CONNECTIONS}
     if raw is not None:
         per_instance = env_value(raw, "DB_CONNECTIONS")
         instances = int(((raw.get("template") or {}).get("scaling") or {}).get("maxInstanceCount") or 0)

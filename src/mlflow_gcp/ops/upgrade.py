@@ -89,7 +89,15 @@ def upgrade(ctx, version: str, *, url: str | None = None, config_file=None) -> U
 
     say(f"[3/{TOTAL}] migrating the schema with job {cfg.migrate_job_name} (mlflow db upgrade)")
     _apply_step(steps_mod.MigrationJob(), new_ctx)
-    run.run_job(ctx.clients, cfg.region, cfg.migrate_job_name, progress=ctx.progress)
+    try:
+        run.run_job(ctx.clients, cfg.region, cfg.migrate_job_name, progress=ctx.progress)
+    except GcpError as err:
+        _restore_job(ctx, old_image)
+        raise UpgradeFailed(
+            f"the schema migration to MLflow {version} failed, nothing was rolled out: {err.message}",
+            hint=f"MLflow {result.previous_version} still serves; if it cannot use the database now, "
+                 f"`mlflow-gcp backup restore {result.backup_id}` returns to the pre-upgrade database",
+        ) from err
 
     say(f"[4/{TOTAL}] rolling out {cfg.service.name} with MLflow {version}")
     try:
@@ -113,15 +121,20 @@ def upgrade(ctx, version: str, *, url: str | None = None, config_file=None) -> U
     return result
 
 
+def _restore_job(ctx, old_image: str | None) -> None:
+    # The job must migrate with the MLflow that serves, not the one that was rolled back.
+    if old_image:
+        cfg = ctx.cfg
+        run.update_job(ctx.clients, cfg.region, cfg.migrate_job_name, desired.job(cfg, old_image),
+                       progress=ctx.progress)
+
+
 def _rollback(ctx, result: UpgradeResult, old_image: str | None, reason: str) -> UpgradeResult:
     cfg = ctx.cfg
     ctx.say(f"unhealthy ({reason}): sending all traffic back to {result.previous_revision}")
     runrevisions.pin_traffic(ctx.clients, cfg.region, cfg.service.name, result.previous_revision,
                              progress=ctx.progress)
-    if old_image:
-        # The job must migrate with the MLflow that serves, or a later `up` would run the new one.
-        run.update_job(ctx.clients, cfg.region, cfg.migrate_job_name, desired.job(cfg, old_image),
-                       progress=ctx.progress)
+    _restore_job(ctx, old_image)
     result.rolled_back = True
     result.health = reason
     raise UpgradeFailed(

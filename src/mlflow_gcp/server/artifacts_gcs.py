@@ -43,6 +43,7 @@ MAX_PARTS = 10_000
 # A 5 GiB artifact at 10 MB/s takes ~9 minutes; leave slow links plenty.
 URL_LIFETIME = datetime.timedelta(hours=6)
 SIGNING_THREADS = 8
+DIRECT_UPLOAD_CHUNK_SIZE = 16 * 1024 * 1024  # a multiple of 256 KiB, as GCS requires
 SIGNER_EMAIL_ENV = "MLFLOW_GCP_SIGNER_EMAIL"
 IAM_ENDPOINT_ENV = "MLFLOW_GCP_IAM_ENDPOINT"
 IAM_ENDPOINT = "https://iamcredentials.googleapis.com"
@@ -146,6 +147,13 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
     """GCSArtifactRepository whose multipart uploads work on Cloud Run and against emulators."""
 
     _signing = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Also the client's class in direct mode: google-cloud-storage's resumable chunk would
+        # otherwise be 100 MiB, held in memory per upload.
+        if self._GCS_UPLOAD_CHUNK_SIZE is None:
+            self._GCS_UPLOAD_CHUNK_SIZE = DIRECT_UPLOAD_CHUNK_SIZE
 
     def _signing_credentials(self):
         if self._signing is None:
