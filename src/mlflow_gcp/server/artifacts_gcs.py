@@ -30,9 +30,15 @@ import re
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from mlflow.entities.multipart_upload import CreateMultipartUploadResponse, MultipartUploadCredential
-from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
+import warnings
+
+with warnings.catch_warnings():
+    # Imported before MLflow's artifact registry, these imports make the registry load our entry
+    # point while this module is half-built; it warns, and _register() below makes up for it.
+    warnings.filterwarnings("ignore", message='.*artifact repository for scheme "gs"')
+    from mlflow.entities.multipart_upload import CreateMultipartUploadResponse, MultipartUploadCredential
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
 
 # Bucket-level, outside any artifact root, so a lifecycle rule can clear abandoned uploads.
 UPLOADS_PREFIX = ".mlflow-gcp-uploads/"
@@ -228,3 +234,12 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
                 blob.delete(timeout=self._GCS_DEFAULT_TIMEOUT)
             except gexc.NotFound:
                 pass  # a concurrent abort got there first
+
+
+def _register() -> None:
+    from mlflow.store.artifact import artifact_repository_registry as registry
+
+    registry._artifact_repository_registry.register("gs", UploadableGCSArtifactRepository)
+
+
+_register()
