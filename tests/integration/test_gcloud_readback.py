@@ -52,6 +52,9 @@ def fake():
             name=f"projects/{P}", body={"accountId": "mlflow-server",
                                         "serviceAccount": {"displayName": "MLflow server"}}).execute()
 
+        secrets.setIamPolicy(resource=f"projects/{P}/secrets/mlflow-db-password", body={"policy": {
+            "bindings": [{"role": "roles/secretmanager.secretAccessor", "members": [f"serviceAccount:{SA}"]}]}}).execute()
+
         run = build_client(url, "run", "v2").projects().locations()
         op = run.services().create(parent=f"projects/{P}/locations/{R}", serviceId="mlflow", body={
             "template": {"serviceAccount": SA, "scaling": {"maxInstanceCount": 3},

@@ -95,11 +95,21 @@ def test_validation_of_containers_env_and_accounts(run):
         services(run).create(parent=PARENT, serviceId="mlflow", body=unmounted).execute()
 
 
-def test_missing_secret_fails_the_revision(run):
-    env = [{"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "nope", "version": "latest"}}}]
+def test_secrets_must_exist_and_be_readable_by_the_runtime_account(run, gcp_client):
+    env = [{"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "pw", "version": "latest"}}}]
     op = wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body(env=env)).execute())
-    assert "nope" in op["error"]["message"]
+    assert "secrets/pw/versions/latest was not found" in op["error"]["message"]
     assert services(run).get(name=NAME).execute()["terminalCondition"]["state"] == "CONDITION_FAILED"
+
+    secrets = gcp_client("secretmanager", "v1").projects().secrets()
+    secret = secrets.create(parent=f"projects/{P}", secretId="pw", body={"replication": {"automatic": {}}}).execute()
+    op = wait(run, services(run).patch(name=NAME, body=service_body(env=env), forceNewRevision=True).execute())
+    assert "Secret Manager Secret Accessor" in op["error"]["message"]
+
+    secrets.setIamPolicy(resource=secret["name"], body={"policy": {"bindings": [
+        {"role": "roles/secretmanager.secretAccessor", "members": [f"serviceAccount:{SA}"]}]}}).execute()
+    op = wait(run, services(run).patch(name=NAME, body=service_body(env=env), forceNewRevision=True).execute())
+    assert "error" not in op and op["response"]["terminalCondition"]["state"] == "CONDITION_SUCCEEDED"
 
 
 def test_service_iam_and_delete(fake_gcp, run):

@@ -119,19 +119,34 @@ class Run(RunJobs, RunKnative, ApiModule):
             raise invalid_argument(f"{field}: only one container may declare a port.",
                                    field=f"{field}.containers.ports")
 
-    def _missing_secrets(self, project: str, template: dict) -> list[str]:
+    _SECRET_READERS = {"roles/secretmanager.secretAccessor", "roles/secretmanager.admin", "roles/owner"}
+
+    def secret_problem(self, project: str, template: dict) -> str | None:
+        """Why a revision or task could not read its secrets, as Cloud Run reports it, or None.
+
+        A referenced secret must exist, and the runtime service account must be allowed to
+        access it (Secret Manager Secret Accessor on the secret or the project)."""
         secrets = self.fake.modules["secretmanager"]
-        missing = []
-        for c in template.get("containers") or []:
-            for env in c.get("env") or []:
-                ref = (env.get("valueSource") or {}).get("secretKeyRef")
-                if ref and not secrets.has_secret(project, ref["secret"]):
-                    missing.append(ref["secret"])
-        for v in template.get("volumes") or []:
-            ref = v.get("secret")
-            if ref and not secrets.has_secret(project, ref.get("secret", "")):
-                missing.append(ref.get("secret", ""))
-        return missing
+        account = template.get("serviceAccount") or ""
+        member = f"serviceAccount:{account}"
+        refs = [(env.get("valueSource") or {}).get("secretKeyRef") for c in template.get("containers") or []
+                for env in c.get("env") or []]
+        refs += [v.get("secret") for v in template.get("volumes") or []]
+        for ref in filter(None, refs):
+            secret = ref.get("secret", "")
+            if not secrets.has_secret(project, secret):
+                return f"Secret projects/{project}/secrets/{secret}/versions/latest was not found"
+            name = secrets.canonical(secret if secret.startswith("projects/")
+                                     else f"projects/{project}/secrets/{secret}")
+            policies = [secrets.iam.get(name), self.fake.modules["cloudresourcemanager"].policy(project)]
+            if not any(member in b.get("members", []) and b.get("role") in self._SECRET_READERS
+                       for p in policies for b in p.get("bindings", [])):
+                return (f"Permission denied on secret: {name}/versions/"
+                        f"{ref.get('version', 'latest')} for Revision service account {account}. "
+                        "The service account used must be granted the 'Secret Manager Secret "
+                        "Accessor' role (roles/secretmanager.secretAccessor) at the secret, "
+                        "project or higher level.")
+        return None
 
     @staticmethod
     def _container_defaults(c: dict, service: bool) -> None:
@@ -207,11 +222,10 @@ class Run(RunJobs, RunKnative, ApiModule):
         def done(op):
             if svc["name"] not in self.state:
                 return svc
-            missing = self._missing_secrets(project, svc["template"])
-            if op.error is None and missing:
+            problem = self.secret_problem(project, svc["template"])
+            if op.error is None and problem:
                 op.error = GcpError(400, f"Revision '{(rev_name or '').rsplit('/', 1)[-1]}' is not "
-                                    f"ready and cannot serve traffic. Secret projects/{project}/"
-                                    f"secrets/{missing[0]}/versions/latest was not found",
+                                    f"ready and cannot serve traffic. {problem}",
                                     "FAILED_PRECONDITION")
             svc["reconciling"] = False
             svc["observedGeneration"] = svc["generation"]

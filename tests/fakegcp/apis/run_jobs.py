@@ -136,6 +136,9 @@ class RunJobs:
         job["latestCreatedExecution"] = {"name": ename, "createTime": execution["createTime"]}
 
         def done(op):
+            problem = self.secret_problem(name.split("/")[1], execution["template"])
+            if op.error is None and problem:
+                op.error = GcpError(400, f"Task {eid}-0 failed to start: {problem}", "FAILED_PRECONDITION")
             execution["reconciling"] = False
             execution["runningCount"] = 0
             execution["completionTime"] = now()
