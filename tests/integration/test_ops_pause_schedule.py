@@ -146,3 +146,14 @@ def test_scale_checks_the_budget_and_names_a_tier(deployed, fake_gcp, capsys):
     # The next `up` agrees with what scale did.
     fake_gcp.clear_log()
     assert run_cli(capsys, "up", "--yes")[1].startswith("No changes.")
+
+
+def test_before_up_every_command_says_what_is_missing(workdir, fake_gcp, capsys):
+    run_cli(capsys, "init", "--project", PROJECT)
+    for args in (["backup", "list"], ["pause", "--yes"], ["scale", "--max-instances", "3"], ["lifecycle", "show"],
+                 ["upgrade", "--mlflow-version", "3.17.3", "--yes"], ["rotate-password", "--yes"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 1 and err.startswith("Error: ") and err.strip().endswith("(run `mlflow-gcp up` first)"), args
+    code, out, _ = run_cli(capsys, "status")
+    assert code == 0 and "Service:   mlflow-tracking is not deployed (mlflow-gcp up)" in out
+    assert fake_gcp.mutating_requests() == []
