@@ -218,6 +218,16 @@ class FakeGcp:
         setIamPolicy calls naming it (400 "does not exist"), as right after creation in Google."""
         self.modules["iam"].propagation_calls = policy_sets
 
+    def account_deleted(self, email: str, unique_id: str) -> None:
+        """Bindings of a deleted service account stay in every policy, renamed as Google does:
+        serviceAccount:x -> deleted:serviceAccount:x?uid=N."""
+        old, new = f"serviceAccount:{email}", f"deleted:serviceAccount:{email}?uid={unique_id}"
+        for module in self.modules.values():
+            policies = getattr(getattr(module, "iam", None), "policies", {})
+            for policy in policies.values():
+                for binding in policy.get("bindings", []):
+                    binding["members"] = sorted(new if m == old else m for m in binding["members"])
+
     def check_member(self, member: str) -> None:
         """Refuse an IAM member naming a user-managed service account the fake's IAM lacks."""
         kind, _, email = member.partition(":")

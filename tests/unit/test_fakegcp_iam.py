@@ -113,3 +113,15 @@ def test_new_account_propagates_after_some_policy_sets(fake_gcp, gcp_client, sas
     policy = crm.getIamPolicy(resource=P, body={}).execute()
     crm.setIamPolicy(resource=P, body={"policy": {**policy, "bindings": policy["bindings"] + [binding]}}).execute()
     assert binding in crm.getIamPolicy(resource=P, body={}).execute()["bindings"]
+
+
+def test_deleted_account_bindings_are_renamed(gcp_client, sas):
+    made = sas.create(name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
+    crm = gcp_client("cloudresourcemanager", "v1").projects()
+    policy = crm.getIamPolicy(resource=P, body={}).execute()
+    policy["bindings"].append({"role": "roles/cloudsql.client", "members": [f"serviceAccount:{EMAIL}"]})
+    crm.setIamPolicy(resource=P, body={"policy": policy}).execute()
+    sas.delete(name=f"projects/{P}/serviceAccounts/{EMAIL}").execute()
+    bindings = crm.getIamPolicy(resource=P, body={}).execute()["bindings"]
+    assert {"role": "roles/cloudsql.client",
+            "members": [f"deleted:serviceAccount:{EMAIL}?uid={made['uniqueId']}"]} in bindings

@@ -104,6 +104,7 @@ class Iam(ApiModule):
         sa = self._lookup(req.get("name"))
         del self.state[sa["email"]]
         self.iam.delete(sa["email"])
+        self.fake.account_deleted(sa["email"], sa["uniqueId"])
         for k in [k for k in self.keys if f"/serviceAccounts/{sa['email']}/" in k]:
             del self.keys[k]
         return {}
