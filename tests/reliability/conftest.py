@@ -1,4 +1,4 @@
-"""One reliability stack (private PostgreSQL, GCS emulator, our server, front) per module.
+"""One reliability stack (private PostgreSQL, GCS emulator, our server, front) per session.
 
 The stack needs PostgreSQL 15's binaries (initdb, pg_ctl) rather than the shared server: a test
 that restarts or starves PostgreSQL must not do it to the other engineers' database. Without
@@ -24,7 +24,7 @@ def require_private_postgres() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def rel_stack():
     require_private_postgres()
     with scenarios.ReliabilityStack(workers=2) as stack:

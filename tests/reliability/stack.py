@@ -285,4 +285,7 @@ class Front(CloudRunFront):
                     return
                 front._record(Seen(self.command, path, 503, None, f"upstream: {type(err).__name__}"))
                 self.close_connection = True
-                self.send_body(503, b"Service Unavailable", "text/plain", {"Connection": "close"})
+                try:
+                    self.send_body(503, b"Service Unavailable", "text/plain", {"Connection": "close"})
+                except OSError:
+                    pass  # the client gave up waiting: nobody to tell
