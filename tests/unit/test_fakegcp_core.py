@@ -266,3 +266,16 @@ def test_proto_json_formats_are_strict(fake_gcp, gcp_client):
     op = run.create(parent=f"projects/{P}/locations/r", serviceId="s",
                     body={"template": {"timeout": "300s", "containers": [{"image": "img"}]}}).execute()
     assert op["name"]
+
+
+def test_standalone_process_serves_the_same_contract():
+    from tests.fakegcp.client import build_client
+    from tests.fakegcp.standalone import StandaloneFake
+
+    with StandaloneFake(op_polls=0) as fake:
+        sql = build_client(fake.url, "sqladmin", "v1")
+        op = sql.instances().insert(project=P, body=INSTANCE).execute()
+        assert op["status"] == "DONE"
+        assert sql.instances().get(project=P, instance="db1").execute()["state"] == "RUNNABLE"
+        proc = fake.proc
+    assert proc.poll() is not None  # stopped with the context
