@@ -41,6 +41,13 @@ class Run(RunJobs, RunKnative, ApiModule):
         return {"services": self.state, "revisions": sorted(self.revisions), "jobs": self.jobs,
                 "executions": sorted(self.executions), "iam": self.iam.policies}
 
+    def handler_for(self, version: str, method_id: str):
+        # v1 shares method ids with v2 (run.projects.locations.services.get...) but not shapes:
+        # only the handlers registered for v1 (the Knative view) answer v1 paths.
+        if version == "v1":
+            return self.handlers.get(("v1", method_id))
+        return super().handler_for(version, method_id)
+
     # -- shared -------------------------------------------------------------------------
 
     @staticmethod
