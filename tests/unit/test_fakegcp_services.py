@@ -108,6 +108,9 @@ def test_logging_entries_list_with_filter(fake_gcp, gcp_client):
         "filter": 'resource.type="cloud_run_revision" AND resource.labels.service_name="mlflow" '
                   'AND severity>=WARNING'}).execute()
     assert [e["textPayload"] for e in got["entries"]] == ["boom"]
+    either = entries.list(body={"resourceNames": [f"projects/{P}"], "filter":
+        '(resource.type="cloud_run_revision" OR resource.type="gce_instance") AND NOT textPayload:"boot"'}).execute()
+    assert [e["textPayload"] for e in either["entries"]] == ["boom", "other"]
     page = entries.list(body={"resourceNames": [f"projects/{P}"], "pageSize": 2}).execute()
     assert len(page["entries"]) == 2 and page["nextPageToken"]
     with pytest.raises(HttpError):

@@ -1,7 +1,8 @@
 """Cloud Logging v2: entries:list over entries that tests seed (add_entry) or clients write
-(entries:write). The filter understands what `mlflow-gcp logs` needs: clauses joined by AND
-(or juxtaposed) of the form field OP "value" with OP in = != >= <= > < : over dotted fields
-(resource.type, resource.labels.service_name, severity, timestamp, logName, textPayload...)."""
+(entries:write). The filter understands the common subset of the Logging query language: comparisons
+field OP "value" with OP in = != >= <= > < : =~ over dotted fields (resource.type,
+resource.labels.service_name, severity (ordered), timestamp, logName, textPayload...), combined
+with AND (or juxtaposition), OR, NOT and parentheses."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from ..core.api import ApiModule, Request, handles, now
 from ..core.errors import invalid_argument
 
 _SEVERITY = ["DEFAULT", "DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "CRITICAL", "ALERT", "EMERGENCY"]
-_CLAUSE = re.compile(r'\s*(NOT\s+)?([A-Za-z_][\w.\-/"]*)\s*(>=|<=|!=|=~|=|>|<|:)\s*("(?:[^"\\]|\\.)*"|\S+)\s*')
+_TOKEN = re.compile(r'\s*(?:(?P<lp>\()|(?P<rp>\))|(?P<kw>AND|OR|NOT)(?=[\s(])|'
+                    r'(?P<cmp>[A-Za-z_][\w.\-/"]*\s*(?:>=|<=|!=|=~|=|>|<|:)\s*'
+                    r'(?:"(?:[^"\\]|\\.)*"|[^\s()]+)))')
+_CMP = re.compile(r'([A-Za-z_][\w.\-/"]*)\s*(>=|<=|!=|=~|=|>|<|:)\s*(.*)', re.S)
 
 
 def _get(entry: dict, dotted: str):
@@ -39,22 +43,62 @@ def _compare(field: str, actual, op: str, want: str) -> bool:
     return {"=": a == w, "!=": a != w, ">=": a >= w, "<=": a <= w, ">": a > w, "<": a < w}[op]
 
 
-def parse_filter(text: str) -> list[tuple[bool, str, str, str]]:
-    clauses = []
-    text = re.sub(r"\bAND\b", " ", text or "")
-    pos = 0
+def parse_filter(text: str):
+    """A predicate over entries for a Logging query: comparisons `field OP value`, combined
+    with AND (or juxtaposition), OR, NOT and parentheses."""
+    tokens, pos, text = [], 0, (text or "").strip()
     while pos < len(text):
-        if text[pos:].strip() == "":
-            break
-        m = _CLAUSE.match(text, pos)
-        if not m:
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
             raise invalid_argument(f"Unparseable filter: {text[pos:]!r}", field="filter")
-        negate, field, op, value = m.groups()
-        if value.startswith('"'):
-            value = value[1:-1].replace('\\"', '"')
-        clauses.append((bool(negate), field, op, value))
+        kind = m.lastgroup
+        tokens.append((kind, m.group(kind)))
         pos = m.end()
-    return clauses
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+    stream = list(reversed(tokens))
+
+    def peek():
+        return stream[-1] if stream else (None, None)
+
+    def or_expr():
+        parts = [and_expr()]
+        while peek() == ("kw", "OR"):
+            stream.pop()
+            parts.append(and_expr())
+        return lambda e: any(p(e) for p in parts)
+
+    def and_expr():
+        parts = [unary()]
+        while peek()[0] not in (None, "rp") and peek() != ("kw", "OR"):
+            if peek() == ("kw", "AND"):
+                stream.pop()
+            parts.append(unary())
+        return lambda e: all(p(e) for p in parts)
+
+    def unary():
+        kind, value = stream.pop() if stream else (None, None)
+        if (kind, value) == ("kw", "NOT"):
+            inner = unary()
+            return lambda e: not inner(e)
+        if kind == "lp":
+            inner = or_expr()
+            if not stream or stream.pop()[0] != "rp":
+                raise invalid_argument("Unbalanced parentheses in filter.", field="filter")
+            return inner
+        if kind != "cmp":
+            raise invalid_argument(f"Unparseable filter near {value!r}.", field="filter")
+        field, op, want = _CMP.match(value).groups()
+        if want.startswith('"'):
+            want = want[1:-1].replace('\\"', '"')
+        return lambda e: _compare(field, _get(e, field), op, want)
+
+    if not tokens:
+        return lambda e: True
+    predicate = or_expr()
+    if stream:
+        raise invalid_argument(f"Unparseable filter near {stream[-1][1]!r}.", field="filter")
+    return predicate
 
 
 class Logging(ApiModule):
@@ -125,14 +169,13 @@ class Logging(ApiModule):
         names = body.get("resourceNames") or [f"projects/{p}" for p in body.get("projectIds") or []]
         if not names:
             raise invalid_argument("resourceNames is required.", field="resource_names")
-        clauses = parse_filter(body.get("filter", ""))
+        matches = parse_filter(body.get("filter", ""))
         entries = []
         for n in names:
             entries += self.state.get(n.split("/")[1], [])
         out = []
         for e in entries:
-            ok = all(_compare(f, _get(e, f), op, v) != neg for neg, f, op, v in clauses)
-            if ok:
+            if matches(e):
                 out.append(copy.deepcopy(e))
         order = (body.get("orderBy") or "timestamp asc").lower()
         out.sort(key=lambda e: e["timestamp"], reverse="desc" in order)
