@@ -54,7 +54,7 @@ def iam():
 
 def _blob():
     client = storage.Client(project="test-project", credentials=AnonymousCredentials())
-    return client.bucket("bkt").blob(".mlflow-gcp-uploads/0123/part-00001")
+    return client.bucket("bkt").blob("mlflow-gcp-uploads/0123/part-00001")
 
 
 def test_signblob_signs_a_v4_put_url_as_the_server_account(iam):
@@ -104,3 +104,9 @@ def test_a_key_signs_locally_and_keyless_credentials_go_through_signblob(tmp_pat
 def test_upload_ids_other_than_ours_are_refused(bad):
     with pytest.raises(MlflowException, match="upload_id"):
         artifacts_gcs.check_upload_id(bad)
+
+
+def test_the_bucket_lifecycle_clears_the_prefix_parts_are_written_under():
+    from mlflow_gcp.plan import desired
+
+    assert desired.UPLOAD_PARTS_PREFIX == artifacts_gcs.UPLOADS_PREFIX

@@ -31,6 +31,10 @@ SOFT_DELETE_SECONDS = 7 * 24 * 3600
 # Cloud Build sources are staged in the artifact bucket under this prefix and expire after a month.
 BUILD_PREFIX = "mlflow-gcp-build/"
 BUILD_SOURCE_DAYS = 30
+# Parts of multipart artifact uploads (server/artifacts_gcs.py UPLOADS_PREFIX): composed and
+# deleted within minutes; a client killed mid-upload leaves them, so they go after a day.
+UPLOAD_PARTS_PREFIX = "mlflow-gcp-uploads/"
+UPLOAD_PARTS_DAYS = 1
 # The startup probe allows 5 s x 48 = 4 minutes: a cold start waits for Cloud SQL and the schema check.
 PROBE_PERIOD_SECONDS = 5
 PROBE_FAILURES = 48
@@ -122,7 +126,11 @@ def lifecycle_rules(cfg: Config) -> list[dict]:
         "action": {"type": "Delete"},
         "condition": {"age": BUILD_SOURCE_DAYS, "matchesPrefix": [BUILD_PREFIX]},
     }
-    return [rule, staging]
+    parts = {
+        "action": {"type": "Delete"},
+        "condition": {"age": UPLOAD_PARTS_DAYS, "matchesPrefix": [UPLOAD_PARTS_PREFIX]},
+    }
+    return [rule, staging, parts]
 
 
 def bucket(cfg: Config) -> dict:
@@ -186,6 +194,8 @@ def _db_env(cfg: Config) -> list[dict]:
         {"name": "DB_PASSWORD", "valueSource": _secret_ref(cfg)},
         {"name": "ARTIFACT_ROOT", "value": cfg.artifact_root},
         {"name": "ARTIFACT_MODE", "value": cfg.artifacts.mode},
+        # The account that signs multipart upload URLs through signBlob (server/artifacts_gcs.py).
+        {"name": "MLFLOW_GCP_SIGNER_EMAIL", "value": cfg.server_service_account_email},
         {"name": "LOG_FORMAT", "value": "json"},
     ]
 

@@ -8,7 +8,7 @@ three things of MLflow's GCSArtifactRepository, and nothing a direct-mode client
   MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD=true) no longer use GCS's XML multipart API (no emulator
   implements it) nor `blob.generate_signed_url` with the default credentials (Cloud Run's keyless
   credentials cannot sign). Each part is its own temporary object under
-  `gs://BUCKET/.mlflow-gcp-uploads/<upload id>/`, written by the client with a V4 signed PUT URL
+  `gs://BUCKET/mlflow-gcp-uploads/<upload id>/`, written by the client with a V4 signed PUT URL
   (straight to GCS, never through Cloud Run); `complete` composes the parts into the artifact
   (32 sources per compose call, in a tree) and deletes them; `abort` deletes them.
 - Signing: with a service-account key (tests, local use) the key signs; otherwise (Cloud Run) the
@@ -41,7 +41,7 @@ with warnings.catch_warnings():
     from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
 
 # Bucket-level, outside any artifact root, so a lifecycle rule can clear abandoned uploads.
-UPLOADS_PREFIX = ".mlflow-gcp-uploads/"
+UPLOADS_PREFIX = "mlflow-gcp-uploads/"
 # GCS: at most 32 source objects per compose request.
 COMPOSE_MAX_SOURCES = 32
 # MLflow numbers parts 1..10000 (S3's limit); at its 10 MiB default part size that is ~100 GB.
