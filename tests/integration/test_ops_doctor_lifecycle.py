@@ -43,7 +43,7 @@ def _doctor(capsys, *args) -> tuple[int, dict]:
 def test_doctor_on_a_healthy_deployment_with_a_missing_invoker(wired, fake_gcp, capsys):
     code, checks = _doctor(capsys, "--url", wired.front.url)
     assert code == 1
-    assert {k: c["status"] for k, c in checks.items() if c["status"] != "PASS"} == {"caller may invoke": "FAIL"}
+    assert {k: c["status"] for k, c in checks.items() if c["status"] != "PASS"} == {"caller may invoke": "FAIL"}, checks
     assert checks["caller may invoke"]["fix"] == f"mlflow-gcp access grant serviceAccount:{INVOKER}"
     assert checks["health (ID token)"]["detail"].startswith("healthy")
     assert checks["schema at head"]["detail"] == "migrated with the served image, and the server answers the API"
@@ -79,13 +79,13 @@ def test_doctor_stops_early_without_credentials(deployed, fake_gcp, capsys):
     assert "1 checks: 1 failed" in out
 
 
-def _register(front_url: str, source: str) -> str:
+def _register(front_url: str, source: str, run_id: str | None = None) -> str:
     token = tokens.resolve_source().fetch(front_url).value
     headers = {"Authorization": f"Bearer {token}"}
     name = f"model-{uuid.uuid4().hex[:8]}"
     api = f"{front_url}/api/2.0/mlflow"
     requests.post(f"{api}/registered-models/create", json={"name": name}, headers=headers, timeout=30).raise_for_status()
-    resp = requests.post(f"{api}/model-versions/create", json={"name": name, "source": source},
+    resp = requests.post(f"{api}/model-versions/create", json={"name": name, "source": source, **({"run_id": run_id} if run_id else {})},
                          headers=headers, timeout=30)
     resp.raise_for_status()
     return name
@@ -126,3 +126,28 @@ def test_lifecycle_without_a_reachable_server_warns_and_asks(deployed, fake_gcp,
     assert code == 0 and "move to COLDLINE storage: nothing is deleted" in out
     code, out, _ = run_cli(capsys, "lifecycle", "show")
     assert out.splitlines()[1] == "  move objects under the whole bucket older than 60 days to COLDLINE (nothing deleted)"
+
+
+def test_doctor_counts_an_invoker_role_on_the_project(wired, fake_gcp, capsys):
+    iam.create_service_account(Clients.from_env("test-project"), INVOKER.split("@")[0], "CI", "CI runner")
+    crm = fake_gcp.api("cloudresourcemanager")
+    policy = crm.iam.get(PROJECT)
+    policy.setdefault("bindings", []).append({"role": "roles/run.invoker", "members": [f"serviceAccount:{INVOKER}"]})
+    crm.iam.set(PROJECT, policy)
+    code, checks = _doctor(capsys, "--url", wired.front.url)
+    assert checks["caller may invoke"]["status"] == "PASS"
+    assert checks["caller may invoke"]["detail"].endswith("holds roles/run.invoker on the project")
+
+
+def test_lifecycle_resolves_runs_sources_to_the_bucket(wired, fake_gcp, capsys):
+    token = tokens.resolve_source().fetch(wired.front.url).value
+    headers = {"Authorization": f"Bearer {token}"}
+    api = f"{wired.front.url}/api/2.0/mlflow"
+    exp = requests.post(f"{api}/experiments/create", json={"name": f"exp-{uuid.uuid4().hex[:8]}"},
+                        headers=headers, timeout=30).json()["experiment_id"]
+    run = requests.post(f"{api}/runs/create", json={"experiment_id": exp}, headers=headers, timeout=30).json()["run"]
+    name = _register(wired.front.url, f"runs:/{run['info']['run_id']}/model", run["info"]["run_id"])
+    code, _, err = run_cli(capsys, "lifecycle", "set", "--days", "30", "--action", "delete", "--prefix", f"{exp}/",
+                           "--url", wired.front.url, "--yes")
+    assert code == 1, err
+    assert f"in use: {name}/1 (gs://{BUCKET}/{exp}/{run['info']['run_id']}/artifacts/model)" in err

@@ -58,7 +58,10 @@ def test_pause_off_a_terminal_needs_yes(deployed, fake_gcp, capsys):
 def test_work_that_needs_the_database_is_refused_while_paused(deployed, fake_gcp, capsys):
     run_cli(capsys, "pause", "--yes")
     fake_gcp.clear_log()
-    for args in (["backup", "create"], ["rotate-password", "--yes"]):
+    nightly = fake_gcp.api("sqladmin").add_backup(PROJECT, "mlflow-db")
+    fake_gcp.clear_log()
+    for args in (["backup", "create"], ["rotate-password", "--yes"], ["backup", "restore", nightly["id"], "--yes"],
+                 ["upgrade", "--mlflow-version", "3.17.3", "--yes"]):
         code, _, err = run_cli(capsys, *args)
         assert code == 1 and "is paused" in err and "mlflow-gcp resume" in err, args
     assert fake_gcp.mutating_requests() == []
@@ -157,3 +160,11 @@ def test_before_up_every_command_says_what_is_missing(workdir, fake_gcp, capsys)
     code, out, _ = run_cli(capsys, "status")
     assert code == 0 and "Service:   mlflow-tracking is not deployed (mlflow-gcp up)" in out
     assert fake_gcp.mutating_requests() == []
+
+
+def test_schedule_enables_the_scheduler_api_when_needed(deployed, fake_gcp, capsys):
+    fake_gcp.disable_api("cloudscheduler")
+    code, out, err = run_cli(capsys, "schedule", "set", "--pause", "22:00", "--resume", "06:00")
+    assert code == 0, err
+    assert "enabled cloudscheduler.googleapis.com" in out and "56 h a week" in out
+    assert len(fake_gcp.state("cloudscheduler")) == 2

@@ -267,6 +267,13 @@ def _budget(f: _Facts) -> Check:
     return Check("connection budget", PASS, f"the config fits {tier} ({max_conn} connections)")
 
 
+def housekeeping_prefixes(cfg) -> set[str]:
+    """Prefixes our own rules clear (build sources, upload parts): never model artifacts."""
+    user_prefix = cfg.artifacts.lifecycle.prefix
+    return {p for r in desired.lifecycle_rules(cfg) for p in (r.get("condition") or {}).get("matchesPrefix") or []
+            if p != user_prefix}
+
+
 def _lifecycle(f: _Facts) -> Check:
     cfg = f.ctx.cfg
     bucket = storage.get_bucket(f.ctx.clients, cfg.bucket_name)
@@ -278,8 +285,9 @@ def _lifecycle(f: _Facts) -> Check:
     if whole:
         return Check("lifecycle safety", FAIL, "a Delete rule covers the whole bucket, registered models included",
                      "mlflow-gcp lifecycle set --action archive --days 90")
+    own = housekeeping_prefixes(cfg)
     deletes = [status.describe_rule(r) for r in rules if (r.get("action") or {}).get("type") == "Delete"
-               and desired.BUILD_PREFIX not in ((r.get("condition") or {}).get("matchesPrefix") or [])]
+               and not set((r.get("condition") or {}).get("matchesPrefix") or []) <= own]
     if deletes:
         return Check("lifecycle safety", WARN, "; ".join(deletes) + " (checked against models when set)",
                      "mlflow-gcp lifecycle show")

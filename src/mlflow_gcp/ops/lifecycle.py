@@ -45,8 +45,11 @@ def explain(cfg) -> list[str]:
         lines.append(f"Objects under {where} older than {lc.days} days are DELETED (recoverable only during "
                      f"the bucket's {desired.SOFT_DELETE_SECONDS // 86400}-day soft-delete window).")
         lines.append("Registered model versions must not point there: checked below through the MLflow API.")
-    lines.append(f"Build sources under gs://{cfg.bucket_name}/{desired.BUILD_PREFIX} are deleted after "
-                 f"{desired.BUILD_SOURCE_DAYS} days (always).")
+    user_prefix = lc.prefix
+    for rule in desired.lifecycle_rules(cfg):
+        prefixes = (rule.get("condition") or {}).get("matchesPrefix") or []
+        if prefixes and user_prefix not in prefixes:
+            lines.append(f"Kept as always: {status.describe_rule(rule)} (mlflow-gcp's own temporary files).")
     return lines
 
 
@@ -132,7 +135,8 @@ def check_models(cfg, url: str | None) -> ModelCheck:
     except (requests.RequestException, ValueError) as err:
         return ModelCheck(False, f"the MLflow server could not be asked ({err.__class__.__name__}), so "
                                  "registered models were not checked")
-    conflicts = [f"{label} ({uri})" for label, uri in sources if _mapped(uri, cfg).startswith(prefix_uri)]
+    mapped = [(label, _mapped(uri, cfg)) for label, uri in sources]
+    conflicts = [f"{label} ({uri})" for label, uri in mapped if uri.startswith(prefix_uri)]
     if conflicts:
         return ModelCheck(True, f"{len(conflicts)} registered model version(s) use artifacts under {prefix_uri}",
                           conflicts)
