@@ -261,3 +261,10 @@ def savings(cfg, current: dict | None) -> dict:
     if current and current.get("monthly_saving_usd") is not None:
         out["schedule"] = current
     return out
+
+
+def plan_line(cfg) -> str:
+    """One line for `plan`: what a pause schedule would save (no API call)."""
+    example = savings(cfg, None)["examples"][1]
+    return (f"  A pause schedule (mlflow-gcp schedule set --pause 'mon-fri 20:00' --resume 'mon-fri 07:00') "
+            f"would save about ${example['monthly_saving_usd']:.2f}/month; see mlflow-gcp cost.")
