@@ -102,6 +102,10 @@ def plan_cmd(cfg_source, as_json: bool, allow_public: bool) -> None:
     ctx = _context(cfg, say=lambda line: None)
     plan = up_ops.make_plan(ctx)
     _render_plan(plan, cost.estimate(cfg), as_json)
+    if not as_json:
+        from mlflow_gcp.ops import schedule
+
+        click.echo(schedule.plan_line(cfg))
 
 
 @click.command("up")
