@@ -168,3 +168,11 @@ def test_schedule_enables_the_scheduler_api_when_needed(deployed, fake_gcp, caps
     assert code == 0, err
     assert "enabled cloudscheduler.googleapis.com" in out and "56 h a week" in out
     assert len(fake_gcp.state("cloudscheduler")) == 2
+
+
+def test_plan_says_what_a_schedule_would_save(workdir, fake_gcp, capsys):
+    run_cli(capsys, "init", "--project", PROJECT)
+    code, out, _ = run_cli(capsys, "plan")
+    assert code == 0
+    assert "A pause schedule (mlflow-gcp schedule set --pause 'mon-fri 20:00' --resume 'mon-fri 07:00') " \
+           "would save about $4.70/month" in out
