@@ -1,4 +1,4 @@
-"""The pure builders: `mlflow server` argv and environment, the pool URI, log lines, local env."""
+"""The pure builders: the uvicorn argv and MLflow's server environment, the pool URI, log lines, local env."""
 
 from __future__ import annotations
 
@@ -28,28 +28,30 @@ def opt(argv, flag):
 
 def test_proxied_command():
     argv, env = build(DB_CONNECTIONS="4", WORKERS="2")
-    assert argv[:4] == ["/py", "-m", "mlflow", "server"]
+    assert argv[:3] == ["/py", "-m", "uvicorn"] and argv[-2:] == ["--factory", launch.APP_FACTORY]
     assert opt(argv, "--host") == "0.0.0.0" and opt(argv, "--port") == "8080"
     assert opt(argv, "--workers") == "2"
-    assert "--serve-artifacts" in argv and opt(argv, "--artifacts-destination") == "gs://acme-mlflow"
-    assert "--default-artifact-root" not in argv
-    assert "--allowed-hosts" not in argv  # MLflow's own localhost/private-IP default
+    assert env["_MLFLOW_SERVER_SERVE_ARTIFACTS"] == "true"
+    assert env["_MLFLOW_SERVER_ARTIFACT_DESTINATION"] == "gs://acme-mlflow"
+    assert env["_MLFLOW_SERVER_ARTIFACT_ROOT"] == "mlflow-artifacts:/"
+    assert "MLFLOW_SERVER_ALLOWED_HOSTS" not in env  # MLflow's own localhost/private-IP default
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
 def test_direct_command():
-    argv, _ = build(ARTIFACT_MODE="direct")
-    assert "--no-serve-artifacts" in argv and opt(argv, "--default-artifact-root") == "gs://acme-mlflow"
-    assert "--artifacts-destination" not in argv
+    _, env = build(ARTIFACT_MODE="direct")
+    assert "_MLFLOW_SERVER_SERVE_ARTIFACTS" not in env
+    assert env["_MLFLOW_SERVER_ARTIFACT_ROOT"] == "gs://acme-mlflow"
 
 
 def test_backend_uri_carries_the_budgeted_pool_even_with_zero_overflow():
     argv, env = build(DB_POOL_SIZE="2", DB_MAX_OVERFLOW="0", WORKERS="2")
-    url = make_url(opt(argv, "--backend-store-uri"))
+    url = make_url(env["_MLFLOW_SERVER_FILE_STORE"])
+    assert env["_MLFLOW_SERVER_REGISTRY_STORE"] == env["_MLFLOW_SERVER_FILE_STORE"]
     assert url.drivername == "postgresql+psycopg2" and url.password == "hunter2"
     assert url.query == {"plugin": "mlflow_gcp_pool", "mlflow_gcp_pool_size": "2", "mlflow_gcp_max_overflow": "0"}
     # MLflow's app behind the limiter: 2 connections serve one database request at a time.
-    assert opt(argv, "--app-name") == "mlflow-gcp" and env["MLFLOW_GCP_DB_CONCURRENCY"] == "1"
+    assert argv[-1] == launch.APP_FACTORY and env["MLFLOW_GCP_DB_CONCURRENCY"] == "1"
 
 
 @pytest.mark.parametrize(("connections", "concurrency"), [(2, 1), (3, 1), (4, 2), (20, 10)])
@@ -61,43 +63,43 @@ def test_db_concurrency_leaves_each_request_two_connections(connections, concurr
 
 def test_sqlite_runs_mlflows_app_unwrapped():
     s = settings_from_env({"DB_URI": "sqlite:////d/mlflow.db", "ARTIFACT_ROOT": "/d/a"})
-    argv, env = launch.build_command(s)
-    assert "--app-name" not in argv and "MLFLOW_GCP_DB_CONCURRENCY" not in env
+    _, env = launch.build_command(s)
+    assert "MLFLOW_GCP_DB_CONCURRENCY" not in env
 
 
 def test_sqlite_uri_is_passed_unchanged():
     s = settings_from_env({"DB_URI": "sqlite:////d/mlflow.db", "ARTIFACT_ROOT": "/d/a"})
-    argv, _ = launch.build_command(s)
-    assert opt(argv, "--backend-store-uri") == "sqlite:////d/mlflow.db"
+    _, env = launch.build_command(s)
+    assert env["_MLFLOW_SERVER_FILE_STORE"] == "sqlite:////d/mlflow.db"
 
 
 def test_allowed_hosts_keep_local_access():
-    argv, _ = build(ALLOWED_HOSTS="mlflow-x-ew.a.run.app,*.example.com")
-    hosts = opt(argv, "--allowed-hosts").split(",")
+    _, env = build(ALLOWED_HOSTS="mlflow-x-ew.a.run.app,*.example.com")
+    hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert hosts[:2] == ["mlflow-x-ew.a.run.app", "*.example.com"]
     for local in ("localhost:*", "127.0.0.1:*", "localhost", "127.0.0.1"):
         assert local in hosts
-    argv, _ = build(ALLOWED_HOSTS="*")
-    assert opt(argv, "--allowed-hosts") == "*"
+    _, env = build(ALLOWED_HOSTS="*")
+    assert env["MLFLOW_SERVER_ALLOWED_HOSTS"] == "*"
 
 
 def test_the_ui_origin_is_allowed_for_state_changing_requests():
     from mlflow.server.security_utils import should_block_cors_request
 
-    argv, _ = build(ALLOWED_HOSTS="mlflow-x-ew.a.run.app")
-    origins = opt(argv, "--cors-allowed-origins").split(",")
+    _, env = build(ALLOWED_HOSTS="mlflow-x-ew.a.run.app")
+    origins = env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"].split(",")
     assert not should_block_cors_request("https://mlflow-x-ew.a.run.app", "POST", origins)
     assert should_block_cors_request("https://evil.example.com", "POST", origins)
-    argv, _ = build()
-    assert "--cors-allowed-origins" not in argv
+    _, env = build()
+    assert "MLFLOW_SERVER_CORS_ALLOWED_ORIGINS" not in env
 
 
 def test_allowed_host_patterns_match_as_mlflow_matches_them():
     # MLflow's own matcher (fnmatch for entries with '*'): *.run.app covers Cloud Run hosts.
     from mlflow.server.security_utils import is_allowed_host_header
 
-    argv, _ = build(ALLOWED_HOSTS="*.run.app")
-    hosts = opt(argv, "--allowed-hosts").split(",")
+    _, env = build(ALLOWED_HOSTS="*.run.app")
+    hosts = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert is_allowed_host_header(hosts, "mlflow-abc123-ew.a.run.app")
     assert is_allowed_host_header(hosts, "127.0.0.1:8080")
     assert is_allowed_host_header(hosts, "localhost:5000")
@@ -106,8 +108,8 @@ def test_allowed_host_patterns_match_as_mlflow_matches_them():
 
 
 def test_describe_redacts_the_password():
-    argv, _ = build()
-    line = launch.describe(argv)
+    argv, env = build()
+    line = launch.describe([*argv, env["_MLFLOW_SERVER_FILE_STORE"]])
     assert "hunter2" not in line and "mlflow:***@10.0.0.5" in line
 
 

@@ -1,4 +1,4 @@
-"""Build the `mlflow server` command (pure) and supervise it.
+"""Build the server command (uvicorn with MLflow's app, as `mlflow server` runs it) and supervise it.
 
 `build_command(settings)` returns the argv and the environment additions; nothing starts. The
 supervisor (`run`) starts that command in its own process group, turns its output into our log
@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 from mlflow_gcp.budget import Pool
 from mlflow_gcp.server import logs
@@ -27,7 +28,7 @@ from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST
 from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
 from mlflow_gcp.server.pool import with_pool
 
-APP_NAME = "mlflow-gcp"  # the `mlflow.app` entry point in pyproject.toml
+APP_NAME = "mlflow-gcp"  # the `mlflow.app` entry point in pyproject.toml (`mlflow server --app-name`)
 
 # Cloud Run sends SIGTERM and SIGKILLs 10 s later; leave uvicorn most of that to finish requests.
 GRACE_SECONDS = 8.0
@@ -86,36 +87,106 @@ def cors_origins(settings: Settings) -> list[str]:
     ]
 
 
+# MLflow's default artifact root when it proxies artifacts (mlflow.utils.server_cli_utils).
+PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
+HTTP_PROTOCOL = "mlflow_gcp.server.uvicorn_http:NoDelayHTTPProtocol"
+APP_FACTORY = "mlflow_gcp.server.app:create_app"
+
+
+def uvicorn_log_config() -> str:
+    """MLflow's uvicorn log config file, found without importing MLflow (that takes seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("mlflow is not installed")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "server", "uvicorn_log_config.yaml")
+
+
+def mlflow_server_env(settings: Settings) -> dict[str, str]:
+    """What `mlflow server` (mlflow/cli/__init__.py `server` and mlflow/server/__init__.py
+    `_run_server`, MLflow 3.17) puts into its uvicorn workers' environment for our options.
+
+    tests/unit/test_server_tuning.py runs MLflow's own code for the same options and compares,
+    so an MLflow upgrade that changes this contract fails a test instead of a deployment."""
+    uri = backend_store_uri(settings)
+    env = {
+        "_MLFLOW_SERVER_FILE_STORE": uri,
+        "_MLFLOW_SERVER_REGISTRY_STORE": uri,
+        # A fresh id per boot shared by all workers (MLflow uses it to tell its own sandbox
+        # containers from orphans; we run none, but keep the contract).
+        "_MLFLOW_SERVER_BOOT_ID": uuid.uuid4().hex,
+        "_MLFLOW_IN_JOB_EXECUTOR": "false",
+        "_MLFLOW_SGI_NAME": "uvicorn",
+        "MLFLOW_ENABLE_WORKSPACES": "false",
+        # The CLI's defaults for --x-frame-options, --secrets-cache-ttl, --secrets-cache-max-size.
+        "MLFLOW_SERVER_X_FRAME_OPTIONS": "SAMEORIGIN",
+        "MLFLOW_SERVER_SECRETS_CACHE_TTL": "60",
+        "MLFLOW_SERVER_SECRETS_CACHE_MAX_SIZE": "1000",
+    }
+    if settings.artifact_mode == "proxied":
+        env["_MLFLOW_SERVER_ARTIFACT_ROOT"] = PROXIED_ARTIFACT_ROOT
+        env["_MLFLOW_SERVER_SERVE_ARTIFACTS"] = "true"
+        env["_MLFLOW_SERVER_ARTIFACT_DESTINATION"] = settings.artifact_root
+    else:
+        env["_MLFLOW_SERVER_ARTIFACT_ROOT"] = settings.artifact_root
+        # `mlflow server` always passes its --artifacts-destination default along.
+        env["_MLFLOW_SERVER_ARTIFACT_DESTINATION"] = "./mlartifacts"
+    hosts = allowed_hosts(settings)
+    if hosts:
+        env["MLFLOW_SERVER_ALLOWED_HOSTS"] = ",".join(hosts)
+    origins = cors_origins(settings)
+    if origins:
+        env["MLFLOW_SERVER_CORS_ALLOWED_ORIGINS"] = ",".join(origins)
+    return env
+
+
+def mlflow_server_args(settings: Settings) -> list[str]:
+    """The `mlflow server` options equivalent to what we run (the contract test replays them
+    through MLflow's own CLI; also handy to run stock MLflow the same way by hand)."""
+    args = ["--backend-store-uri", backend_store_uri(settings), "--host", settings.host,
+            "--port", str(settings.port), "--workers", str(settings.workers)]
+    if settings.artifact_mode == "proxied":
+        args += ["--serve-artifacts", "--artifacts-destination", settings.artifact_root]
+    else:
+        args += ["--no-serve-artifacts", "--default-artifact-root", settings.artifact_root]
+    hosts = allowed_hosts(settings)
+    if hosts:
+        args += ["--allowed-hosts", ",".join(hosts)]
+    origins = cors_origins(settings)
+    if origins:
+        args += ["--cors-allowed-origins", ",".join(origins)]
+    return args
+
+
 def build_command(settings: Settings, python: str = sys.executable) -> tuple[list[str], dict[str, str]]:
-    """argv and extra environment for `mlflow server` (pure; nothing is started)."""
+    """argv and extra environment for the uvicorn server (pure apart from a boot id).
+
+    We start uvicorn with MLflow's app ourselves, exactly as `mlflow server` would, instead of
+    running `mlflow server`: that launcher process imports all of MLflow (~4 s) and then only
+    waits, holding ~245 MB for the life of the container."""
     argv = [
         python,
         "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        backend_store_uri(settings),
+        "uvicorn",
+        "--log-config",
+        uvicorn_log_config(),
+        # Cloud Run logs every request itself; a second access line per request costs CPU.
+        "--no-access-log",
+        "--http",
+        HTTP_PROTOCOL,
         "--host",
         settings.host,
         "--port",
         str(settings.port),
         "--workers",
         str(settings.workers),
+        "--factory",
+        APP_FACTORY,
     ]
-    if settings.artifact_mode == "proxied":
-        argv += ["--serve-artifacts", "--artifacts-destination", settings.artifact_root]
-    else:
-        argv += ["--no-serve-artifacts", "--default-artifact-root", settings.artifact_root]
-    hosts = allowed_hosts(settings)
-    if hosts:
-        argv += ["--allowed-hosts", ",".join(hosts)]
-    origins = cors_origins(settings)
-    if origins:
-        argv += ["--cors-allowed-origins", ",".join(origins)]
-    env = dict(FIXED_ENV)
+    env = {**FIXED_ENV, **mlflow_server_env(settings)}
     if settings.pool is not None:
         # MLflow's app, with no more DB requests at once than the pool can serve (server/app.py).
-        argv += ["--app-name", APP_NAME]
         env[CONCURRENCY_ENV] = str(db_concurrency(settings.pool))
     return argv, env
 

@@ -1,0 +1,171 @@
+"""Stock MLflow vs our server, same machine, same PostgreSQL, same run (issue 7).
+
+    .venv/bin/python -m bench              # full (~6 min on 2 cores)
+    .venv/bin/python -m bench --quick      # small counts (~3 min)
+    .venv/bin/python -m bench --only ours --ours-env WORKERS=2   # try a lever on ours alone
+
+Each server gets a fresh PostgreSQL database on 127.0.0.1:5432 and a local artifact directory
+served through it. It is started once to create the schema, stopped, then started again: that
+second start (existing schema, process start to the first /health 200) is the cold start. Idle
+RSS is the sum over the whole process tree a few seconds after that. Then the loads run, one
+after the other, from keep-alive clients (requests.Session, one thread each). Stock and ours run
+one after the other, never at the same time. Prints a markdown table with the ratio ours/stock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+
+from bench import loads
+from bench.servers import Server
+
+# name, unit, better ("higher"/"lower"), goal ratio ours/stock (None: no goal)
+FIGURES = [
+    ("log-batch 100 metrics/req, 1 client", "metrics/s", "higher", None),
+    ("log-batch 100 metrics/req, 4 clients", "metrics/s", "higher", None),
+    ("log-batch 100 metrics/req, 16 clients", "metrics/s", "higher", 4.0),
+    ("log-metric p50, 1 client", "ms", "lower", 1 / 8),
+    ("search_runs 100 runs/resp, 4 clients", "req/s", "higher", 3.0),
+    ("artifact put+get 2 KiB, 1 client", "ops/s", "higher", None),
+    ("artifact put+get 2 KiB, 4 clients", "ops/s", "higher", None),
+    ("artifact put+get 2 KiB, 16 clients", "ops/s", "higher", None),
+    ("cold start to /health 200 (existing schema)", "s", "lower", 1 / 3),
+    ("idle RSS, whole process tree", "MiB", "lower", 1 / 4),
+]
+
+FULL = {"batch": {1: 60, 4: 30, 16: 15}, "metric": 300, "search_runs": 200, "search": 15,
+        "artifacts": {1: 100, 4: 40, 16: 15}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0}
+QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "metric": 60, "search_runs": 100, "search": 4,
+         "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
+    """Every figure for one server kind; returns (figures, errors seen by the clients)."""
+    figures: dict[str, float] = {}
+    errors = 0
+    log(f"{server.kind}: first start (creates the schema)")
+    server.start()
+    server.stop()
+    colds = []
+    for _ in range(counts["cold_tries"]):
+        colds.append(server.start())
+        if len(colds) < counts["cold_tries"]:
+            server.stop()
+    figures["cold start to /health 200 (existing schema)"] = min(colds)
+    log(f"{server.kind}: cold start {min(colds):.2f} s; waiting {counts['settle']:.0f} s for idle")
+    time.sleep(counts["settle"])
+    figures["idle RSS, whole process tree"] = server.tree_rss_mib()
+
+    base, deadline = server.url, counts["deadline"]
+    client = loads.Client(base)
+    exp = client.experiment(f"bench-{server.kind}")
+    for n, per in counts["batch"].items():
+        r = loads.log_batch(base, exp, n, per, deadline)
+        figures[f"log-batch 100 metrics/req, {n} client{'s' if n > 1 else ''}"] = r.per_second * 100
+        errors += r.errors
+        log(f"{server.kind}: log-batch x{n}: {r.per_second * 100:.0f} metrics/s ({r.ops} req, {r.errors} err)")
+    r = loads.log_metric(base, exp, counts["metric"], deadline)
+    figures["log-metric p50, 1 client"] = r.p50_ms
+    errors += r.errors
+    log(f"{server.kind}: log-metric p50 {r.p50_ms:.1f} ms ({r.ops} req)")
+    search_exp = client.experiment(f"bench-search-{server.kind}")
+    loads.seed_search(base, search_exp, counts["search_runs"])
+    r = loads.search_runs(base, search_exp, 4, counts["search"], deadline)
+    figures["search_runs 100 runs/resp, 4 clients"] = r.per_second
+    errors += r.errors
+    log(f"{server.kind}: search {r.per_second:.1f} req/s ({r.ops} req, {r.errors} err)")
+    for n, per in counts["artifacts"].items():
+        r = loads.artifacts(base, n, per, deadline)
+        figures[f"artifact put+get 2 KiB, {n} client{'s' if n > 1 else ''}"] = r.per_second
+        errors += r.errors
+        log(f"{server.kind}: artifacts x{n}: {r.per_second:.1f} ops/s ({r.errors} err)")
+    return figures, errors
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    stock, ours = results.get("stock", {}), results.get("ours", {})
+    lines = [
+        "| figure | unit | stock 3.17.2 | ours | ours/stock | goal | met |",
+        "|---|---|---:|---:|---:|---|---|",
+    ]
+    for name, unit, better, goal in FIGURES:
+        s, o = stock.get(name), ours.get(name)
+        ratio = o / s if s and o is not None else None
+        if goal is None or ratio is None:
+            goal_txt, met = "-", "-"
+        else:
+            goal_txt = f"{'>=' if better == 'higher' else '<='} {goal:.3g}x"
+            met = "yes" if (ratio >= goal if better == "higher" else ratio <= goal) else "no"
+        lines.append(f"| {name} | {unit} | {_fmt(s)} | {_fmt(o)} | {_fmt(ratio) if ratio is not None else '-'} | {goal_txt} | {met} |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} CPUs ({cpu}), {mem_gib:.0f} GiB, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small counts (~3 min)")
+    parser.add_argument("--only", choices=("stock", "ours"), help="measure one server only")
+    parser.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for our server (repeatable), e.g. WORKERS=2")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    try:
+        ours_env = dict(item.split("=", 1) for item in args.ours_env)
+    except ValueError:
+        parser.error("--ours-env takes KEY=VALUE")
+    counts = QUICK if args.quick else FULL
+    load_before = os.getloadavg()
+    started = datetime.now(timezone.utc)
+    results: dict[str, dict[str, float]] = {}
+    errors: dict[str, int] = {}
+    for kind in ("stock", "ours"):
+        if args.only and kind != args.only:
+            continue
+        server = Server(kind, extra_env=ours_env if kind == "ours" else {})
+        try:
+            results[kind], errors[kind] = measure(server, counts)
+        finally:
+            server.cleanup()
+    load_after = os.getloadavg()
+    print(f"{started:%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(f"{'quick' if args.quick else 'full'} run; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after (machine shared with other work: figures are noisy)")
+    if ours_env:
+        print(f"ours with {ours_env}")
+    print()
+    print(table(results))
+    if any(errors.values()):
+        print(f"\nclient errors: {errors}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"started": started.isoformat(), "machine": machine(), "results": results,
+                       "errors": errors, "load": [load_before, load_after]}, fh, indent=2)
+    return 1 if any(errors.values()) else 0

@@ -1,0 +1,184 @@
+"""Start stock `mlflow server` or our entrypoint on a fresh PostgreSQL database, and measure them.
+
+Both get the same database server (127.0.0.1:5432), a local artifact directory served through the
+tracking server (proxied), 127.0.0.1 and a free port. Stock runs with its defaults (uvicorn, 4
+workers, job execution as shipped); only telemetry is off for both, since this machine has no
+network for it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg2
+
+from mlflow_gcp.server import local
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+# Variables that would change either server's behaviour if inherited from the caller's shell.
+_SCRUB = ("MLFLOW_", "DB_", "ARTIFACT_", "WORKERS", "PORT", "HOST", "ALLOWED_HOSTS", "LOG_FORMAT")
+
+
+def _admin():
+    conn = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
+    conn.autocommit = True
+    return conn
+
+
+def create_database(prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    conn = _admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        conn.close()
+    return name
+
+
+def drop_database(name: str) -> None:
+    conn = _admin()
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+def db_uri(name: str) -> str:
+    return f"postgresql+psycopg2://{PG['user']}@{PG['host']}:{PG['port']}/{name}"
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB) and k not in _SCRUB}
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env["DO_NOT_TRACK"] = "true"
+    return env
+
+
+@dataclass
+class Server:
+    """One kind of server ("stock" or "ours") bound to its own database and artifact directory."""
+
+    kind: str
+    extra_env: dict[str, str] = field(default_factory=dict)
+    database: str = ""
+    artifacts: str = ""
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def __post_init__(self):
+        self.database = create_database(f"bench_{self.kind}")
+        self.artifacts = tempfile.mkdtemp(prefix=f"bench-{self.kind}-")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def argv_env(self) -> tuple[list[str], dict[str, str]]:
+        env = base_env()
+        if self.kind == "stock":
+            argv = [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", db_uri(self.database),
+                "--host", "127.0.0.1", "--port", str(self.port),
+                "--artifacts-destination", self.artifacts,
+            ]
+        else:
+            argv = [sys.executable, "-m", "mlflow_gcp.server"]
+            env.update({
+                "DB_URI": db_uri(self.database),
+                "ARTIFACT_ROOT": self.artifacts,
+                "HOST": "127.0.0.1",
+                "PORT": str(self.port),
+                "LOG_FORMAT": "text",
+            })
+        env.update(self.extra_env)
+        return argv, env
+
+    def start(self, timeout: float = 180.0) -> float:
+        """Start and wait for /health 200; returns the seconds that took."""
+        self.port = local.free_port()
+        argv, env = self.argv_env()
+        self.log_path = Path(self.artifacts).with_suffix(".log")
+        log = open(self.log_path, "ab")
+        began = time.perf_counter()
+        self.proc = local.start_group(argv, env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        try:
+            wait_health(f"{self.url}/health", self.proc, timeout)
+        except Exception:
+            self.stop()
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{self.kind} server did not become healthy:\n{tail}") from None
+        return time.perf_counter() - began
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            local.stop_group(self.proc, grace=15)
+            self.proc = None
+
+    def tree_rss_mib(self) -> float:
+        return tree_rss_mib(self.proc.pid)
+
+    def cleanup(self) -> None:
+        self.stop()
+        drop_database(self.database)
+
+
+def wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    """Poll every 50 ms (cold start is measured with it) until `url` answers 200."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"not healthy after {timeout:.0f} s")
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Sum of VmRSS over `pid` and all its descendants (what a container's memory limit sees,
+    give or take shared pages)."""
+    kids = _children()
+    total_kib, frontier = 0, [pid]
+    while frontier:
+        p = frontier.pop()
+        frontier.extend(kids.get(p, ()))
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total_kib += int(line.split()[1])
+        except OSError:
+            pass
+    return total_kib / 1024
