@@ -28,11 +28,6 @@ pytestmark = pytest.mark.slow
 FRONT_HOST = "mlflow-artifacts-7x2kq9ab3c-ew.a.run.app"
 INVOKER = "trainer@test-project.iam.gserviceaccount.com"
 SERVER_ACCOUNT = "mlflow-server@test-project.iam.gserviceaccount.com"
-# What `mlflow-gcp env` sets (cli/client_cmds.py): parts from 16 MiB up, far below the cap.
-MULTIPART_ENV = {
-    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "true",
-    "MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE": str(16 * MiB),
-}
 SIZES = {"tiny.txt": 1024, "under-cap.bin": 31 * MiB, "over-cap.bin": 33 * MiB, "large.bin": 200 * MiB}
 # Memory bound for the 200 MiB file: well under half its size, on top of the idle footprint.
 MAX_EXTRA_MB = 100
@@ -103,7 +98,7 @@ def proxied(start_server, new_database, gcs_emulator, tmp_path_factory):
 
 def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memory(proxied, tmp_path):
     with TreePeak(proxied.server.proc.pid) as server_mem:
-        results, stderr = proxied.run_client(tmp_path, SIZES, **MULTIPART_ENV)
+        results, stderr = proxied.run_client(tmp_path, SIZES)
     by_name = {r["name"]: r for r in results}
     assert set(by_name) == set(SIZES), stderr[-2000:]
     for name, r in by_name.items():
@@ -113,10 +108,13 @@ def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memor
     assert large["up_extra_mb"] < MAX_EXTRA_MB, large
     assert large["down_extra_mb"] < MAX_EXTRA_MB, large
     assert server_mem.extra < MAX_EXTRA_MB, server_mem.extra
+    print(f"\n200 MiB proxied: client +{large['up_extra_mb']} MB up, +{large['down_extra_mb']} MB down; "
+          f"server tree +{server_mem.extra:.1f} MB (base {server_mem.base:.0f} MB)")
 
     log = proxied.front.log
     assert not [s for s in log if s.status == 413]
-    # Files from 16 MiB up went in parts: create + complete through the front, bytes beside it.
+    # Plain code with the two usual variables: the plugin turned on parts from 16 MiB up
+    # (client/uploads.py); create + complete crossed the front, the bytes went beside it.
     assert sum(1 for s in log if "/mlflow-artifacts/mpu/complete/" in s.path) == 3
     puts = [s for s in log if s.method == "PUT" and "/mlflow-artifacts/artifacts/" in s.path]
     assert len(puts) == 1 and puts[0].path.endswith("/tiny.txt")
@@ -131,7 +129,7 @@ def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memor
 def test_a_failed_part_leaves_no_part_objects_and_no_temp_files(proxied, tmp_path):
     proxied.hop.fail_put_containing = "part-00002"
     try:
-        results, _ = proxied.run_client(tmp_path, {"broken.bin": 40 * MiB}, **MULTIPART_ENV)
+        results, _ = proxied.run_client(tmp_path, {"broken.bin": 40 * MiB})
     finally:
         proxied.hop.fail_put_containing = None
     assert proxied.hop.failed, "the injected failure was never hit"
@@ -146,8 +144,8 @@ def test_a_failed_part_leaves_no_part_objects_and_no_temp_files(proxied, tmp_pat
 
 
 def test_stock_client_settings_hit_the_cap_past_32_mib(proxied, tmp_path):
-    """Without the multipart settings, MLflow sends one PUT per file: the front answers 413."""
-    results, _ = proxied.run_client(tmp_path, {"stock.bin": 33 * MiB})
+    """MLflow's own behaviour (one PUT per file), which the plugin's defaults replace: 413."""
+    results, _ = proxied.run_client(tmp_path, {"stock.bin": 33 * MiB}, MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD="false")
     (r,) = results
     assert not r["logged"] and "413" in r["error"], r
     assert any(s.status == 413 for s in proxied.front.log)
@@ -172,6 +170,8 @@ def test_direct_mode_client_writes_the_bucket_itself(direct, tmp_path, gcs_emula
         assert r["logged"] and r["equal"], (name, r)
     assert by_name["large.bin"]["up_extra_mb"] < MAX_EXTRA_MB, by_name["large.bin"]
     assert by_name["large.bin"]["down_extra_mb"] < MAX_EXTRA_MB, by_name["large.bin"]
+    print(f"\n200 MiB direct: client +{by_name['large.bin']['up_extra_mb']} MB up, "
+          f"+{by_name['large.bin']['down_extra_mb']} MB down")
     # Only metadata crossed the front; the artifact bytes went to the bucket.
     assert not [s for s in direct.front.log if "/mlflow-artifacts/" in s.path]
     stored = direct.objects()

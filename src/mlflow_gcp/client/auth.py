@@ -23,7 +23,7 @@ import urllib.parse
 
 import requests.auth
 
-from mlflow_gcp.client import tokens
+from mlflow_gcp.client import tokens, uploads
 
 log = logging.getLogger(__name__)
 
@@ -111,4 +111,6 @@ class GcpRequestAuthProvider:
 
     def get_auth(self) -> GcpAuth:
         _check_google_auth()
+        # Artifacts over Cloud Run's 32 MiB cap go in signed parts (see client/uploads.py).
+        uploads.apply_defaults()
         return GcpAuth()
