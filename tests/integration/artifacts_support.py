@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import threading
 import urllib.parse
 
@@ -59,7 +60,8 @@ with mlflow.start_run() as run:
         name, size = item["name"], item["size"]
         src = os.path.join(workdir, name)
         digest = write_random(src, size)
-        out = {"name": name, "size": size, "run_id": run.info.run_id}
+        out = {"name": name, "size": size, "run_id": run.info.run_id, "sha256": digest,
+               "artifact_uri": run.info.artifact_uri}
         with Peak() as up:
             try:
                 mlflow.log_artifact(src, artifact_path="data")
@@ -82,11 +84,24 @@ print("artifact_uri", run.info.artifact_uri, flush=True)
 """
 
 
-class TreePeak:
-    """Peak RSS of a process tree (the server: supervisor, mlflow launcher, uvicorn workers)."""
+def dir_bytes(path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.path.getsize(os.path.join(root, name))
+            except OSError:
+                pass  # removed while we looked
+    return total
 
-    def __init__(self, pid: int, interval: float = 0.05):
-        self.pid, self.interval = pid, interval
+
+class TreePeak:
+    """Peak RSS of a process tree (the server: supervisor, mlflow launcher, uvicorn workers), and
+    the peak bytes in `watch_dir` (the server's TMPDIR: on Cloud Run the disk is memory too)."""
+
+    def __init__(self, pid: int, interval: float = 0.05, watch_dir=None):
+        self.pid, self.interval, self.watch_dir = pid, interval, watch_dir
+        self.peak_dir_bytes = 0
 
     def __enter__(self):
         self.base = self.peak = tree_rss_mb(process_tree(self.pid))
@@ -98,6 +113,8 @@ class TreePeak:
     def _run(self):
         while not self._stop.wait(self.interval):
             self.peak = max(self.peak, tree_rss_mb(process_tree(self.pid)))
+            if self.watch_dir is not None:
+                self.peak_dir_bytes = max(self.peak_dir_bytes, dir_bytes(self.watch_dir))
 
     def __exit__(self, *exc):
         self._stop.set()

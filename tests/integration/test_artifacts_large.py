@@ -8,13 +8,16 @@ straight to the bucket, composed by the server. Direct mode: the client writes t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
 
 import pytest
+import requests
 from google.cloud import storage
 
 from mlflow_gcp.server.artifacts_gcs import UPLOADS_PREFIX
@@ -96,10 +99,17 @@ def proxied(start_server, new_database, gcs_emulator, tmp_path_factory):
     d.idp.close()
 
 
-def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memory(proxied, tmp_path):
-    with TreePeak(proxied.server.proc.pid) as server_mem:
-        results, stderr = proxied.run_client(tmp_path, SIZES)
-    by_name = {r["name"]: r for r in results}
+@pytest.fixture(scope="module")
+def proxied_upload(proxied, tmp_path_factory):
+    """Every size logged and read back once by the plain MLflow client, memory sampled."""
+    watch = TreePeak(proxied.server.proc.pid, watch_dir=proxied.server_tmp)
+    with watch:
+        results, stderr = proxied.run_client(tmp_path_factory.mktemp("client"), SIZES)
+    return {r["name"]: r for r in results}, stderr, watch
+
+
+def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memory(proxied, proxied_upload):
+    by_name, stderr, server_mem = proxied_upload
     assert set(by_name) == set(SIZES), stderr[-2000:]
     for name, r in by_name.items():
         assert r["logged"], (name, r.get("error"))
@@ -108,8 +118,12 @@ def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memor
     assert large["up_extra_mb"] < MAX_EXTRA_MB, large
     assert large["down_extra_mb"] < MAX_EXTRA_MB, large
     assert server_mem.extra < MAX_EXTRA_MB, server_mem.extra
+    # Downloads were streamed from the bucket: nothing staged on the server's disk (which is
+    # memory on Cloud Run). Only the 1 KiB single PUT passes through MLflow's temporary file.
+    assert server_mem.peak_dir_bytes < MiB, server_mem.peak_dir_bytes
     print(f"\n200 MiB proxied: client +{large['up_extra_mb']} MB up, +{large['down_extra_mb']} MB down; "
-          f"server tree +{server_mem.extra:.1f} MB (base {server_mem.base:.0f} MB)")
+          f"server tree +{server_mem.extra:.1f} MB (base {server_mem.base:.0f} MB), "
+          f"server temp peak {server_mem.peak_dir_bytes} B")
 
     log = proxied.front.log
     assert not [s for s in log if s.status == 413]
@@ -118,12 +132,41 @@ def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memor
     assert sum(1 for s in log if "/mlflow-artifacts/mpu/complete/" in s.path) == 3
     puts = [s for s in log if s.method == "PUT" and "/mlflow-artifacts/artifacts/" in s.path]
     assert len(puts) == 1 and puts[0].path.endswith("/tiny.txt")
-    run_id = results[0]["run_id"]
+    run_id = large["run_id"]
     stored = proxied.objects()
     for name in SIZES:
         assert any(o.endswith(f"/{run_id}/artifacts/data/{name}") for o in stored), (name, stored)
     assert not [o for o in stored if o.startswith(UPLOADS_PREFIX)]
     assert os.listdir(proxied.server_tmp) == []
+
+
+def test_the_ui_proxy_streams_a_large_artifact_in_bounded_memory(proxied, proxied_upload):
+    large = proxied_upload[0]["large.bin"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow_gcp", "ui", "--no-browser", "--port", "0", "--url", proxied.front.url],
+        env=clean_env(MLFLOW_GCP_CREDENTIALS_FILE=str(proxied.key_file)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        match = re.search(r"at (http://127\.0\.0\.1:\d+) ", proc.stdout.readline())
+        assert match, proc.stderr.read() if proc.poll() is not None else "no address line"
+        # The path the UI's artifact view fetches for a proxied run.
+        tail = large["artifact_uri"].removeprefix("mlflow-artifacts:/")
+        url = f"{match.group(1)}/ajax-api/2.0/mlflow-artifacts/artifacts/{tail}/data/large.bin"
+        digest, size = hashlib.sha256(), 0
+        with TreePeak(proc.pid) as ui_mem, TreePeak(proxied.server.proc.pid, watch_dir=proxied.server_tmp) as srv:
+            with requests.get(url, stream=True, timeout=120) as resp:
+                assert resp.status_code == 200, resp.text[:300]
+                for block in resp.iter_content(1 << 20):
+                    digest.update(block)
+                    size += len(block)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert size == large["size"] and digest.hexdigest() == large["sha256"]
+    assert ui_mem.extra < MAX_EXTRA_MB, ui_mem.extra
+    assert srv.extra < MAX_EXTRA_MB and srv.peak_dir_bytes == 0, (srv.extra, srv.peak_dir_bytes)
+    print(f"\n200 MiB through mlflow-gcp ui: proxy +{ui_mem.extra:.1f} MB, server +{srv.extra:.1f} MB")
 
 
 def test_a_failed_part_leaves_no_part_objects_and_no_temp_files(proxied, tmp_path):

@@ -50,5 +50,9 @@ class DatabaseConcurrencyLimit:
 def create_app():
     from mlflow.server.fastapi_app import app
 
+    from mlflow_gcp.server import artifacts_stream
+
+    # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
+    app = artifacts_stream.wrap(app)
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
     return DatabaseConcurrencyLimit(app, limit) if limit > 0 else app
