@@ -151,3 +151,11 @@ def test_lifecycle_resolves_runs_sources_to_the_bucket(wired, fake_gcp, capsys):
                            "--url", wired.front.url, "--yes")
     assert code == 1, err
     assert f"in use: {name}/1 (gs://{BUCKET}/{exp}/{run['info']['run_id']}/artifacts/model)" in err
+
+
+def test_status_checks_health_with_an_id_token(wired, fake_gcp, capsys):
+    code, out, _ = run_cli(capsys, "status", "--json", "--url", wired.front.url)
+    data = json.loads(out)
+    assert data["health"] == {"ok": True, "message": "healthy: /health and the MLflow API answer 200"}
+    assert data["budget"]["fits"] is True
+    assert wired.front.count(200) >= 2
