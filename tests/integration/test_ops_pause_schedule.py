@@ -100,6 +100,9 @@ def test_schedule_set_show_clear(deployed, fake_gcp, capsys):
 
     code, out, _ = run_cli(capsys, "cost")
     assert "your schedule (pause fri 20:00, resume mon 07:00)" in out
+    code, out, _ = run_cli(capsys, "pause", "--yes")
+    assert "Note: the schedule starts it again mon 07:00 (Europe/Paris)." in out
+    run_cli(capsys, "resume")
 
     run_cli(capsys, "schedule", "set", "--pause", "mon-fri 19:00", "--resume", "mon-fri 08:00")
     assert fake_gcp.state("cloudscheduler")[pause["name"]]["schedule"] == "0 19 * * 1,2,3,4,5"

@@ -7,7 +7,10 @@ import logging
 
 import pytest
 
+from pathlib import Path
+
 from mlflow_gcp import config
+from mlflow_gcp.ops import history
 
 from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server  # noqa: F401
 from tests.integration.ops_support import PROJECT, SERVICE, deployed, run_cli, workdir, writes  # noqa: F401
@@ -44,6 +47,8 @@ def test_upgrade_backs_up_builds_migrates_then_rolls_out(deployed, fake_gcp, cap
     assert after != before and f"revision {after} serves all traffic" in out
     assert "health check skipped" in out  # emulated: said, not faked
     assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == NEW
+    last = history.read(Path("mlflow-gcp.toml"))[-1]
+    assert (last["command"], last["outcome"], last["revision"]) == ("upgrade", "upgraded", after)
     fake_gcp.clear_log()
     assert run_cli(capsys, "up", "--yes")[1].startswith("No changes.")
     assert run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")[1].strip() == f"Already on MLflow {NEW}."
@@ -60,6 +65,7 @@ def test_a_failed_rollout_sends_traffic_back(deployed, fake_gcp, capsys):
     assert svc["traffic"] == [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": before, "percent": 100}]
     assert _job_image(fake_gcp) == old_image
     assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == config.MLFLOW_VERSION
+    assert history.read(Path("mlflow-gcp.toml"))[-1]["outcome"] == "rolled back"
     # While traffic is pinned, changes that need a new revision are refused with the way out.
     code, _, err = run_cli(capsys, "scale", "--max-instances", "5")
     assert code == 1 and "traffic is pinned" in err and "mlflow-gcp up" in err

@@ -211,9 +211,14 @@ def pause_cmd(cfg_source, yes: bool) -> None:
     """Stop Cloud SQL (the biggest cost); MLflow answers errors until `resume`."""
     from mlflow_gcp.ops import pause
 
+    from mlflow_gcp.ops import schedule
+
     ctx = _ctx(cfg_source)
     options.confirm(f"Stop {ctx.cfg.database.instance}? The MLflow server will not work until `mlflow-gcp resume`", yes)
     click.echo(pause.pause(ctx).message)
+    timetable = schedule.show(ctx, quiet=True) or {}
+    if "resume" in timetable:
+        click.echo(f"Note: the schedule starts it again {timetable['resume']['when']} ({timetable['resume']['time_zone']}).")
 
 
 @click.command("resume")
@@ -427,7 +432,19 @@ def upgrade_cmd(cfg_source, yes: bool, mlflow_version: str, url: str | None) -> 
     ctx = _ctx(cfg_source)
     upgrade.target_config(ctx.cfg, mlflow_version)  # refuse a bad version before asking
     options.confirm(f"Upgrade MLflow to {mlflow_version} (the schema migration cannot be undone; a backup is taken)?", yes)
-    result = upgrade.upgrade(ctx, mlflow_version, url=url, config_file=cfg_source.file)
+    from mlflow_gcp.ops import history
+
+    try:
+        result = upgrade.upgrade(ctx, mlflow_version, url=url, config_file=cfg_source.file)
+    except upgrade.UpgradeFailed as err:
+        history.append(cfg_source.file, {"command": "upgrade", "project": ctx.cfg.project,
+                                         "mlflow_version": mlflow_version, "outcome": "rolled back", "reason": err.message})
+        raise
+    if not result.unchanged:
+        history.append(cfg_source.file, {"command": "upgrade", "project": ctx.cfg.project,
+                                         "mlflow_version": mlflow_version, "outcome": "upgraded",
+                                         "revision": result.revision, "previous_revision": result.previous_revision,
+                                         "backup": result.backup_id})
     if result.unchanged:
         click.echo(f"Already on MLflow {mlflow_version}.")
         return
