@@ -97,14 +97,14 @@ def test_lifecycle_refuses_a_delete_prefix_a_model_uses(wired, fake_gcp, capsys)
     code, out, err = run_cli(capsys, "lifecycle", "set", "--days", "30", "--action", "delete", "--prefix", "scratch/",
                              "--url", wired.front.url, "--yes")
     assert code == 1
-    assert f"DELETED" in out and f"in use: {name}/1 (gs://{BUCKET}/scratch/run-1/model)" in err
+    assert "DELETED" in out and f"in use: {name}/1 (gs://{BUCKET}/scratch/run-1/model)" in err
     assert "the rule was not set" in err
     assert json.dumps(fake_gcp.state("storage")[BUCKET]["lifecycle"], sort_keys=True) == before
 
     code, out, err = run_cli(capsys, "lifecycle", "set", "--days", "30", "--action", "delete", "--prefix", "tmp/",
                              "--url", wired.front.url, "--yes")
     assert code == 0, err
-    assert f"Checked: no registered model version" in out and f"under gs://{BUCKET}/tmp/" in out
+    assert "Checked: no registered model version" in out and f"under gs://{BUCKET}/tmp/" in out
     rules = fake_gcp.state("storage")[BUCKET]["lifecycle"]["rule"]
     assert rules[0] == {"action": {"type": "Delete"}, "condition": {"age": 30, "matchesPrefix": ["tmp/"]}}
     assert rules[1]["condition"]["matchesPrefix"] == ["mlflow-gcp-build/"]  # build sources still expire

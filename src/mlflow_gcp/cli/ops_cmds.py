@@ -3,8 +3,6 @@ cost, upgrade, rotate-password. Parses, calls ops/, renders; no API call is made
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from mlflow_gcp.cli import options
