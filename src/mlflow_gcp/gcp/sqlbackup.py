@@ -42,7 +42,13 @@ def create_backup(clients, instance: str, description: str, progress=None) -> di
     backup_id = (op.get("backupContext") or {}).get("backupId")
     operations.wait(clients, op, api="sqladmin", what=f"the backup of {instance}",
                     timeout=BACKUP_TIMEOUT_SECONDS, progress=progress)
-    run = get_backup(clients, instance, backup_id) if backup_id else None
+    if backup_id:
+        run = get_backup(clients, instance, backup_id)
+    else:
+        # The operation does not always name its backup: take the newest one with our description.
+        ours = [b for b in list_backups(clients, instance)
+                if b.get("type") == "ON_DEMAND" and b.get("description") == description]
+        run = ours[0] if ours else None
     if run is None or run.get("status") != "SUCCESSFUL":
         raise OperationFailed(
             f"the backup of {instance} did not succeed (status {run.get('status') if run else 'unknown'})"
