@@ -205,18 +205,21 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
         bucket_name, dest = self._destination(local_file, artifact_path)
         bucket = self._get_bucket(bucket_name)
         sources = [bucket.blob(part_name(upload_id, n)) for n in numbers]
+        # Hard-delete the sources as they are used: deleted normally they would sit (and be
+        # billed) in the bucket's soft-delete window. Emulators ignore it: _delete_upload sweeps.
+        compose_kwargs = {"timeout": self._GCS_DEFAULT_TIMEOUT, "delete_source_objects": True}
         try:
             level = 0
             while len(sources) > COMPOSE_MAX_SOURCES:
                 merged = []
                 for i in range(0, len(sources), COMPOSE_MAX_SOURCES):
                     blob = bucket.blob(f"{UPLOADS_PREFIX}{upload_id}/compose-{level}-{i:05d}")
-                    blob.compose(sources[i : i + COMPOSE_MAX_SOURCES], timeout=self._GCS_DEFAULT_TIMEOUT)
+                    blob.compose(sources[i : i + COMPOSE_MAX_SOURCES], **compose_kwargs)
                     merged.append(blob)
                 sources, level = merged, level + 1
             target = bucket.blob(dest)
             target.content_type = _guess_mime_type(os.path.basename(dest))
-            target.compose(sources, timeout=self._GCS_DEFAULT_TIMEOUT)
+            target.compose(sources, **compose_kwargs)
         except gexc.NotFound:
             raise _bad_request(f"upload {upload_id} is missing parts (expired, aborted or never written)") from None
         self._delete_upload(bucket, upload_id)
