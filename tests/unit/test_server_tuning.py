@@ -18,6 +18,8 @@ import pytest
 from mlflow_gcp.server import launch
 from mlflow_gcp.server.env import settings_from_env
 
+OURS = ("MLFLOW_GCP_DB_CONCURRENCY", "MLFLOW_GCP_BULK_STORE")  # read by our own code only
+
 RECORD = r"""
 import json, os, sys
 import mlflow.server, mlflow.server.handlers, mlflow.tracing.trace_rollup_service as rollups
@@ -85,7 +87,7 @@ def test_uvicorn_gets_what_mlflow_server_would_give_it(case):
     expected = {**seen["environ"], **seen["env"]}
     for name in launch.FIXED_ENV:
         expected.pop(name, None)
-    got = {k: v for k, v in env.items() if k not in launch.FIXED_ENV and k != "MLFLOW_GCP_DB_CONCURRENCY"}
+    got = {k: v for k, v in env.items() if k not in launch.FIXED_ENV and k not in OURS}
     assert set(got) == set(expected)
     assert len(got.pop("_MLFLOW_SERVER_BOOT_ID")) == len(expected.pop("_MLFLOW_SERVER_BOOT_ID")) == 32
     assert got == expected

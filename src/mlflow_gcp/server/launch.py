@@ -27,6 +27,7 @@ from mlflow_gcp.server import logs
 from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST
 from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
 from mlflow_gcp.server.pool import with_pool
+from mlflow_gcp.server.store import BULK_ENV as BULK_STORE_ENV
 
 APP_NAME = "mlflow-gcp"  # the `mlflow.app` entry point in pyproject.toml (`mlflow server --app-name`)
 
@@ -185,6 +186,8 @@ def build_command(settings: Settings, python: str = sys.executable) -> tuple[lis
         APP_FACTORY,
     ]
     env = {**FIXED_ENV, **mlflow_server_env(settings)}
+    if settings.db_kind == "postgresql":
+        env[BULK_STORE_ENV] = "1"  # our bulk metric store (server/store.py)
     if settings.pool is not None:
         # MLflow's app, with no more DB requests at once than the pool can serve (server/app.py).
         env[CONCURRENCY_ENV] = str(db_concurrency(settings.pool))
