@@ -93,6 +93,8 @@ def test_unreachable_database_fails_after_bounded_logged_retries(tmp_path):
     last = entries[-1]
     assert last["severity"] == "ERROR" and last["message"].startswith("database unreachable after")
     assert "DB_WAIT_SECONDS" in last["message"]
+    # A paused deployment looks exactly like this from the server: say how to bring it back.
+    assert "mlflow-gcp resume" in last["message"]
     assert PASSWORD not in result.stderr
 
 

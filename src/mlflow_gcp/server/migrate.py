@@ -121,7 +121,8 @@ def wait_for_database(engine, budget_seconds: float, log: logging.Logger, *, sle
             if left <= 0:
                 raise DatabaseUnavailable(
                     f"database unreachable after {attempt} attempts in {budget_seconds:g} s: {reason}",
-                    hint="check DB_HOST/INSTANCE_CONNECTION_NAME and that the instance is running; "
+                    hint="check DB_HOST/INSTANCE_CONNECTION_NAME and that the instance is running "
+                    "(a paused deployment starts again with `mlflow-gcp resume`); "
                     "DB_WAIT_SECONDS sets the wait",
                 ) from None
             pause = min(delay, left)
