@@ -37,6 +37,7 @@ FIGURES = [
     ("artifact put+get 2 KiB, 16 clients", "ops/s", "higher", None),
     ("cold start to /health 200 (existing schema)", "s", "lower", 1 / 3),
     ("idle RSS, whole process tree", "MiB", "lower", 1 / 4),
+    ("RSS after the loads, whole process tree", "MiB", "lower", None),
 ]
 
 FULL = {"batch": {1: 60, 4: 30, 16: 15}, "metric": 300, "search_runs": 200, "search": 15,
@@ -89,6 +90,7 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
         figures[f"artifact put+get 2 KiB, {n} client{'s' if n > 1 else ''}"] = r.per_second
         errors += r.errors
         log(f"{server.kind}: artifacts x{n}: {r.per_second:.1f} ops/s ({r.errors} err)")
+    figures["RSS after the loads, whole process tree"] = server.tree_rss_mib()
     return figures, errors
 
 

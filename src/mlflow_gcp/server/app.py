@@ -7,8 +7,8 @@ each worker admits at most `MLFLOW_GCP_DB_CONCURRENCY` (= connections // 2) data
 a time; the others wait their turn in the event loop instead of failing. Health checks, the UI's
 static files and artifact transfers (no database) are never held back.
 
-Loaded by `mlflow server --app-name mlflow-gcp` (entry point `mlflow.app` in pyproject.toml) as a
-factory, so the `mlflow server` launcher process, which only looks the factory up, never builds it.
+Our launcher runs it as `uvicorn --factory mlflow_gcp.server.app:create_app` (server/launch.py);
+it is also the `mlflow.app` entry point, so `mlflow server --app-name mlflow-gcp` runs it too.
 """
 
 from __future__ import annotations
