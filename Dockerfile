@@ -1,5 +1,5 @@
 # The MLflow tracking server image: `python -m mlflow_gcp.server` validates the environment Cloud Run
-# sets, waits for Cloud SQL, migrates once, then supervises `mlflow server` (docs: src/mlflow_gcp/server).
+# sets, waits for Cloud SQL, migrates once, then supervises uvicorn serving MLflow's app (docs/server.md, docs/benchmarks.md).
 # Every version comes from constraints.txt, the lock file the tests and CI install too.
 FROM python:3.11-slim
 
