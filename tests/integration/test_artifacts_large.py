@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 FRONT_HOST = "mlflow-artifacts-7x2kq9ab3c-ew.a.run.app"
 INVOKER = "trainer@test-project.iam.gserviceaccount.com"
 SERVER_ACCOUNT = "mlflow-server@test-project.iam.gserviceaccount.com"
-SIZES = {"tiny.txt": 1024, "under-cap.bin": 31 * MiB, "over-cap.bin": 33 * MiB, "large.bin": 200 * MiB}
+SIZES = {"tiny.txt": 1024, "odd name é.txt": 1024, "under-cap.bin": 31 * MiB, "over-cap.bin": 33 * MiB,
+         "large.bin": 200 * MiB}
 # Memory bound for the 200 MiB file: well under half its size, on top of the idle footprint.
 MAX_EXTRA_MB = 100
 
@@ -119,7 +120,7 @@ def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memor
     assert large["down_extra_mb"] < MAX_EXTRA_MB, large
     assert server_mem.extra < MAX_EXTRA_MB, server_mem.extra
     # Downloads were streamed from the bucket: nothing staged on the server's disk (which is
-    # memory on Cloud Run). Only the 1 KiB single PUT passes through MLflow's temporary file.
+    # memory on Cloud Run). Only the 1 KiB single PUTs pass through MLflow's temporary file.
     assert server_mem.peak_dir_bytes < MiB, server_mem.peak_dir_bytes
     print(f"\n200 MiB proxied: client +{large['up_extra_mb']} MB up, +{large['down_extra_mb']} MB down; "
           f"server tree +{server_mem.extra:.1f} MB (base {server_mem.base:.0f} MB), "
@@ -131,7 +132,7 @@ def test_proxied_every_size_crosses_the_32_mib_front_byte_equal_in_bounded_memor
     # (client/uploads.py); create + complete crossed the front, the bytes went beside it.
     assert sum(1 for s in log if "/mlflow-artifacts/mpu/complete/" in s.path) == 3
     puts = [s for s in log if s.method == "PUT" and "/mlflow-artifacts/artifacts/" in s.path]
-    assert len(puts) == 1 and puts[0].path.endswith("/tiny.txt")
+    assert len(puts) == 2 and {p.path.rsplit("/", 1)[-1] for p in puts} == {"tiny.txt", "odd%20name%20%C3%A9.txt"}
     run_id = large["run_id"]
     stored = proxied.objects()
     for name in SIZES:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import urllib.parse
 
 CHUNK_SIZE = 4 * 1024 * 1024  # one ranged read of the object; a download holds a few of these
 _PATH_RE = re.compile(r"^/(?:api|ajax-api)/2\.0/mlflow-artifacts/artifacts/(?P<path>.+)$")
@@ -69,7 +68,7 @@ class StreamedArtifactDownloads:
         if not match or scope.get("method") not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        artifact_path = urllib.parse.unquote(match.group("path"))
+        artifact_path = match.group("path")  # ASGI paths arrive percent-decoded already
         blob = await asyncio.to_thread(self._blob, artifact_path)
         if blob is None:
             await self.app(scope, receive, send)
