@@ -133,3 +133,29 @@ def test_no_delay_protocol_sets_tcp_nodelay_on_accepted_connections():
     finally:
         for s in (conn, client, listener):
             s.close()
+
+
+def test_compact_json_keeps_mlflows_values():
+    # In a fresh interpreter: the switch changes a module global of MLflow's handlers.
+    code = r"""
+import json
+from mlflow.entities import Metric, Param, Run, RunData, RunInfo, RunTag
+from mlflow.protos.service_pb2 import SearchRuns
+from mlflow.server import handlers
+from mlflow.utils.proto_json_utils import message_to_json
+from mlflow_gcp.server.app import compact_json
+
+info = RunInfo("r" * 32, "1", "u", "FINISHED", 1700000000000, 1700000009999, "active", "mlflow-artifacts:/x", run_name="n")
+data = RunData([Metric("m", float("nan"), 2**40, -3), Metric("big", 1.7976931348623157e308, 1, 2**40)],
+               [Param("p", "v")], [RunTag("t", "é")])
+resp = SearchRuns.Response(next_page_token="tok")
+resp.runs.extend([Run(info, data).to_proto()])
+pretty = message_to_json(resp)
+assert compact_json() and compact_json()  # idempotent
+compact = handlers.message_to_json(resp)
+assert json.dumps(json.loads(compact), sort_keys=True) == json.dumps(json.loads(pretty), sort_keys=True)
+assert len(compact) < len(pretty) and "\n" not in compact
+print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().endswith("OK"), out.stderr[-3000:]

@@ -47,8 +47,31 @@ class DatabaseConcurrencyLimit:
             await self.app(scope, receive, send)
 
 
+def compact_json() -> bool:
+    """Make MLflow's REST handlers answer compact JSON (the same values, no indentation).
+
+    Why: the handlers serialise every response with `message_to_json(..., pretty=True)`, i.e.
+    `json.dumps(indent=2)`, which bypasses the C encoder: for a 100-run search_runs page that is
+    ~40 ms of ~75 ms and 300 KB instead of ~200 KB. MLflow's own `pretty=False` path is used,
+    so the JSON values are exactly MLflow's. Skipped (False) if MLflow changes this function."""
+    import functools
+    import inspect
+
+    from mlflow.server import handlers
+
+    original = getattr(handlers, "message_to_json", None)
+    if original is None or getattr(original, "func", None) is not None:
+        return original is not None  # absent, or already ours
+    if "pretty" not in inspect.signature(original).parameters:
+        return False
+    handlers.message_to_json = functools.partial(original, pretty=False)
+    return True
+
+
 def create_app():
     from mlflow.server.fastapi_app import app
+
+    compact_json()
 
     from mlflow_gcp.server import artifacts_stream
 
