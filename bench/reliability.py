@@ -14,7 +14,8 @@ retries), retried (5xx answers the client retried), recover s (fault to the firs
 request after the last failed one), lost / dup (acknowledged rows missing / stored twice, read from
 PostgreSQL and the bucket), unacked runs (runs stored without an acknowledgement: a create_run
 retried after its answer was lost), peak conn / max (pg_stat_activity client backends vs
-max_connections), slot errs ("remaining connection slots" in logs or errors).
+max_connections), slot errs ("remaining connection slots" in logs or errors). The last row is a
+control: the same instances with MLflow's default pools (5 + 10) instead of the budget.
 """
 
 from __future__ import annotations
@@ -60,12 +61,13 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small shapes, as the tests run them")
-    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join([*FAULTS, 'budget'])}")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated subset of {','.join([*FAULTS, 'budget', 'nobudget'])}")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario instead of a table")
     args = parser.parse_args(argv)
     shape = QUICK if args.quick else FULL
-    wanted = [w for w in args.only.split(",") if w] or [*FAULTS, "budget"]
-    unknown = set(wanted) - {*FAULTS, "budget"}
+    wanted = [w for w in args.only.split(",") if w] or [*FAULTS, "budget", "nobudget"]
+    unknown = set(wanted) - {*FAULTS, "budget", "nobudget"}
     if unknown:
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     results: list[scenarios.Figures] = []
@@ -80,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
         print("... budget", file=sys.stderr, flush=True)
         instances, workers = (2, 1) if args.quick else (3, 2)
         results.append(scenarios.connection_budget(shape, instances, workers))
+    if "nobudget" in wanted:
+        # Control: the same servers with MLflow's default pools (5 + 10 overflow per engine).
+        print("... nobudget (control)", file=sys.stderr, flush=True)
+        instances, workers = (2, 1) if args.quick else (3, 2)
+        results.append(scenarios.connection_budget(shape, instances, workers, pool=(5, 10)))
     if args.json:
         for r in results:
             print(json.dumps({**r.row(), "verification": r.verification, "errors": r.errors}))
@@ -89,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
             for err in r.errors:
                 print(f"  {r.scenario}: {err}")
         print(f"\nshape per scenario: {shape}; total {time.monotonic() - started:.0f} s")
-    bad = [r.scenario for r in results if r.user_errors or r.lost or r.duplicated or r.slot_errors]
+    bad = [r.scenario for r in results
+           if not r.scenario.startswith("pool ") and (r.user_errors or r.lost or r.duplicated or r.slot_errors)]
     return 1 if bad else 0
 
 

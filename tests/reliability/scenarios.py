@@ -78,7 +78,9 @@ class ConnectionSampler:
 
 
 class ReliabilityStack:
-    def __init__(self, workdir: Path | None = None, workers: int = 2, instances: int = 1):
+    def __init__(self, workdir: Path | None = None, workers: int = 2, instances: int = 1,
+                 pool: tuple[int, int] | None = None):
+        self.pool = pool
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mlflow-gcp-rel-"))
         self.pg = PrivatePostgres().init()
         try:
@@ -112,13 +114,15 @@ class ReliabilityStack:
 
     def server_env(self, workers: int, instances: int) -> dict[str, str]:
         share = budget.connections_per_instance(self.pg.max_connections, instances)
+        sizing = {"DB_CONNECTIONS": str(share)} if self.pool is None else {
+            "DB_POOL_SIZE": str(self.pool[0]), "DB_MAX_OVERFLOW": str(self.pool[1])}
         return {
+            **sizing,
             **self.pg.server_env(),
             "ARTIFACT_ROOT": f"gs://{self.bucket}/mlflow",
             "STORAGE_EMULATOR_HOST": self.emulator.host,
             "ALLOWED_HOSTS": FRONT_HOST,
             "WORKERS": str(workers),
-            "DB_CONNECTIONS": str(share),
             "DB_WAIT_SECONDS": "90",
         }
 
@@ -248,13 +252,16 @@ def started_while_db_down(stack: ReliabilityStack, shape: workload.Shape, down: 
     return figures
 
 
-def connection_budget(shape: workload.Shape, instances: int, workers: int) -> Figures:
+def connection_budget(shape: workload.Shape, instances: int, workers: int,
+                      pool: tuple[int, int] | None = None) -> Figures:
     """`instances` servers, each with its budgeted share of a 25-connection PostgreSQL, under load
-    (clients spread over the servers directly: the front plays no part in the database budget)."""
-    with ReliabilityStack(workers=workers, instances=instances) as stack, workload.client_env(None):
+    (clients spread over the servers directly: the front plays no part in the database budget).
+    `pool` = (size, overflow) replaces the budget with fixed pools: the control experiment."""
+    with ReliabilityStack(workers=workers, instances=instances, pool=pool) as stack, workload.client_env(None):
         urls = [s.url for s in stack.servers]
         exp = workload.new_experiment(urls[0], "budget")
         with ConnectionSampler(stack.pg, interval=0.05) as sampler:
             result = workload.run_load(urls, shape, exp)
-        figures = _finish(f"budget {instances}x{workers}", stack, result, sampler, len(stack.front.log), 0)
+        label = f"budget {instances}x{workers}" if pool is None else f"pool {pool[0]}+{pool[1]} {instances}x{workers}"
+        figures = _finish(label, stack, result, sampler, len(stack.front.log), 0)
         return figures
