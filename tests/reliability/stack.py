@@ -63,6 +63,8 @@ class PrivatePostgres:
         return proc
 
     def init(self) -> PrivatePostgres:
+        reap_orphans()
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
         if os.geteuid() == 0:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
@@ -148,6 +150,24 @@ class PrivatePostgres:
                 self.stop("immediate")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def reap_orphans() -> None:
+    """Stop and delete private clusters whose owning process died without cleaning up (a test run
+    killed by a timeout); clusters of live sessions are left alone."""
+    for owner in Path(tempfile.gettempdir()).glob("mlflow-gcp-pg-*/owner.pid"):
+        try:
+            os.kill(int(owner.read_text()), 0)
+            continue
+        except (ProcessLookupError, ValueError):
+            pass
+        except PermissionError:
+            continue
+        data = owner.parent / "data"
+        if (data / "postmaster.pid").exists():
+            subprocess.run(_as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
+                           capture_output=True, timeout=60)
+        shutil.rmtree(owner.parent, ignore_errors=True)
 
 
 class ServerProcess:
@@ -265,6 +285,11 @@ class Front(CloudRunFront):
         return False
 
     class handler_class(CloudRunFront.handler_class):
+        def _relay(self, resp):
+            super()._relay(resp)
+            if resp.length:  # the instance died mid-answer: cut the client off, as Cloud Run does,
+                self.close_connection = True  # instead of leaving it waiting for the rest
+
         def _forward(self, front, length, chunked, record):
             answered: list[int] = []
             path = self.path.split("?", 1)[0]

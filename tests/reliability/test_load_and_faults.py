@@ -18,16 +18,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 SHAPE = workload.Shape(clients=16, runs=1, params=5, batches=2, metrics=20, artifacts=1)
 
 
-def assert_nothing_lost(f: scenarios.Figures) -> None:
+# An instance killed after it sent an answer's headers but before its body: the client has
+# started reading a 200 and MLflow's client (urllib3) retries nothing once headers arrived.
+CUT_ANSWER = ("IncompleteRead", "Connection broken", "Response ended prematurely")
+
+
+def assert_nothing_lost(f: scenarios.Figures, cut_answers_allowed: bool = False) -> None:
     v = f.verification
-    assert f.user_errors == 0, f.errors
+    errors = [e for e in f.errors if not (cut_answers_allowed and any(c in e for c in CUT_ANSWER))]
+    assert errors == [] and (cut_answers_allowed or f.user_errors == 0), f.errors
     assert v["stored_runs"] >= v["intended_runs"] == SHAPE.clients * SHAPE.runs
     assert (v["lost_runs"], v["lost_params"], v["lost_metrics"], v["lost_artifacts"], v["corrupt_artifacts"]) == (
         0, 0, 0, 0, 0), v
     assert (v["duplicated_params"], v["duplicated_metrics"], v["unfinished_runs"]) == (0, 0, 0), v
     # A run stored without an acknowledgement can only be a create_run the client sent again after
     # its answer was lost (MLflow has no idempotency key): a second copy of an intended run.
-    assert v["unacknowledged_runs"] == v["duplicated_runs"], v
+    cut_creates = sum(1 for e in f.errors if e.startswith("create_run") and any(c in e for c in CUT_ANSWER))
+    assert v["duplicated_runs"] <= v["unacknowledged_runs"] <= v["duplicated_runs"] + cut_creates, v
     assert f.slot_errors == 0
 
 
@@ -56,7 +63,8 @@ def test_bucket_stopped_during_uploads(rel_stack):
 
 def test_server_killed_and_restarted_during_load(rel_stack):
     f = scenarios.server_killed(rel_stack, SHAPE)
-    assert_nothing_lost(f)
+    # Rare (a window of microseconds per in-flight request) but possible; see docs/reliability.md.
+    assert_nothing_lost(f, cut_answers_allowed=True)
     assert f.retried_answers > 0, "the kill happened while requests were in flight"
 
 
