@@ -49,6 +49,8 @@ def servers(new_database, start_server, tmp_path_factory):
         except local_mod.LocalError as err:
             pytest.fail(f"{err}\n{log_path.read_text(errors='replace')[-3000:]}", pytrace=False)
         yield f"http://127.0.0.1:{port}", ours
+        # Stock really ran MLflow's store: our entry point stays out of `mlflow server`.
+        assert "tracking store: BulkPostgresStore" not in log_path.read_text(errors="replace")
     finally:
         local_mod.stop_group(stock)
 

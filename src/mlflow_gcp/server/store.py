@@ -28,10 +28,17 @@ COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
 
 def build_store(store_uri: str, artifact_uri: str | None = None, **_):
     """The `mlflow.tracking_store` builder for postgresql URIs."""
-    from mlflow.tracking._tracking_service import utils
-
     if os.environ.get(BULK_ENV) != "1" or os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").lower() in ("1", "true"):
-        return utils._get_sqlalchemy_store(store_uri, artifact_uri)
+        # Everywhere else (stock `mlflow server`, `mlflow db upgrade`, a client with a postgresql
+        # tracking URI): exactly what MLflow would build itself.
+        from mlflow.tracking._tracking_service import utils
+
+        builder = getattr(utils, "_get_sqlalchemy_store", None)
+        if builder is not None:
+            return builder(store_uri, artifact_uri)
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        return SqlAlchemyStore(store_uri, artifact_uri or os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT", "./mlruns"))
     if artifact_uri is None:
         artifact_uri = os.environ.get("_MLFLOW_SERVER_ARTIFACT_ROOT", "./mlruns")
     cls = _bulk_class()
