@@ -94,6 +94,13 @@ def workload(url: str) -> dict:
                          params=[Param("bs", str(32 * (n + 1))), Param("opt", "adam")],
                          tags=[RunTag("stage", "train"), RunTag("mlflow.note.content", f"# run {n}")])
         client.log_batch(rid, metrics=[Metric("late", float(n), T0 - 5, 3), Metric("late", float(-n), T0 - 10, 3)])
+        # Latest-value ties: NaN is stored as 0.0, so NaN and 0.0 at one (step, timestamp) tie and
+        # the first one logged stays the latest, within a batch and across requests.
+        first, second = (float("nan"), 0.0) if n % 2 else (0.0, float("nan"))
+        client.log_batch(rid, metrics=[Metric("tie", first, T0, 5), Metric("tie", second, T0, 5)])
+        client.log_metric(rid, "tie2", first, timestamp=T0, step=5)
+        client.log_metric(rid, "tie2", second, timestamp=T0, step=5)
+        client.log_metric(rid, "tie2", -1.0, timestamp=T0 + 50, step=4)  # lower step never wins
     # Refusals are answers too: the same error code and message from both.
     r0 = run_ids[0]
     errors = {
