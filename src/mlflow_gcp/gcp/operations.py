@@ -103,3 +103,28 @@ def wait_until(clients, read: Callable[[], Any], ready: Callable[[Any], bool], *
         interval = min(MAX_POLL_INTERVAL_SECONDS, max(interval, 0.0) * 1.5)
         value = read()
     return value
+
+
+def read(clients, request, what: str) -> dict | None:
+    """A get that treats NotFound as 'not there' (None), the read half of every ensure_*."""
+    from mlflow_gcp.errors import NotFound
+
+    try:
+        return clients.execute(request, what)
+    except NotFound:
+        return None
+
+
+def change(clients, request, what: str, *, api: str, wait_for: str, timeout: float, progress=None,
+           retry=None, tolerate: tuple[type[Exception], ...] = ()) -> bool:
+    """Send one mutating call and wait for its operation.
+
+    False when the call raised one of `tolerate` (AlreadyExists for a create another run already
+    made, NotFound for a delete already done): the idempotent outcome, nothing to wait for.
+    """
+    try:
+        op = clients.execute(request, what, retry=retry)
+    except tolerate:
+        return False
+    wait(clients, op, api=api, what=wait_for, timeout=timeout, progress=progress)
+    return True

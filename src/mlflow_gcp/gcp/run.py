@@ -50,12 +50,9 @@ def _jobs(clients):
 
 
 def get_service_raw(clients, region: str, service: str) -> dict | None:
-    try:
-        return clients.execute(
-            _services(clients).get(name=service_name(clients, region, service)), f"reading Cloud Run service {service}"
-        )
-    except NotFound:
-        return None
+    return operations.read(
+        clients, _services(clients).get(name=service_name(clients, region, service)), f"reading Cloud Run service {service}"
+    )
 
 
 def get_service(clients, cfg) -> Service | None:
@@ -75,16 +72,11 @@ def get_service(clients, cfg) -> Service | None:
 
 
 def create_service(clients, region: str, service: str, body: dict, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            _services(clients).create(parent=location(clients, region), serviceId=service, body=body),
-            f"creating Cloud Run service {service}",
-        )
-    except AlreadyExists:
-        return False
-    operations.wait(clients, op, api="run", what=f"Cloud Run service {service} to deploy",
-                    timeout=DEPLOY_TIMEOUT_SECONDS, progress=progress)
-    return True
+    return operations.change(
+        clients, _services(clients).create(parent=location(clients, region), serviceId=service, body=body),
+        f"creating Cloud Run service {service}", api="run", wait_for=f"Cloud Run service {service} to deploy",
+        timeout=DEPLOY_TIMEOUT_SECONDS, progress=progress, tolerate=(AlreadyExists,),
+    )
 
 
 def update_service(clients, region: str, service: str, body: dict, progress=None) -> None:
@@ -97,16 +89,11 @@ def update_service(clients, region: str, service: str, body: dict, progress=None
 
 
 def delete_service(clients, region: str, service: str, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            _services(clients).delete(name=service_name(clients, region, service)),
-            f"deleting Cloud Run service {service}",
-        )
-    except NotFound:
-        return False
-    operations.wait(clients, op, api="run", what=f"Cloud Run service {service} deletion", timeout=600,
-                    progress=progress)
-    return True
+    return operations.change(
+        clients, _services(clients).delete(name=service_name(clients, region, service)),
+        f"deleting Cloud Run service {service}", api="run", wait_for=f"Cloud Run service {service} deletion",
+        timeout=600, progress=progress, tolerate=(NotFound,),
+    )
 
 
 def get_service_iam_policy(clients, region: str, service: str) -> dict:
@@ -124,22 +111,15 @@ def set_service_iam_policy(clients, region: str, service: str, policy: dict) -> 
 
 
 def get_job(clients, region: str, job: str) -> dict | None:
-    try:
-        return clients.execute(_jobs(clients).get(name=job_name(clients, region, job)), f"reading Cloud Run job {job}")
-    except NotFound:
-        return None
+    return operations.read(clients, _jobs(clients).get(name=job_name(clients, region, job)), f"reading Cloud Run job {job}")
 
 
 def create_job(clients, region: str, job: str, body: dict, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            _jobs(clients).create(parent=location(clients, region), jobId=job, body=body),
-            f"creating Cloud Run job {job}",
-        )
-    except AlreadyExists:
-        return False
-    operations.wait(clients, op, api="run", what=f"Cloud Run job {job}", timeout=300, progress=progress)
-    return True
+    return operations.change(
+        clients, _jobs(clients).create(parent=location(clients, region), jobId=job, body=body),
+        f"creating Cloud Run job {job}", api="run", wait_for=f"Cloud Run job {job}", timeout=300,
+        progress=progress, tolerate=(AlreadyExists,),
+    )
 
 
 def update_job(clients, region: str, job: str, body: dict, progress=None) -> None:
@@ -170,9 +150,7 @@ def run_job(clients, region: str, job: str, progress=None) -> dict:
 
 
 def delete_job(clients, region: str, job: str, progress=None) -> bool:
-    try:
-        op = clients.execute(_jobs(clients).delete(name=job_name(clients, region, job)), f"deleting Cloud Run job {job}")
-    except NotFound:
-        return False
-    operations.wait(clients, op, api="run", what=f"Cloud Run job {job} deletion", timeout=600, progress=progress)
-    return True
+    return operations.change(
+        clients, _jobs(clients).delete(name=job_name(clients, region, job)), f"deleting Cloud Run job {job}",
+        api="run", wait_for=f"Cloud Run job {job} deletion", timeout=600, progress=progress, tolerate=(NotFound,),
+    )

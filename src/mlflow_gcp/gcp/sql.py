@@ -25,12 +25,9 @@ def _instances(clients):
 
 
 def get_instance(clients, name: str) -> dict | None:
-    try:
-        return clients.execute(
-            _instances(clients).get(project=clients.project, instance=name), f"reading Cloud SQL instance {name}"
-        )
-    except NotFound:
-        return None
+    return operations.read(
+        clients, _instances(clients).get(project=clients.project, instance=name), f"reading Cloud SQL instance {name}"
+    )
 
 
 # States in which the instance is busy with something it will finish by itself.
@@ -85,66 +82,49 @@ def delete_instance(clients, name: str, *, final_backup_days: int | None, progre
             "finalBackupTtlDays": str(final_backup_days),
             "finalBackupDescription": "final backup taken by mlflow-gcp destroy",
         }
-    try:
-        op = clients.execute(
-            _instances(clients).delete(project=clients.project, instance=name, **kwargs),
-            f"deleting Cloud SQL instance {name}",
-        )
-    except NotFound:
-        return False
-    operations.wait(clients, op, api="sqladmin", what=f"Cloud SQL instance {name} to be deleted",
-                    timeout=PATCH_TIMEOUT_SECONDS, progress=progress)
-    return True
+    return operations.change(
+        clients, _instances(clients).delete(project=clients.project, instance=name, **kwargs),
+        f"deleting Cloud SQL instance {name}", api="sqladmin", wait_for=f"Cloud SQL instance {name} to be deleted",
+        timeout=PATCH_TIMEOUT_SECONDS, progress=progress, tolerate=(NotFound,),
+    )
 
 
 def get_database(clients, instance: str, database: str) -> dict | None:
-    try:
-        return clients.execute(
-            clients.api("sqladmin").databases().get(project=clients.project, instance=instance, database=database),
-            f"reading database {database}",
-        )
-    except NotFound:
-        return None
+    return operations.read(
+        clients,
+        clients.api("sqladmin").databases().get(project=clients.project, instance=instance, database=database),
+        f"reading database {database}",
+    )
 
 
 def create_database(clients, instance: str, database: str, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            clients.api("sqladmin").databases().insert(
-                project=clients.project, instance=instance, body={"name": database, "instance": instance}
-            ),
-            f"creating database {database}", retry=_retry(clients),
-        )
-    except AlreadyExists:
-        return False
-    operations.wait(clients, op, api="sqladmin", what=f"database {database}", timeout=SMALL_TIMEOUT_SECONDS,
-                    progress=progress)
-    return True
+    return operations.change(
+        clients,
+        clients.api("sqladmin").databases().insert(
+            project=clients.project, instance=instance, body={"name": database, "instance": instance}
+        ),
+        f"creating database {database}", api="sqladmin", wait_for=f"database {database}",
+        timeout=SMALL_TIMEOUT_SECONDS, progress=progress, retry=_retry(clients), tolerate=(AlreadyExists,),
+    )
 
 
 def get_user(clients, instance: str, user: str) -> dict | None:
-    try:
-        return clients.execute(
-            clients.api("sqladmin").users().get(project=clients.project, instance=instance, name=user),
-            f"reading database user {user}",
-        )
-    except NotFound:
-        return None
+    return operations.read(
+        clients,
+        clients.api("sqladmin").users().get(project=clients.project, instance=instance, name=user),
+        f"reading database user {user}",
+    )
 
 
 def create_user(clients, instance: str, user: str, password: str, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            clients.api("sqladmin").users().insert(
-                project=clients.project, instance=instance, body={"name": user, "password": password}
-            ),
-            f"creating database user {user}", retry=_retry(clients),
-        )
-    except AlreadyExists:
-        return False
-    operations.wait(clients, op, api="sqladmin", what=f"database user {user}", timeout=SMALL_TIMEOUT_SECONDS,
-                    progress=progress)
-    return True
+    return operations.change(
+        clients,
+        clients.api("sqladmin").users().insert(
+            project=clients.project, instance=instance, body={"name": user, "password": password}
+        ),
+        f"creating database user {user}", api="sqladmin", wait_for=f"database user {user}",
+        timeout=SMALL_TIMEOUT_SECONDS, progress=progress, retry=_retry(clients), tolerate=(AlreadyExists,),
+    )
 
 
 def set_password(clients, instance: str, user: str, password: str, progress=None) -> None:
