@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -157,6 +158,7 @@ def start_load(url: str | list[str], shape: Shape, experiment_id: str) -> tuple[
     workdir = Path(tempfile.mkdtemp(prefix="mlflow-gcp-load-"))
     urls = [url] if isinstance(url, str) else list(url)
     started = time.monotonic()
+    running = [shape.clients]
 
     def worker(i: int) -> None:
         try:
@@ -166,6 +168,10 @@ def start_load(url: str | list[str], shape: Shape, experiment_id: str) -> tuple[
             raise err
         finally:
             result.seconds = time.monotonic() - started
+            with result.lock:
+                running[0] -= 1
+                if running[0] == 0:  # the last client out removes the files they uploaded from
+                    shutil.rmtree(workdir, ignore_errors=True)
 
     threads = [threading.Thread(target=worker, args=(i,), name=f"load-{i}", daemon=True) for i in range(shape.clients)]
     for t in threads:
