@@ -15,38 +15,24 @@ def _repos(clients):
 
 
 def get_repository(clients, region: str, repo: str) -> dict | None:
-    try:
-        return clients.execute(
-            _repos(clients).get(name=repo_name(clients, region, repo)), f"reading repository {repo}"
-        )
-    except NotFound:
-        return None
+    return operations.read(clients, _repos(clients).get(name=repo_name(clients, region, repo)), f"reading repository {repo}")
 
 
 def create_repository(clients, region: str, repo: str, body: dict, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            _repos(clients).create(
-                parent=f"projects/{clients.project}/locations/{region}", repositoryId=repo, body=body
-            ),
-            f"creating repository {repo}",
-        )
-    except AlreadyExists:
-        return False
-    operations.wait(clients, op, api="artifactregistry", what=f"repository {repo}", timeout=300, progress=progress)
-    return True
+    return operations.change(
+        clients,
+        _repos(clients).create(parent=f"projects/{clients.project}/locations/{region}", repositoryId=repo, body=body),
+        f"creating repository {repo}", api="artifactregistry", wait_for=f"repository {repo}", timeout=300,
+        progress=progress, tolerate=(AlreadyExists,),
+    )
 
 
 def delete_repository(clients, region: str, repo: str, progress=None) -> bool:
-    try:
-        op = clients.execute(
-            _repos(clients).delete(name=repo_name(clients, region, repo)), f"deleting repository {repo}"
-        )
-    except NotFound:
-        return False
-    operations.wait(clients, op, api="artifactregistry", what=f"repository {repo} deletion", timeout=600,
-                    progress=progress)
-    return True
+    return operations.change(
+        clients, _repos(clients).delete(name=repo_name(clients, region, repo)), f"deleting repository {repo}",
+        api="artifactregistry", wait_for=f"repository {repo} deletion", timeout=600, progress=progress,
+        tolerate=(NotFound,),
+    )
 
 
 def tag_digest(clients, region: str, repo: str, package: str, tag: str) -> str | None:

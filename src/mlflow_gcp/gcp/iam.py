@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mlflow_gcp.errors import AlreadyExists, NotFound
+from mlflow_gcp.gcp import operations
 
 
 def _name(clients, email: str) -> str:
@@ -11,10 +12,7 @@ def _name(clients, email: str) -> str:
 
 def get_service_account(clients, email: str) -> dict | None:
     api = clients.api("iam").projects().serviceAccounts()
-    try:
-        return clients.execute(api.get(name=_name(clients, email)), f"reading service account {email}")
-    except NotFound:
-        return None
+    return operations.read(clients, api.get(name=_name(clients, email)), f"reading service account {email}")
 
 
 def create_service_account(clients, account_id: str, display_name: str, description: str) -> dict | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 
 from mlflow_gcp.errors import AlreadyExists, NotFound
+from mlflow_gcp.gcp import operations
 
 
 def secret_name(clients, secret_id: str) -> str:
@@ -19,10 +20,7 @@ def _api(clients):
 
 
 def get_secret(clients, secret_id: str) -> dict | None:
-    try:
-        return clients.execute(_api(clients).get(name=secret_name(clients, secret_id)), f"reading secret {secret_id}")
-    except NotFound:
-        return None
+    return operations.read(clients, _api(clients).get(name=secret_name(clients, secret_id)), f"reading secret {secret_id}")
 
 
 def create_secret(clients, secret_id: str, labels: dict) -> dict | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mlflow_gcp.errors import AlreadyExists, Conflict, NotFound
+from mlflow_gcp.gcp import operations
 
 
 def _buckets(clients):
@@ -10,10 +11,7 @@ def _buckets(clients):
 
 
 def get_bucket(clients, name: str) -> dict | None:
-    try:
-        return clients.execute(_buckets(clients).get(bucket=name, projection="full"), f"reading bucket {name}")
-    except NotFound:
-        return None
+    return operations.read(clients, _buckets(clients).get(bucket=name, projection="full"), f"reading bucket {name}")
 
 
 def create_bucket(clients, body: dict) -> bool:
