@@ -212,7 +212,7 @@ def _schema(f: _Facts) -> Check:
     outcome = last.get("completionStatus")
     if outcome and outcome != "EXECUTION_SUCCEEDED":
         return Check("schema at head", FAIL, f"the last migration ({last.get('name', '').rsplit('/', 1)[-1]}) "
-                     f"ended {outcome}", f"mlflow-gcp logs --severity ERROR, then mlflow-gcp up")
+                     f"ended {outcome}", "mlflow-gcp logs --severity ERROR, then mlflow-gcp up")
     if job_image != service_image:
         return Check("schema at head", WARN, "the migration job runs another image than the service",
                      "mlflow-gcp up")
