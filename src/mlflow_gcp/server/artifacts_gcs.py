@@ -136,7 +136,18 @@ def signing_credentials():
     try:
         credentials, _project = google.auth.default(scopes=_SCOPES)
     except google.auth.exceptions.DefaultCredentialsError as err:
-        raise MlflowException(f"no Google credentials to sign upload URLs with: {err}") from None
+        # A server with no Google credentials at all (local mode against an emulator) cannot sign;
+        # MLflow's own "not supported" answer makes the client fall back to one PUT per file,
+        # which works wherever there is no 32 MiB front. On Cloud Run credentials always exist, so
+        # a signing failure there (e.g. a missing role) stays a clear error instead.
+        from mlflow.exceptions import _UnsupportedMultipartUploadException
+        from mlflow.protos.databricks_pb2 import NOT_IMPLEMENTED
+
+        raise MlflowException(
+            f"{_UnsupportedMultipartUploadException.MESSAGE}: no Google credentials to sign part "
+            f"upload URLs with ({err})",
+            error_code=NOT_IMPLEMENTED,
+        ) from None
     if isinstance(credentials, google.auth.credentials.Signing) and getattr(credentials, "signer", None):
         return credentials
     email = os.environ.get(SIGNER_EMAIL_ENV, "").strip()
