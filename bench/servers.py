@@ -20,6 +20,7 @@ from pathlib import Path
 import psycopg2
 
 from mlflow_gcp.server import local
+from tests.conftest import process_tree, tree_rss_mb
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 # Variables that would change either server's behaviour if inherited from the caller's shell.
@@ -152,33 +153,7 @@ def wait_health(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise RuntimeError(f"not healthy after {timeout:.0f} s")
 
 
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    stat = fh.read()
-            except OSError:
-                continue
-            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-            kids.setdefault(ppid, []).append(int(entry))
-    return kids
-
-
 def tree_rss_mib(pid: int) -> float:
     """Sum of VmRSS over `pid` and all its descendants (what a container's memory limit sees,
     give or take shared pages)."""
-    kids = _children()
-    total_kib, frontier = 0, [pid]
-    while frontier:
-        p = frontier.pop()
-        frontier.extend(kids.get(p, ()))
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                for line in fh:
-                    if line.startswith("VmRSS:"):
-                        total_kib += int(line.split()[1])
-        except OSError:
-            pass
-    return total_kib / 1024
+    return tree_rss_mb(process_tree(pid))
