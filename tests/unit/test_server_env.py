@@ -70,7 +70,7 @@ def test_sqlite_has_no_pool():
 
 
 def test_pool_from_budget_and_explicit():
-    assert settings_from_env({**BASE, "DB_CONNECTIONS": "4", "WORKERS": "2"}).pool == budget.Pool(1, 1)
+    assert settings_from_env({**BASE, "DB_CONNECTIONS": "4", "WORKERS": "2"}).pool == budget.Pool(2, 0)
     assert settings_from_env({**BASE, "DB_CONNECTIONS": "9", "WORKERS": "2"}).pool == budget.pool_for(9, 2)
     explicit = settings_from_env({**BASE, "DB_POOL_SIZE": "3", "DB_MAX_OVERFLOW": "0"})
     assert explicit.pool == budget.Pool(3, 0)
