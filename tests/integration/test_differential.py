@@ -254,3 +254,95 @@ def test_our_server_answers_exactly_as_stock_mlflow(servers):
             assert ours[section] == stock[section], section
     assert ours == stock
     print(f"workload twice in {time.monotonic() - began:.1f} s")
+
+
+# Raw log-batch / log-metric requests, plain and malformed: our server answers the plain ones
+# itself (server/fastpath.py) and hands everything else to MLflow, so status, body, headers and
+# what ends up stored must be the same as stock's for each. RUN stands for a run of the server.
+RAW = [
+    ("batch_plain", "log-batch", {"run_id": "RUN", "metrics": [
+        {"key": "a", "value": 1, "timestamp": T0, "step": 2}, {"key": "a", "value": 0.5, "timestamp": T0},
+        {"key": "b", "value": -3.25, "timestamp": T0 + 1, "step": -4},
+        {"key": "a", "value": 1, "timestamp": T0, "step": 2}]}),
+    ("batch_special", "log-batch", {"run_id": "RUN", "metrics": [
+        {"key": "s", "value": "NaN", "timestamp": T0, "step": 1}, {"key": "s", "value": "Infinity", "timestamp": T0, "step": 2},
+        {"key": "s", "value": "-Infinity", "timestamp": T0, "step": 3}]}),
+    ("batch_empty", "log-batch", {"run_id": "RUN", "metrics": [], "params": [], "tags": []}),
+    ("batch_value_string", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": "1.5", "timestamp": T0}]}),
+    ("batch_value_bool", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": True, "timestamp": T0}]}),
+    ("batch_value_huge", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": 2**60 + 1, "timestamp": T0}]}),
+    ("batch_ts_string", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": 1, "timestamp": str(T0)}]}),
+    ("batch_step_float", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": 1, "timestamp": T0, "step": 2.0}]}),
+    ("batch_step_overflow", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": 1, "timestamp": T0, "step": 2**63}]}),
+    ("batch_no_timestamp", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": 1}]}),
+    ("batch_empty_key", "log-batch", {"run_id": "RUN", "metrics": [{"key": "", "value": 1, "timestamp": T0}]}),
+    ("batch_bad_key", "log-batch", {"run_id": "RUN", "metrics": [{"key": "a/../b?", "value": 1, "timestamp": T0}]}),
+    ("batch_unknown_field", "log-batch", {"run_id": "RUN", "metrics": [{"key": "c", "value": 1, "timestamp": T0, "color": 1}]}),
+    ("batch_top_unknown", "log-batch", {"run_id": "RUN", "metrics": [], "extra": 1}),
+    ("batch_params", "log-batch", {"run_id": "RUN", "metrics": [{"key": "d", "value": 1, "timestamp": T0}],
+                                   "params": [{"key": "p", "value": "1"}]}),
+    ("batch_no_run", "log-batch", {"metrics": [{"key": "c", "value": 1, "timestamp": T0}]}),
+    ("batch_unknown_run", "log-batch", {"run_id": "0" * 32, "metrics": [{"key": "c", "value": 1, "timestamp": T0}]}),
+    ("batch_too_many", "log-batch", {"run_id": "RUN", "metrics": [{"key": f"k{i}", "value": i, "timestamp": T0} for i in range(1001)]}),
+    ("batch_list_body", "log-batch", [1, 2]),
+    ("batch_double_encoded", "log-batch", '{"run_id": "RUN", "metrics": []}'),
+    ("metric_plain", "log-metric", {"run_id": "RUN", "key": "m", "value": 3, "timestamp": T0, "step": 7}),
+    ("metric_no_step", "log-metric", {"run_id": "RUN", "key": "m", "value": 2.5, "timestamp": T0 + 9}),
+    ("metric_nan", "log-metric", {"run_id": "RUN", "key": "m", "value": "NaN", "timestamp": T0, "step": 8}),
+    ("metric_run_uuid", "log-metric", {"run_uuid": "RUN", "key": "m", "value": 1, "timestamp": T0, "step": 9}),
+    ("metric_no_value", "log-metric", {"run_id": "RUN", "key": "m", "timestamp": T0}),
+    ("metric_value_string", "log-metric", {"run_id": "RUN", "key": "m", "value": "7", "timestamp": T0, "step": 10}),
+    ("metric_model_id", "log-metric", {"run_id": "RUN", "key": "m", "value": 1, "timestamp": T0, "model_id": "m-0"}),
+]
+# (case, headers) variations of one plain request.
+HEADER_CASES = [
+    ("charset", {"Content-Type": "application/json; charset=utf-8"}),
+    ("text_plain", {"Content-Type": "text/plain"}),
+    ("json_seq", {"Content-Type": "application/json-seq"}),
+    ("no_content_type", {"Content-Type": None}),
+    ("cross_origin", {"Content-Type": "application/json", "Origin": "https://evil.example"}),
+    ("same_origin_localhost", {"Content-Type": "application/json", "Origin": "http://localhost:5000"}),
+]
+
+
+def raw_requests(url: str) -> dict:
+    import json as jsonlib
+
+    import requests
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.create_experiment("raw")
+    run_id = client.create_run(exp, start_time=T0, run_name="raw").info.run_id
+    session = requests.Session()
+    out: dict = {}
+
+    def post(name, endpoint, body, headers=None):
+        text = jsonlib.dumps(body).replace('"RUN"', f'"{run_id}"').replace('\\"RUN\\"', f'\\"{run_id}\\"')
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        resp = session.post(f"{url}/api/2.0/mlflow/runs/{endpoint}", data=text.encode(), headers=sent)
+        kept = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in ("date", "server")}
+        out[name] = (resp.status_code, kept, resp.text.replace(run_id, "RUN"))
+
+    for name, endpoint, body in RAW:
+        post(name, endpoint, body)
+    plain = {"run_id": "RUN", "metrics": [{"key": "h", "value": 1, "timestamp": T0}]}
+    for name, headers in HEADER_CASES:
+        post(f"headers_{name}", "log-batch", plain, headers)
+    run = client.get_run(run_id)
+    out["stored_metrics"] = {k: repr(v) for k, v in run.data.metrics.items()}
+    out["stored_params"] = run.data.params
+    out["histories"] = {
+        key: sorted((m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run_id, key))
+        for key in sorted(run.data.metrics)
+    }
+    return out
+
+
+def test_raw_metric_writes_get_stocks_answers(servers):
+    stock_url, our_server = servers
+    stock, ours = raw_requests(stock_url), raw_requests(our_server.url)
+    assert stock["stored_metrics"] and stock["histories"]["a"]
+    for name in stock:
+        assert ours[name] == stock[name], name

@@ -73,9 +73,11 @@ def create_app():
 
     compact_json()
 
-    from mlflow_gcp.server import artifacts_stream
+    from mlflow_gcp.server import artifacts_stream, fastpath
 
     # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
     app = artifacts_stream.wrap(app)
+    # Plain log-batch / log-metric calls straight to the store (same store call, same answer).
+    app = fastpath.wrap(app)
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
     return DatabaseConcurrencyLimit(app, limit) if limit > 0 else app

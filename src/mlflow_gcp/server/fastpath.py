@@ -1,0 +1,228 @@
+"""The two calls a training loop makes most, runs/log-batch and runs/log-metric, answered without
+Starlette's WSGI bridge, Flask and protobuf, by the same tracking store call MLflow makes.
+
+Why: for a 100-metric log-batch, MLflow's request path (a thread hop through the WSGI bridge,
+two no-op BaseHTTPMiddleware layers, Flask's dispatch, JSON -> protobuf -> entities) costs more
+CPU than the database work; on one Cloud Run vCPU that caps ingest. Here a request whose JSON has
+exactly the plain shape MLflow's client sends (a run id, metrics with key, value, timestamp and
+optional step; no params, tags, model or dataset fields) is turned into the very `Metric`
+entities MLflow's handler builds and handed to the same `store.log_batch` / `store.log_metric`
+in a worker thread, and answered `{}` as MLflow does.
+
+Everything else goes to MLflow's app unchanged, body replayed: any other shape or type (strings
+for numbers, NaN, extra fields), an Origin header (CORS), a wrong content type, and every request
+the store refuses or fails (MLflow then runs the same call and answers with its own error; the
+store call is transactional and idempotent for metrics, so running it again changes nothing).
+MLflow's own ASGI security middleware (Host and CORS checks, security headers), configured by
+MLflow's `init_fastapi_security`, wraps the fast handler, so the checks are the same code. The
+paths come from MLflow's Flask URL map, so a static prefix or renamed route is followed; with
+workspaces or artifacts-only mode on, or if any of these MLflow pieces changes shape, nothing is
+intercepted. tests/integration/test_differential.py compares answers with stock MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+MAX_BODY = 1 << 20  # larger bodies (1,000 metrics are ~100 KB) are MLflow's to judge
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_EXACT_FLOAT = 1 << 53  # ints converted to double without rounding questions
+_METRIC_FIELDS = frozenset(("key", "value", "timestamp", "step"))
+
+
+def _int64(x) -> bool:
+    return type(x) is int and _INT64[0] <= x <= _INT64[1]
+
+
+# How MLflow's client (protobuf JSON) writes the doubles JSON has no literal for.
+_SPECIAL = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _double(x) -> float | None:
+    """The double protobuf parses `x` into, for the forms MLflow's client sends; else None."""
+    if type(x) is float:
+        return x if x == x and x not in (float("inf"), float("-inf")) else None  # bare NaN: MLflow's
+    if type(x) is int:
+        return float(x) if -_EXACT_FLOAT <= x <= _EXACT_FLOAT else None
+    return _SPECIAL.get(x) if type(x) is str else None
+
+
+def _metric_fields(m) -> tuple[str, float, int, int] | None:
+    """(key, value, timestamp, step) as MLflow's protobuf parse yields them, or None."""
+    if type(m) is not dict or not m.keys() <= _METRIC_FIELDS:
+        return None
+    key, value, ts, step = m.get("key"), _double(m.get("value")), m.get("timestamp"), m.get("step", 0)
+    if type(key) is not str or not key or value is None or not _int64(ts) or not _int64(step):
+        return None
+    return key, value, ts, step
+
+
+def parse_log_batch(doc) -> tuple[str, list[tuple]] | None:
+    """(run_id, metric fields) for a plain metrics-only LogBatch body, else None."""
+    if type(doc) is not dict or not doc.keys() <= {"run_id", "metrics", "params", "tags"}:
+        return None
+    run_id, metrics = doc.get("run_id"), doc.get("metrics", [])
+    if type(run_id) is not str or not run_id or type(metrics) is not list:
+        return None
+    if doc.get("params", []) != [] or doc.get("tags", []) != []:
+        return None
+    out = []
+    for m in metrics:
+        fields = _metric_fields(m)
+        if fields is None:
+            return None
+        out.append(fields)
+    return run_id, out
+
+
+def parse_log_metric(doc) -> tuple[str, tuple] | None:
+    """(run_id, metric fields) for a plain LogMetric body, else None."""
+    if type(doc) is not dict or "run_id" not in doc:
+        return None
+    run_id = doc["run_id"]
+    fields = _metric_fields({k: v for k, v in doc.items() if k != "run_id"})
+    if type(run_id) is not str or not run_id or fields is None:
+        return None
+    return run_id, fields
+
+
+class _Recorder:
+    """Stands in for the app `init_fastapi_security` configures, to learn its middleware."""
+
+    def __init__(self):
+        self.middleware: list[tuple[type, dict]] = []
+
+    def add_middleware(self, cls, **kwargs) -> None:
+        self.middleware.append((cls, kwargs))
+
+
+class FastWrites:
+    """ASGI: POST log-batch / log-metric of the plain shape answered directly, else `app`."""
+
+    def __init__(self, app, paths: dict[str, str], guard):
+        self.app = app
+        self.paths = paths  # URL path -> "log_batch" | "log_metric"
+        self.guarded = guard(self._handle)  # MLflow's security middleware around the handler
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            scope = dict(scope)
+            scope["mlflow_gcp.fallback"] = (receive, send)
+            await self.guarded(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope, receive, send):
+        original_receive, original_send = scope["mlflow_gcp.fallback"]
+        chunks, size, more = [], 0, True
+        while more and size <= MAX_BODY:
+            message = await original_receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        if not more and await self._answer(scope, body, send):
+            return
+        await self.app(scope, _replay(body, more, original_receive), original_send)
+
+    async def _answer(self, scope, body: bytes, send) -> bool:
+        """True when answered here; False leaves the request to MLflow."""
+        headers = dict(scope["headers"])
+        # MLflow's content type rule (server/validation.py): the part before ";" exactly.
+        if b"origin" in headers or headers.get(b"content-type", b"").split(b";")[0] != b"application/json":
+            return False
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return False
+        kind = self.paths[scope["path"]]
+        parsed = parse_log_batch(doc) if kind == "log_batch" else parse_log_metric(doc)
+        if parsed is None:
+            return False
+        import anyio
+
+        try:
+            await anyio.to_thread.run_sync(self._write, kind, doc, parsed)
+        except Exception:  # MLflow runs it again and answers with its own error
+            return False
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+        return True
+
+    def _write(self, kind: str, doc: dict, parsed) -> None:
+        from mlflow.entities import Metric
+        from mlflow.server.handlers import _get_tracking_store
+        from mlflow.utils.validation import _validate_batch_log_api_req
+
+        store = _get_tracking_store()
+        run_id, fields = parsed
+        if kind == "log_batch":
+            _validate_batch_log_api_req(doc)
+            store.log_batch(run_id=run_id, metrics=[Metric(*f) for f in fields], params=[], tags=[])
+        else:
+            # As MLflow's _log_metric: the metric carries the run id, the other ids are None.
+            store.log_metric(run_id, Metric(*fields, None, None, None, run_id))
+
+
+def _replay(body: bytes, more: bool, receive):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more}
+        return await receive()
+
+    return replay
+
+
+def _routes() -> dict[str, str] | None:
+    """MLflow's own POST paths for the two handlers, or None where they are not plain."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR
+    from mlflow.server import app as flask_app
+    from mlflow.server import handlers
+
+    if MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
+        return None
+    wanted = {getattr(handlers, "_log_batch", None): "log_batch", getattr(handlers, "_log_metric", None): "log_metric"}
+    paths = {}
+    for rule in flask_app.url_map.iter_rules():
+        kind = wanted.get(flask_app.view_functions.get(rule.endpoint))
+        if kind and "POST" in (rule.methods or ()) and not rule.arguments:
+            paths[rule.rule] = kind
+    return paths if set(paths.values()) == {"log_batch", "log_metric"} else None
+
+
+def _security_guard():
+    """A function wrapping an ASGI app in the middleware MLflow's init_fastapi_security adds."""
+    from mlflow.server.fastapi_security import init_fastapi_security
+
+    recorder = _Recorder()
+    init_fastapi_security(recorder)
+
+    def guard(app):
+        for cls, kwargs in recorder.middleware:  # first added innermost, as Starlette builds it
+            app = cls(app, **kwargs)
+        return app
+
+    return guard
+
+
+def wrap(app):
+    """`app` with the fast writes in front, or `app` itself where they cannot be exact."""
+    try:
+        paths = _routes()
+        guard = _security_guard() if paths else None
+    except Exception as err:  # an MLflow that changed shape: keep its own path for everything
+        print(f"INFO fast log-batch/log-metric path off: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return app
+    if not paths:
+        return app
+    return FastWrites(app, paths, guard)

@@ -1,0 +1,82 @@
+"""Which log-batch / log-metric bodies server/fastpath.py answers itself (the rest go to MLflow)
+and that it finds MLflow's routes and security middleware. Answers are compared with stock
+MLflow in tests/integration/test_differential.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlflow_gcp.server import fastpath
+
+T = 1_700_000_000_000
+
+
+def batch(*metrics, **top):
+    return {"run_id": "r1", "metrics": list(metrics), **top}
+
+
+def test_plain_batch_becomes_metric_fields_as_protobuf_parses_them():
+    doc = batch({"key": "a", "value": 1, "timestamp": T, "step": 3}, {"key": "b", "value": 0.5, "timestamp": T},
+                {"key": "c", "value": "NaN", "timestamp": T}, {"key": "c", "value": "-Infinity", "timestamp": T},
+                params=[], tags=[])
+    run_id, fields = fastpath.parse_log_batch(doc)
+    assert run_id == "r1"
+    assert fields[:2] == [("a", 1.0, T, 3), ("b", 0.5, T, 0)]
+    assert type(fields[0][1]) is float
+    assert fields[2][1] != fields[2][1] and fields[3][1] == float("-inf")
+
+
+@pytest.mark.parametrize("doc", [
+    batch({"key": "a", "value": "1.5", "timestamp": T}),
+    batch({"key": "a", "value": True, "timestamp": T}),
+    batch({"key": "a", "value": float("nan"), "timestamp": T}),
+    batch({"key": "a", "value": 2**53 + 1, "timestamp": T}),
+    batch({"key": "a", "value": 1, "timestamp": str(T)}),
+    batch({"key": "a", "value": 1, "timestamp": T, "step": 1.0}),
+    batch({"key": "a", "value": 1, "timestamp": T, "step": 2**63}),
+    batch({"key": "a", "value": 1}),
+    batch({"key": "", "value": 1, "timestamp": T}),
+    batch({"key": "a", "value": 1, "timestamp": T, "model_id": "m"}),
+    batch({"key": "a", "value": 1, "timestamp": T}, params=[{"key": "p", "value": "v"}]),
+    batch(tags=[{"key": "t", "value": "v"}]),
+    batch(extra=1),
+    {"metrics": []},
+    {"run_id": "", "metrics": []},
+    {"run_id": "r1", "metrics": {}},
+    [1],
+    '{"run_id": "r1"}',
+])
+def test_anything_but_the_plain_batch_shape_is_left_to_mlflow(doc):
+    assert fastpath.parse_log_batch(doc) is None
+
+
+def test_plain_log_metric_and_what_is_left_to_mlflow():
+    plain = {"run_id": "r1", "key": "loss", "value": 2, "timestamp": T, "step": 4}
+    assert fastpath.parse_log_metric(plain) == ("r1", ("loss", 2.0, T, 4))
+    assert fastpath.parse_log_metric({**plain, "value": "Infinity"})[1][1] == float("inf")
+    for other in ({**plain, "model_id": "m"}, {**plain, "run_uuid": "r1"}, {**plain, "value": "2"},
+                  {k: v for k, v in plain.items() if k != "run_id"}, {**plain, "dataset_name": "d"}):
+        assert fastpath.parse_log_metric(other) is None
+
+
+def test_routes_come_from_mlflows_url_map(monkeypatch):
+    monkeypatch.delenv("MLFLOW_ENABLE_WORKSPACES", raising=False)
+    paths = fastpath._routes()
+    assert paths == {
+        "/api/2.0/mlflow/runs/log-batch": "log_batch", "/ajax-api/2.0/mlflow/runs/log-batch": "log_batch",
+        "/api/2.0/mlflow/runs/log-metric": "log_metric", "/ajax-api/2.0/mlflow/runs/log-metric": "log_metric",
+    }
+    monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
+    assert fastpath._routes() is None
+
+
+def test_the_fast_handler_sits_behind_mlflows_own_security_middleware(monkeypatch):
+    from mlflow.server.fastapi_security import CORSBlockingMiddleware, HostValidationMiddleware
+
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "mlflow.example")
+    guarded = fastpath._security_guard()(lambda *a: None)
+    layers = []
+    while hasattr(guarded, "app"):
+        layers.append(type(guarded))
+        guarded = guarded.app
+    assert HostValidationMiddleware in layers and CORSBlockingMiddleware in layers
