@@ -76,8 +76,14 @@ def test_signblob_signs_a_v4_put_url_as_the_server_account(iam):
 def test_a_refused_signblob_names_the_missing_role(iam):
     iam.status = 403
     signer = artifacts_gcs.IamSigner(TokenCredentials(TOKEN), ACCOUNT, iam.url)
-    with pytest.raises(MlflowException, match="serviceAccountTokenCreator"):
+    with pytest.raises(MlflowException, match="serviceAccountTokenCreator") as refused:
         signer.sign_bytes(b"x")
+    # Answered 403, which MLflow clients show at once; a 500 they would retry and then hide.
+    assert refused.value.get_http_status_code() == 403
+    iam.status = 503
+    with pytest.raises(MlflowException, match=r"failed \(503\)") as unavailable:
+        signer.sign_bytes(b"x")
+    assert unavailable.value.get_http_status_code() == 503
 
 
 def test_a_key_signs_locally_and_keyless_credentials_go_through_signblob(tmp_path, monkeypatch, iam):

@@ -38,6 +38,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message='.*artifact repository for scheme "gs"')
     from mlflow.entities.multipart_upload import CreateMultipartUploadResponse, MultipartUploadCredential
     from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
     from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
 
 # Bucket-level, outside any artifact root, so a lifecycle rule can clear abandoned uploads.
@@ -100,11 +101,17 @@ class IamSigner:
             self._session = AuthorizedSession(self.credentials)
         url = f"{self.endpoint}/v1/projects/-/serviceAccounts/{self.email}:signBlob"
         resp = self._session.post(url, json={"payload": base64.b64encode(message).decode()}, timeout=30)
-        if resp.status_code != 200:
+        if resp.status_code in (401, 403, 404):
+            # A 403 to the client, not MLflow's default 500: MLflow clients retry a 500 for
+            # minutes and then report "too many 500 error responses", never this message.
             raise MlflowException(
                 f"IAM signBlob as {self.email} failed ({resp.status_code}): the server's account needs "
-                "roles/iam.serviceAccountTokenCreator on itself to sign upload URLs"
+                "roles/iam.serviceAccountTokenCreator on itself to sign upload URLs",
+                error_code=PERMISSION_DENIED,
             )
+        if resp.status_code != 200:
+            raise MlflowException(f"IAM signBlob as {self.email} failed ({resp.status_code})",
+                                  error_code=TEMPORARILY_UNAVAILABLE)  # worth the client's retries
         return base64.b64decode(resp.json()["signedBlob"])
 
 
