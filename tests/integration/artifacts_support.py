@@ -68,7 +68,7 @@ with mlflow.start_run() as run:
                 out["logged"] = True
             except Exception as err:
                 out["logged"] = False
-                out["error"] = str(err)[:300]
+                out["error"] = str(err)[:1000]  # room for the server's message after the URL
         out["up_extra_mb"] = round(up.extra, 1)
         os.remove(src)
         if out["logged"]:

@@ -3,8 +3,10 @@
 google-auth's `service_account.IDTokenCredentials` posts a JWT assertion signed with the key in
 the key file to that file's `token_uri` and expects `{"id_token": ...}`; we verify the assertion
 with the public half of the key we generated, then mint an ID token signed by our own signing key.
-`CloudRunFront` verifies those tokens with `certs`. The metadata endpoint
-(`/computeMetadata/v1/instance/service-accounts/default/identity`) serves jobs "on Google Cloud":
+`CloudRunFront` verifies those tokens with `certs`. The metadata endpoints
+(`/computeMetadata/v1/instance/service-accounts/default/identity` for ID tokens, `.../token` for
+opaque access tokens, which `access_tokens` lists) serve code "on Google Cloud" (jobs, a Cloud Run
+server's own keyless credentials):
 point google-auth at it with GCE_METADATA_HOST / GCE_METADATA_IP (read when google-auth is
 imported, so use a subprocess).
 
@@ -54,6 +56,7 @@ class LocalIdentityProvider(BackgroundServer):
         self._lock = threading.Lock()
         self.issued: list[dict] = []  # claims of every ID token minted, in order
         self.refused: list[str] = []  # why each refused assertion was refused
+        self.access_tokens: list[str] = []  # every metadata access token handed out, in order
 
     @property
     def token_uri(self) -> str:
@@ -143,11 +146,23 @@ class LocalIdentityProvider(BackgroundServer):
                 return self.send_body(200, b"", headers=flavor)
             if self.headers.get("Metadata-Flavor") != "Google":
                 return self.send_body(403, b"Missing Metadata-Flavor:Google header.")
+            # The metadata server answers under the account's email as under "default", and
+            # google-auth switches to the email once it has learned it.
+            account_root = f"/computeMetadata/v1/instance/service-accounts/{idp.metadata_email}/"
+            if url.path.startswith(account_root):
+                url = url._replace(path="/computeMetadata/v1/instance/service-accounts/default/"
+                                   + url.path[len(account_root):])
             if url.path == "/computeMetadata/v1/instance/service-accounts/default/identity":
                 if not query.get("audience"):
                     return self.send_body(400, b"non-empty audience parameter required")
                 token = idp.mint(idp.metadata_email, query["audience"])
                 return self.send_body(200, token.encode(), "application/text", flavor)
+            if url.path == "/computeMetadata/v1/instance/service-accounts/default/token":
+                token = f"metadata-access-{uuid.uuid4().hex}"
+                with idp._lock:
+                    idp.access_tokens.append(token)
+                reply = {"access_token": token, "expires_in": idp.lifetime, "token_type": "Bearer"}
+                return self.send_body(200, json.dumps(reply).encode(), "application/json", flavor)
             if url.path == "/computeMetadata/v1/instance/service-accounts/default/":
                 info = {"aliases": ["default"], "email": idp.metadata_email,
                         "scopes": ["https://www.googleapis.com/auth/cloud-platform"]}

@@ -6,6 +6,8 @@ import base64
 import json
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from googleapiclient.errors import HttpError
 
 from tests.fakegcp.core.api import project_number
@@ -87,7 +89,7 @@ def test_project_policy_etag_conflict(fake_gcp, gcp_client, sas):
     assert info.value.status_code == 403
 
 
-def test_iamcredentials_tokens_for_existing_accounts(gcp_client, sas):
+def test_iamcredentials_tokens_for_existing_accounts(fake_gcp, gcp_client, sas):
     creds = gcp_client("iamcredentials", "v1").projects().serviceAccounts()
     name = f"projects/-/serviceAccounts/{EMAIL}"
     with pytest.raises(HttpError) as info:
@@ -97,7 +99,10 @@ def test_iamcredentials_tokens_for_existing_accounts(gcp_client, sas):
     token = creds.generateIdToken(name=name, body={"audience": "https://x.run.app"}).execute()["token"]
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert claims["aud"] == "https://x.run.app" and claims["email"] == EMAIL
-    assert creds.signBlob(name=name, body={"payload": base64.b64encode(b"x").decode()}).execute()["signedBlob"]
+    signed = creds.signBlob(name=name, body={"payload": base64.b64encode(b"x").decode()}).execute()["signedBlob"]
+    # A real RSA-SHA256 signature by the account's key: what a V4 signed URL's checker verifies.
+    fake_gcp.api("iamcredentials").public_key(EMAIL).verify(
+        base64.b64decode(signed), b"x", padding.PKCS1v15(), hashes.SHA256())
 
 
 def test_new_account_propagates_after_some_policy_sets(fake_gcp, gcp_client, sas):

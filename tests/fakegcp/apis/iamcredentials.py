@@ -1,6 +1,8 @@
 """IAM Service Account Credentials v1: generateIdToken / generateAccessToken / signBlob /
 signJwt for service accounts that exist in the fake IAM. Tokens are well-formed but unsigned
-placeholders: nothing real can verify them."""
+placeholders: nothing real can verify them. signBlob signs for real (RSA-SHA256, PKCS#1 v1.5, as
+Google does) with a key the fake makes per account, so a V4 signed URL built on it can be checked
+against `public_key(email)`, as Cloud Storage checks it against the account's Google-managed key."""
 
 from __future__ import annotations
 
@@ -25,6 +27,18 @@ class IamCredentials(ApiModule):
 
     def reset(self) -> None:
         self.state: dict[str, int] = {}  # email -> tokens issued
+        self._keys: dict = {}  # email -> RSA private key signBlob signs with
+
+    def _key(self, email: str):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        if email not in self._keys:
+            self._keys[email] = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return self._keys[email]
+
+    def public_key(self, email: str):
+        """The public half of the key signBlob signs with as `email` (Google publishes it)."""
+        return self._key(email).public_key()
 
     def snapshot(self) -> dict:
         return {}
@@ -64,9 +78,12 @@ class IamCredentials(ApiModule):
     @handles("iamcredentials.projects.serviceAccounts.signBlob")
     def sign_blob(self, req: Request) -> dict:
         email = self._account(req, "iam.serviceAccounts.signBlob")
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         payload = base64.b64decode((req.body or {}).get("payload") or "")
-        return {"keyId": "fake-key", "signedBlob": base64.b64encode(
-            hashlib.sha256(email.encode() + payload).digest()).decode()}
+        signature = self._key(email).sign(payload, padding.PKCS1v15(), hashes.SHA256())
+        return {"keyId": "fake-key", "signedBlob": base64.b64encode(signature).decode()}
 
     @handles("iamcredentials.projects.serviceAccounts.signJwt")
     def sign_jwt(self, req: Request) -> dict:
