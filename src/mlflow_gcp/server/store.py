@@ -59,8 +59,10 @@ def _bulk_class():
 
 
 def _make_class():
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric
+    from mlflow.entities import LifecycleStage
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.utils import validation
     from mlflow.utils.validation import _validate_metric
 
     if not hasattr(SqlAlchemyStore, "_log_metrics_once"):
@@ -96,7 +98,34 @@ def _make_class():
         f'({latest}."step", {latest}."timestamp", {latest}."value")'
     )
 
+    batch_checks = [getattr(validation, name, None) for name in (
+        "_validate_run_id", "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_param_keys_unique")]
+    validate_run_id, validate_data, validate_limits, validate_unique = batch_checks
+    run_state = f"SELECT lifecycle_stage FROM {SqlRun.__tablename__} WHERE run_uuid = %s"
+
     class BulkPostgresStore(SqlAlchemyStore):
+        if all(batch_checks):
+
+            def log_batch(self, run_id, metrics, params, tags):
+                # A metrics-only batch: MLflow's checks in MLflow's order, then one transaction
+                # (MLflow's log_batch holds a session for its run check while _log_metrics opens
+                # a second one that checks the run again). Anything else is MLflow's own.
+                if params or tags or any(m.model_id is not None for m in metrics):
+                    return super().log_batch(run_id, metrics, params, tags)
+                validate_run_id(run_id)
+                metrics, params, tags = validate_data(metrics, params, tags)
+                validate_limits(metrics, params, tags)
+                validate_unique(params)
+                self._log_metrics(run_id, metrics)
+
+        def _check_run_for_metrics(self, session, cursor, run_id):
+            """MLflow's run check, with one plain query in the usual case (the run exists and is
+            active); otherwise MLflow's own code raises its own error."""
+            cursor.execute(run_state, (run_id,))
+            row = cursor.fetchone()
+            if row is None or row[0] != LifecycleStage.ACTIVE:
+                self._check_run_is_active(self._get_run(run_uuid=run_id, session=session))
+
         def _log_metrics_once(self, run_id, metrics):
             rows = []
             seen = set()
@@ -111,32 +140,33 @@ def _make_class():
                 rows.append({"run_uuid": run_id, "key": metric.key, "value": value,
                              "timestamp": metric.timestamp, "step": metric.step, "is_nan": is_nan})
             with self.ManagedSessionMaker(read_only=False) as session:
-                run = self._get_run(run_uuid=run_id, session=session)
-                self._check_run_is_active(run)
-                if not rows:
-                    return
-                # Per key, the first of the greatest (step, timestamp, value): MLflow's loop
-                # replaces its candidate only on strictly greater.
-                latest: dict[str, dict] = {}
-                for row in rows:
-                    best = latest.get(row["key"])
-                    if best is None or (row["step"], row["timestamp"], row["value"]) > (
-                        best["step"], best["timestamp"], best["value"]
-                    ):
-                        latest[row["key"]] = row
-                # One multi-row VALUES statement each, built by psycopg2 in C (an executemany is a
-                # round trip per row; SQLAlchemy compiling 600 bind parameters costs more than
-                # the database work). 1,000 metrics, MLflow's batch limit, make one statement.
                 cursor = session.connection().connection.dbapi_connection.cursor()
                 try:
-                    execute_values(cursor, insert_metrics, [tuple(r[c] for c in COLUMNS) for r in rows],
-                                   page_size=len(rows))
-                    # Sorted keys: concurrent batches lock latest_metrics rows in one order.
-                    execute_values(cursor, upsert_latest,
-                                   [tuple(latest[k][c] for c in COLUMNS) for k in sorted(latest)],
-                                   page_size=len(latest))
+                    self._check_run_for_metrics(session, cursor, run_id)
+                    if rows:
+                        self._write_metric_rows(cursor, rows)
                 finally:
                     cursor.close()
+
+        def _write_metric_rows(self, cursor, rows):
+            # Per key, the first of the greatest (step, timestamp, value): MLflow's loop
+            # replaces its candidate only on strictly greater.
+            latest: dict[str, dict] = {}
+            for row in rows:
+                best = latest.get(row["key"])
+                if best is None or (row["step"], row["timestamp"], row["value"]) > (
+                    best["step"], best["timestamp"], best["value"]
+                ):
+                    latest[row["key"]] = row
+            # One multi-row VALUES statement each, built by psycopg2 in C (an executemany is a
+            # round trip per row; SQLAlchemy compiling 600 bind parameters costs more than
+            # the database work). 1,000 metrics, MLflow's batch limit, make one statement.
+            execute_values(cursor, insert_metrics, [tuple(r[c] for c in COLUMNS) for r in rows],
+                           page_size=len(rows))
+            # Sorted keys: concurrent batches lock latest_metrics rows in one order.
+            execute_values(cursor, upsert_latest,
+                           [tuple(latest[k][c] for c in COLUMNS) for k in sorted(latest)],
+                           page_size=len(latest))
 
         # search_runs: MLflow builds the query (filters, ordering, paging, inputs) and loads the
         # runs; their metrics, params and tags, which MLflow hydrates as ~25 ORM objects per
