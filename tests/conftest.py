@@ -205,7 +205,9 @@ class RunningServer:
 def launch_server(env: dict[str, str], log_path: Path, *, port: int | None = None) -> tuple[subprocess.Popen, int]:
     """Start the entrypoint without waiting; returns (process, port)."""
     port = port or local_mod.free_port()
-    full = clean_env(**{"HOST": "127.0.0.1", "LOG_FORMAT": "text", **env, "PORT": str(port)})
+    # One worker unless a test asks for more: the default (one per CPU) is unit-tested, and CI's
+    # two cores run many servers at once.
+    full = clean_env(**{"HOST": "127.0.0.1", "LOG_FORMAT": "text", "WORKERS": "1", **env, "PORT": str(port)})
     log = open(log_path, "wb")
     proc = local_mod.start_group(
         [sys.executable, "-m", "mlflow_gcp.server"], full, stdout=log, stderr=subprocess.STDOUT

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mlflow_gcp import budget
 from mlflow_gcp.errors import ServerEnvError
+from mlflow_gcp.server import env as env_mod
 from mlflow_gcp.server.env import VARIABLES, normalize_db_uri, redact, settings_from_env
 
 SECRET = "s3cr:t@/p w%"
@@ -24,7 +27,8 @@ def parts(**extra):
     return {k: v for k, v in env.items() if v is not None}
 
 
-def test_defaults_from_a_full_uri():
+def test_defaults_from_a_full_uri(monkeypatch):
+    monkeypatch.setattr(env_mod, "available_cpus", lambda: 1)  # Cloud Run's default 1 vCPU
     s = settings_from_env(BASE)
     assert s.db_uri == "postgresql+psycopg2://u:hunter2@db.internal:5432/mlflow"
     assert (s.port, s.host, s.workers, s.artifact_mode, s.migrate, s.log_format) == (
@@ -33,6 +37,18 @@ def test_defaults_from_a_full_uri():
     assert s.allowed_hosts == ()
     # One instance alone on a db-f1-micro: 20 connections for 1 worker.
     assert s.pool == budget.pool_for(20, 1)
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(1, 1), (2, 2), (4, 4), (64, env_mod.MAX_DEFAULT_WORKERS)])
+def test_workers_default_to_one_per_cpu_up_to_a_cap(monkeypatch, cpus, workers):
+    monkeypatch.setattr(env_mod, "available_cpus", lambda: cpus)
+    s = settings_from_env(BASE)
+    assert s.workers == workers and s.pool == budget.pool_for(20, workers)
+    assert settings_from_env({**BASE, "WORKERS": "1"}).workers == 1
+
+
+def test_available_cpus_is_at_least_one_and_at_most_the_affinity():
+    assert 1 <= env_mod.available_cpus() <= len(os.sched_getaffinity(0))
 
 
 def test_unix_socket_uri_from_parts_quotes_the_password():

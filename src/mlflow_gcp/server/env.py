@@ -8,6 +8,8 @@ disk vanishes with the instance, so a missing one is an error.
 
 from __future__ import annotations
 
+import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ VARIABLES = {
 
 DEFAULT_PORT = 8080
 DEFAULT_WORKERS = 1
+# With WORKERS unset: one worker per CPU the container may use, at most this many. Each worker
+# is one Python process (~260 MiB, its own share of DB_CONNECTIONS); past a few, add instances.
+MAX_DEFAULT_WORKERS = 4
 # Cloud SQL starts or restarts in well under half a minute; waiting longer only delays the
 # failure Cloud Run reports anyway.
 DEFAULT_DB_WAIT_SECONDS = 30.0
@@ -249,7 +254,7 @@ def settings_from_env(env: Mapping[str, str], *, serving: bool = True) -> Settin
     host = _get(env, "HOST") or "0.0.0.0"
     if not re.match(r"^[A-Za-z0-9.:\[\]-]+$", host):
         raise _fail("HOST", f"{host!r} is not an address")
-    workers = _int(env, "WORKERS", DEFAULT_WORKERS, 1, 16)
+    workers = _int(env, "WORKERS", None, 1, 16) or default_workers()
     settings = Settings(
         db_uri=db_uri,
         artifact_root=artifact_root,
@@ -265,6 +270,30 @@ def settings_from_env(env: Mapping[str, str], *, serving: bool = True) -> Settin
     )
     pool = _pool(env, workers, settings.db_kind)
     return Settings(**{**settings.__dict__, "pool": pool})
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity, lowered by a cgroup v2 CPU quota (what Cloud
+    Run's cpu setting and `docker --cpus` become)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def default_workers() -> int:
+    """Why one per CPU: every request handler is CPU-bound Python under one GIL per process, so a
+    second CPU serves requests only through a second worker (bench: search_runs and log-batch
+    nearly double on 2 CPUs); on Cloud Run's default 1 vCPU this is 1."""
+    return min(available_cpus(), MAX_DEFAULT_WORKERS)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
