@@ -174,6 +174,32 @@ def test_two_servers_on_an_empty_database_both_become_healthy(new_database, gcs_
             local_mod.stop_group(proc)
 
 
+def test_workers_serve_only_after_the_schema_step(new_database, tmp_path):
+    """The schema is created beside the workers' start (server/launch.py); creating it on an empty
+    database takes longer than a worker's import, so /health must wait for it."""
+    from datetime import datetime
+
+    proc, port = launch_server({"DB_URI": new_database(), "ARTIFACT_ROOT": str(tmp_path / "a")}, tmp_path / "s.log")
+    try:
+        first_ok = None
+        deadline = time.monotonic() + local_mod.HEALTH_TIMEOUT
+        while first_ok is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    first_ok = time.time()
+            except requests.RequestException:
+                time.sleep(0.01)
+        log = (tmp_path / "s.log").read_text()
+        assert first_ok is not None, log[-3000:]
+        line = next(line for line in log.splitlines() if "schema created at" in line)
+        created = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        assert first_ok >= created, (first_ok, line)
+        r = requests.post(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search", json={"max_results": 1}, timeout=30)
+        assert r.status_code == 200
+    finally:
+        local_mod.stop_group(proc)
+
+
 def test_sigterm_while_waiting_for_the_database_stops_cleanly(tmp_path):
     port = local_mod.free_port()
     env = {**GOOD, "DB_PORT": str(port), "DB_WAIT_SECONDS": "60", "LOG_FORMAT": "text"}

@@ -1,8 +1,10 @@
 """`python -m mlflow_gcp.server [serve|migrate|check]`: the container's entrypoint.
 
-serve (default)  validate the environment, wait for the database, create/upgrade the schema under
-                 a lock (DB_MIGRATE=auto) or check it (never), then exec into the supervisor that
-                 runs `mlflow server` (mlflow_gcp.server.launch).
+serve (default)  validate the environment, then exec into the supervisor (mlflow_gcp.server.launch),
+                 which starts the server's workers and, at the same time, `prepare` in a child:
+                 the workers import MLflow (~2 s) while the database is awaited and the schema
+                 created/upgraded under a lock (DB_MIGRATE=auto) or checked (never); they serve
+                 only once that succeeded, and its failure is the server's exit code.
 migrate          the one-shot migration the Cloud Run Job runs; ARTIFACT_ROOT is not needed.
 check            exit 0 when the schema is current, 4 when it needs `migrate`.
 
@@ -21,6 +23,7 @@ from mlflow_gcp.server import logs
 from mlflow_gcp.server.env import settings_from_env
 
 USAGE = "usage: python -m mlflow_gcp.server [serve|migrate|check]"
+PREPARE = "prepare"  # serve's database wait and schema step, run by the supervisor (internal)
 
 
 class _Stopped(BaseException):
@@ -39,41 +42,41 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    if command not in ("serve", "migrate", "check") or len(args) > 1:
+    if command not in ("serve", "migrate", "check", PREPARE) or len(args) > 1:
         print(USAGE, file=sys.stderr)
         return 2
     # Stopped while waiting or migrating: unwind (closing the connection releases the advisory
     # lock and rolls back an unfinished migration) and say so in one line.
     signal.signal(signal.SIGTERM, _stop)
+    serving = command in ("serve", PREPARE)
     try:
-        settings = settings_from_env(os.environ, serving=command == "serve")
+        settings = settings_from_env(os.environ, serving=serving)
         log = logs.setup(settings.log_format)
+        if command == "serve":
+            log.info(
+                "database %s, artifacts %s (%s)",
+                settings.safe_db_uri,
+                settings.artifact_root or "-",
+                settings.artifact_mode,
+            )
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # The supervisor runs `prepare` itself, beside the workers. Same PID, so the signals
+            # Cloud Run sends reach it; it never imports MLflow, so it stays a few MB.
+            os.execv(sys.executable, [sys.executable, "-m", "mlflow_gcp.server.launch"])
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before MLflow is imported
         from mlflow_gcp.server import migrate
 
-        mode = {"serve": None, "migrate": "auto", "check": "never"}[command]
-        log.info(
-            "database %s, artifacts %s (%s)",
-            settings.safe_db_uri,
-            settings.artifact_root or "-",
-            settings.artifact_mode,
-        )
+        mode = {PREPARE: None, "migrate": "auto", "check": "never"}[command]
         log.info("%s", migrate.prepare(settings, log, mode=mode))
     except MlflowGcpError as err:
         print(logs.fatal_line(str(err), log_format), file=sys.stderr, flush=True)
         return err.exit_code
     except (KeyboardInterrupt, _Stopped):
-        print(logs.fatal_line(f"stopped before the server started ({command})", log_format), file=sys.stderr)
-        return 0 if command == "serve" else 1
-    if command != "serve":
-        return 0
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # A fresh interpreter that never imported MLflow supervises the server: the heavy modules
-    # the migration loaded do not stay resident for the container's life. Same PID, so the
-    # signals Cloud Run sends still reach the supervisor.
-    os.execv(sys.executable, [sys.executable, "-m", "mlflow_gcp.server.launch"])
-    return 0  # not reached
+        shown = "serve" if serving else command
+        print(logs.fatal_line(f"stopped before the server started ({shown})", log_format), file=sys.stderr)
+        return 0 if serving else 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,8 +14,11 @@ it is also the `mlflow.app` entry point, so `mlflow server --app-name mlflow-gcp
 from __future__ import annotations
 
 import os
+import time
 
 CONCURRENCY_ENV = "MLFLOW_GCP_DB_CONCURRENCY"
+# A file the supervisor creates once the schema step succeeded (server/launch.py).
+SCHEMA_READY_ENV = "MLFLOW_GCP_SCHEMA_READY"
 # Each request may hold this many connections at once (log_batch's nested session).
 CONNECTIONS_PER_REQUEST = 2
 _FREE_PREFIXES = ("/api/2.0/mlflow-artifacts/", "/ajax-api/2.0/mlflow-artifacts/")
@@ -72,7 +75,22 @@ def compact_json() -> bool:
     return True
 
 
+def wait_for_schema() -> None:
+    """Serve nothing before the supervisor's schema step succeeded. Why here: uvicorn loads the
+    app before it accepts connections, so /health stays unanswered until then. The step runs
+    while this worker imported MLflow, so this usually returns at once; if the step fails, the
+    supervisor kills the workers."""
+    path = os.environ.get(SCHEMA_READY_ENV)
+    while path and not os.path.exists(path):
+        time.sleep(0.02)
+
+
 def create_app():
+    import sys
+
+    # mako (alembic's templates) imports pygments for its error pages when pygments is installed
+    # (a test tool here): ~0.13 s of a worker's start for pages this server never renders.
+    sys.modules.setdefault("mako.ext.pygmentplugin", None)
     from mlflow.server.fastapi_app import app
 
     compact_json()
@@ -83,5 +101,6 @@ def create_app():
     app = artifacts_stream.wrap(app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).
     app = fastpath.wrap(app)
+    wait_for_schema()
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
     return DatabaseConcurrencyLimit(app, limit) if limit > 0 else app

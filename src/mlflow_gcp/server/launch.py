@@ -6,8 +6,13 @@ lines (JSON for Cloud Logging, passwords redacted), forwards SIGTERM/SIGINT to t
 and kills what is left after a grace period, so no uvicorn worker outlives the container's main
 process.
 
-`python -m mlflow_gcp.server.launch` is what the entrypoint execs into once the database is ready:
-a fresh interpreter that never imported MLflow, so the supervisor stays a few MB.
+`python -m mlflow_gcp.server.launch` is what the entrypoint execs into once the environment is
+valid: a fresh interpreter that never imports MLflow, so the supervisor stays a few MB. It starts
+the workers and `python -m mlflow_gcp.server prepare` (database wait, schema) at the same time:
+a worker spends ~2 s importing MLflow, during which the schema step (0.2 s when current, longer
+for a migration) is done. Workers wait in `create_app` until the supervisor marks the schema
+ready (server/app.py); if the step fails, the workers are killed and its exit code (3 database,
+4 schema, ...) is the server's, its message the last line.
 """
 
 from __future__ import annotations
@@ -16,15 +21,17 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 
 from mlflow_gcp.budget import Pool
 from mlflow_gcp.server import logs
-from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST
+from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST, SCHEMA_READY_ENV
 from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
 from mlflow_gcp.server.pool import with_pool
 from mlflow_gcp.server.store import BULK_ENV as BULK_STORE_ENV
@@ -233,6 +240,59 @@ def _pump(stream, out, log_format: str) -> None:
             pass
 
 
+class Preparation:
+    """`python -m mlflow_gcp.server prepare` in a child; its log lines are relayed as they come,
+    except the last, which `finish` prints: on failure, after the workers are gone, so the
+    reason is the last line an operator (or Cloud Run's log view) sees."""
+
+    def __init__(self, ready_path: str):
+        self.ready_path = ready_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow_gcp.server", "prepare"],
+            stdin=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent,
+        )
+        self.last: bytes | None = None
+        self.relay = threading.Thread(target=self._relay, daemon=True)
+        self.relay.start()
+        self.code: int | None = None
+
+    def _relay(self) -> None:
+        for line in self.proc.stderr:
+            if self.last is not None:
+                _write_raw(self.last)
+            self.last = line
+
+    def poll(self) -> int | None:
+        """None while it runs; its exit code once done (the schema is marked ready on 0)."""
+        if self.code is None:
+            self.code = self.proc.poll()
+            if self.code == 0:
+                self.finish()
+                open(self.ready_path, "x").close()
+        return self.code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # it unwinds and says it was stopped
+
+    def finish(self) -> None:
+        self.proc.wait()
+        self.relay.join(timeout=5)
+        if self.last is not None:
+            _write_raw(self.last)
+            self.last = None
+
+
+def _write_raw(line: bytes) -> None:
+    try:
+        sys.stderr.buffer.write(line)
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):
+        pass
+
+
 class Supervisor:
     """One `mlflow server` process group, its log pumps and its shutdown."""
 
@@ -288,8 +348,9 @@ class Supervisor:
         for pump in self.pumps:
             pump.join(timeout=1.0)
 
-    def wait(self) -> int:
-        """Block until the server exits on its own or a forwarded signal stops it."""
+    def wait(self, preparation: Preparation | None = None) -> int:
+        """Block until the server exits on its own, a forwarded signal stops it, or
+        `preparation` fails (its exit code is then the server's)."""
         received: list[int] = []
 
         def on_signal(signum, _frame):
@@ -297,18 +358,34 @@ class Supervisor:
 
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, on_signal)
+        preparing = preparation is not None
         while True:
             if received:
                 signum = received[0]
+                if preparing:
+                    preparation.stop()
+                    self.stop(signal.SIGKILL, grace=5)  # not serving yet: nothing to drain
+                    preparation.finish()
+                    return 0
                 self.log.info("received %s; stopping mlflow server", signal.Signals(signum).name)
                 self.stop(signum)
                 # A requested stop is a clean exit, whatever the children died of.
                 return 0
+            if preparing:
+                prepared = preparation.poll()
+                if prepared is not None and prepared != 0:
+                    self.stop(signal.SIGKILL, grace=5)
+                    preparation.finish()
+                    return prepared
+                preparing = prepared is None
             code = self.proc.poll()
             if code is not None:
                 self._reap_group()
+                if preparing:
+                    preparation.stop()
+                    preparation.finish()
                 return code
-            time.sleep(0.2)
+            time.sleep(0.05 if preparing else 0.2)
 
 
 def run(settings: Settings) -> int:
@@ -320,12 +397,18 @@ def run(settings: Settings) -> int:
             "ALLOWED_HOSTS is not set: API requests whose Host is not localhost or a private IP "
             "get 403 'Invalid Host header' (set it to the service's host, e.g. *.run.app)"
         )
-    log.info("starting: %s", describe(argv))
-    supervisor = Supervisor(argv, env, settings.log_format)
-    code = supervisor.wait()
-    if code and not supervisor.stopping:
-        log.error("mlflow server exited with code %s", code)
-    return code
+    ready_dir = tempfile.mkdtemp(prefix="mlflow-gcp-")
+    env[SCHEMA_READY_ENV] = os.path.join(ready_dir, "schema-ready")
+    try:
+        log.info("starting: %s", describe(argv))
+        supervisor = Supervisor(argv, env, settings.log_format)
+        preparation = Preparation(env[SCHEMA_READY_ENV])
+        code = supervisor.wait(preparation)
+        if code and not supervisor.stopping:
+            log.error("mlflow server exited with code %s", code)
+        return code
+    finally:
+        shutil.rmtree(ready_dir, ignore_errors=True)
 
 
 def main() -> int:
