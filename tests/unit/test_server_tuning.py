@@ -159,3 +159,28 @@ print("OK")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().endswith("OK"), out.stderr[-3000:]
+
+
+def test_auth_module_stays_unavailable_as_without_the_shortcut():
+    # MLflow's basic-auth module cannot import without Flask-WTF (not a dependency here); the
+    # app records that once, so handlers get the same ImportError without re-running the module.
+    code = r"""
+import importlib.util
+assert importlib.util.find_spec("flask_wtf") is None
+try:
+    from mlflow.server import auth
+except ImportError:
+    pass
+else:
+    raise SystemExit("auth imported before")
+from mlflow_gcp.server.app import create_app
+create_app()
+import sys
+assert sys.modules["mlflow.server.auth"] is None
+try:
+    from mlflow.server import auth
+except ImportError:
+    print("OK")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().endswith("OK"), out.stderr[-3000:]

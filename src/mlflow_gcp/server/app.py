@@ -86,11 +86,18 @@ def wait_for_schema() -> None:
 
 
 def create_app():
+    import importlib.util
     import sys
 
     # mako (alembic's templates) imports pygments for its error pages when pygments is installed
     # (a test tool here): ~0.13 s of a worker's start for pages this server never renders.
     sys.modules.setdefault("mako.ext.pygmentplugin", None)
+    if importlib.util.find_spec("flask_wtf") is None:
+        # MLflow's basic-auth module refuses to import without Flask-WTF, and search_runs (among
+        # others) tries `from mlflow.server import auth` on every request and skips auth on
+        # ImportError: 1-2 ms of module execution each time. A None entry makes that attempt
+        # fail at once with the same ImportError.
+        sys.modules.setdefault("mlflow.server.auth", None)
     from mlflow.server.fastapi_app import app
 
     compact_json()
