@@ -397,7 +397,8 @@ def run(settings: Settings) -> int:
             "ALLOWED_HOSTS is not set: API requests whose Host is not localhost or a private IP "
             "get 403 'Invalid Host header' (set it to the service's host, e.g. *.run.app)"
         )
-    ready_dir = tempfile.mkdtemp(prefix="mlflow-gcp-")
+    # Not in TMPDIR, which belongs to MLflow's artifact spooling (tests check it ends empty).
+    ready_dir = tempfile.mkdtemp(prefix="mlflow-gcp-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     env[SCHEMA_READY_ENV] = os.path.join(ready_dir, "schema-ready")
     try:
         log.info("starting: %s", describe(argv))
