@@ -232,3 +232,33 @@ def test_head_revision_read_from_files_is_mlflows():
     from mlflow_gcp.server.migrate import head_revision_from_files
 
     assert head_revision_from_files() == _get_latest_schema_revision()
+
+
+def test_headers_leave_only_with_the_first_body_message():
+    import asyncio
+
+    from mlflow_gcp.server.app import HeadersWithBody
+
+    sent, seen_at_start = [], []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        seen_at_start.append(list(sent))  # nothing may have left yet
+        await asyncio.sleep(0)
+        await send({"type": "http.response.body", "body": b"{", "more_body": True})
+        await send({"type": "http.response.body", "body": b"}"})
+
+    async def failing(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("store failed after the handler chose 200")
+
+    async def record(message):
+        sent.append(message["type"])
+
+    asyncio.run(HeadersWithBody(app)({"type": "http", "path": "/x"}, None, record))
+    assert seen_at_start == [[]]
+    assert sent == ["http.response.start", "http.response.body", "http.response.body"]
+    sent.clear()
+    with pytest.raises(RuntimeError):
+        asyncio.run(HeadersWithBody(failing)({"type": "http", "path": "/x"}, None, record))
+    assert sent == []  # no headers out: uvicorn can still answer 500, which clients retry

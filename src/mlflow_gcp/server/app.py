@@ -50,6 +50,38 @@ class DatabaseConcurrencyLimit:
             await self.app(scope, receive, send)
 
 
+class HeadersWithBody:
+    """ASGI middleware: an answer's headers leave only together with its first body message.
+
+    Why: MLflow's app runs behind Starlette's WSGI bridge, which sends the headers and the body
+    from different steps (a thread hop apart). An instance killed in between leaves the client
+    with headers and no body ("IncompleteRead"), and MLflow's client does not retry once headers
+    arrived, although the write was done (docs/reliability.md). Held back, the two are written
+    back to back; an app that fails before its body sends no headers at all, so uvicorn answers
+    500, which the client retries."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held = None
+
+        async def send_joined(message):
+            nonlocal held
+            if message["type"] == "http.response.start":
+                held = message
+                return
+            if held is not None:
+                start, held = held, None
+                await send(start)
+            await send(message)
+
+        await self.app(scope, receive, send_joined)
+
+
 def compact_json() -> bool:
     """Make MLflow's REST handlers answer compact JSON (the same values, no indentation), built
     by server/jsonout.py's single walk instead of protobuf's printer plus MLflow's int64 pass.
@@ -110,4 +142,6 @@ def create_app():
     app = fastpath.wrap(app)
     wait_for_schema()
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
-    return DatabaseConcurrencyLimit(app, limit) if limit > 0 else app
+    if limit > 0:
+        app = DatabaseConcurrencyLimit(app, limit)
+    return HeadersWithBody(app)
