@@ -101,6 +101,13 @@ def workload(url: str) -> dict:
         client.log_metric(rid, "tie2", first, timestamp=T0, step=5)
         client.log_metric(rid, "tie2", second, timestamp=T0, step=5)
         client.log_metric(rid, "tie2", -1.0, timestamp=T0 + 50, step=4)  # lower step never wins
+    # A dataset input on two runs (search and get_run then load inputs the long way).
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    for rid in run_ids[1:3]:
+        client.log_inputs(rid, datasets=[DatasetInput(
+            Dataset(name="train", digest="d1g3st", source_type="local", source="/data/train.csv"),
+            tags=[InputTag("mlflow.data.context", "training")])])
     # Refusals are answers too: the same error code and message from both.
     r0 = run_ids[0]
     errors = {
@@ -233,7 +240,10 @@ def run_dict(run) -> dict:
         "params": run.data.params,
         "metrics": {k: repr(v) for k, v in run.data.metrics.items()},
         "tags": run.data.tags,
-        "inputs": len(run.inputs.dataset_inputs) if run.inputs else 0,
+        "inputs": sorted(
+            (d.dataset.name, d.dataset.digest, d.dataset.source, tuple((t.key, t.value) for t in d.tags))
+            for d in (run.inputs.dataset_inputs if run.inputs else [])
+        ),
     }
 
 
