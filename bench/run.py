@@ -40,8 +40,8 @@ FIGURES = [
     ("RSS after the loads, whole process tree", "MiB", "lower", None),
 ]
 
-FULL = {"batch": {1: 60, 4: 30, 16: 15}, "metric": 300, "search_runs": 200, "search": 15,
-        "artifacts": {1: 100, 4: 40, 16: 15}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0}
+FULL = {"batch": {1: 60, 4: 40, 16: 40}, "metric": 300, "search_runs": 200, "search": 40,
+        "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0}
 QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "metric": 60, "search_runs": 100, "search": 4,
          "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0}
 
