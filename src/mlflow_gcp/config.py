@@ -79,7 +79,9 @@ class ServiceConfig(_Section):
     memory: str = Field("1Gi", description="Memory per instance, e.g. 1Gi or 512Mi.")
     workers: int = Field(1, ge=1, le=16, description="Server processes per instance.")
     concurrency: int = Field(80, ge=1, le=1000, description="Requests one instance serves at once.")
-    timeout_seconds: int = Field(300, ge=1, le=3600, description="Per-request timeout on Cloud Run.")
+    # The maximum: a proxied artifact download is one request, and at 300 s a 5 GiB model would
+    # need 18 MB/s sustained (docs/artifacts.md); a long limit costs nothing for short requests.
+    timeout_seconds: int = Field(3600, ge=1, le=3600, description="Per-request timeout on Cloud Run (large proxied downloads are one request).")
     port: int = Field(8080, ge=1, le=65535, description="Container port the server listens on.")
 
     @field_validator("name")
