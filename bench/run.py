@@ -1,6 +1,6 @@
 """Stock MLflow vs our server, same machine, same PostgreSQL, same run (issue 7).
 
-    .venv/bin/python -m bench              # full (~6 min on 2 cores)
+    .venv/bin/python -m bench              # full (~3 min on 2 cores)
     .venv/bin/python -m bench --quick      # small counts (~3 min)
     .venv/bin/python -m bench --only ours --ours-env WORKERS=2   # try a lever on ours alone
 
