@@ -399,9 +399,13 @@ class Config(_Section):
     def image_uri(self) -> str:
         if self.service.image:
             return self.service.image
+        # The tag names the server's source too: a new mlflow-gcp release with the same MLflow
+        # is a new image, which `up` builds and rolls out.
+        from mlflow_gcp import image_source
+
         return (
             f"{self.region}-docker.pkg.dev/{self.project}/{self.service.repository}/"
-            f"mlflow-gcp:{self.service.mlflow_version}"
+            f"mlflow-gcp:{self.service.mlflow_version}-{image_source.digest()}"
         )
 
     @property

@@ -9,7 +9,7 @@ import pytest
 
 from pathlib import Path
 
-from mlflow_gcp import config
+from mlflow_gcp import config, image_source
 from mlflow_gcp.ops import history
 
 from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server  # noqa: F401
@@ -41,7 +41,7 @@ def test_upgrade_backs_up_builds_migrates_then_rolls_out(deployed, fake_gcp, cap
                                     "run.projects.locations.jobs.patch", "run.projects.locations.jobs.run",
                                     "run.projects.locations.services.patch")]
     assert order == sorted(order)
-    assert f"/mlflow-gcp:{NEW}@sha256:" in _image(fake_gcp)
+    assert f"/mlflow-gcp:{NEW}-{image_source.digest()}@sha256:" in _image(fake_gcp)
     assert _job_image(fake_gcp) == _image(fake_gcp)
     after = _ready_revision(fake_gcp)
     assert after != before and f"revision {after} serves all traffic" in out

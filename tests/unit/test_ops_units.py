@@ -99,6 +99,8 @@ def test_each_payload_kind_is_one_readable_line():
 
 @pytest.mark.parametrize("image,env,version", [
     ("europe-west9-docker.pkg.dev/p/mlflow/mlflow-gcp:3.17.2@sha256:ab", None, "3.17.2"),
+    ("europe-west9-docker.pkg.dev/p/mlflow/mlflow-gcp:3.17.2-0123456789ab@sha256:ab", None, "3.17.2"),
+    ("europe-west9-docker.pkg.dev/p/mlflow/mlflow-gcp:3.18.10-0123456789ab", None, "3.18.10"),
     ("localhost:5000/mlflow-gcp:3.18.0", None, "3.18.0"),
     ("ghcr.io/x/mlflow@sha256:ab", None, None),
     ("ghcr.io/x/mlflow:latest", [{"name": "MLFLOW_VERSION", "value": "3.17.9"}], "3.17.9"),

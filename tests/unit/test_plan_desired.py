@@ -158,7 +158,7 @@ def test_the_server_accepts_the_environment_we_deploy(settings):
 def test_the_build_source_is_reproducible(tmp_path):
     import os
 
-    from mlflow_gcp.ops import image
+    from mlflow_gcp import image_source as image
 
     (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim\n")
     (tmp_path / "pyproject.toml").write_text("[project]\nname='x'\n")

@@ -12,6 +12,15 @@ def config_group() -> None:
     """Show or check the deployment configuration."""
 
 
+def _image(cfg) -> str:
+    from mlflow_gcp.errors import MlflowGcpError
+
+    try:
+        return cfg.image_uri
+    except MlflowGcpError as err:  # installed without its source: only service.image can deploy
+        return f"unknown ({err.message})"
+
+
 @config_group.command("show")
 @config_options
 @json_option
@@ -21,7 +30,7 @@ def show(cfg_source, as_json: bool) -> None:
     data = cfg.model_dump()
     data["derived"] = {
         "bucket": cfg.bucket_name,
-        "image": cfg.image_uri,
+        "image": _image(cfg),
         "server_service_account": cfg.server_service_account_email,
         "instance_connection_name": cfg.instance_connection_name,
         "db_password_secret": cfg.secret_id,

@@ -445,6 +445,8 @@ def upgrade_cmd(cfg_source, yes: bool, mlflow_version: str, url: str | None) -> 
                                          "backup": result.backup_id})
     if result.unchanged:
         click.echo(f"Already on MLflow {mlflow_version}.")
+        if result.other_source:
+            click.echo("The server runs an image of another mlflow-gcp release: `mlflow-gcp up` builds and rolls out this one.")
         return
     click.echo(f"Upgraded to MLflow {mlflow_version}: revision {result.revision} serves all traffic "
                f"(previous {result.previous_revision}, backup {result.backup_id}).")

@@ -13,7 +13,8 @@ _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+")
 
 
 def mlflow_version_of(image: str | None, env: list[dict] | None = None) -> str | None:
-    """The MLflow release an image runs: an MLFLOW_VERSION env var, else the image tag."""
+    """The MLflow release an image runs: an MLFLOW_VERSION env var, else the image tag, which is
+    `3.17.2` (images built before the tag named the source) or `3.17.2-<source digest>`."""
     for item in env or []:
         if item.get("name") == "MLFLOW_VERSION" and item.get("value"):
             return item["value"]

@@ -37,6 +37,8 @@ class UpgradeResult:
     rolled_back: bool = False
     saved_to: str | None = None
     unchanged: bool = False
+    # Unchanged MLflow, but the served image was built from another mlflow-gcp source.
+    other_source: bool = False
 
 
 def target_config(cfg, version: str):
@@ -70,6 +72,7 @@ def upgrade(ctx, version: str, *, url: str | None = None, config_file=None) -> U
     result = UpgradeResult(version, status.mlflow_version_of(old_image), previous)
     if result.previous_version == version:
         result.unchanged = True
+        result.other_source = not new_cfg.service.image and (old_image or "").split("@", 1)[0] != new_cfg.image_uri
         return result
     if previous is None:
         raise MlflowGcpError(f"{cfg.service.name} has no ready revision to come back to",
