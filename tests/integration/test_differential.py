@@ -312,6 +312,7 @@ HEADER_CASES = [
     ("no_content_type", {"Content-Type": None}),
     ("cross_origin", {"Content-Type": "application/json", "Origin": "https://evil.example"}),
     ("same_origin_localhost", {"Content-Type": "application/json", "Origin": "http://localhost:5000"}),
+    ("content_type_twice", [("Content-Type", "application/json"), ("Content-Type", "text/plain")]),
 ]
 
 
@@ -330,8 +331,11 @@ def raw_requests(url: str) -> dict:
 
     def post(name, endpoint, body, headers=None):
         text = jsonlib.dumps(body).replace('"RUN"', f'"{run_id}"').replace('\\"RUN\\"', f'\\"{run_id}\\"')
-        sent = {"Content-Type": "application/json", **(headers or {})}
-        resp = session.post(f"{url}/api/2.0/mlflow/runs/{endpoint}", data=text.encode(), headers=sent)
+        if isinstance(headers, list):  # raw, repeated names: sent as they are
+            resp = raw_post(url, f"/api/2.0/mlflow/runs/{endpoint}", text.encode(), headers)
+        else:
+            sent = {"Content-Type": "application/json", **(headers or {})}
+            resp = session.post(f"{url}/api/2.0/mlflow/runs/{endpoint}", data=text.encode(), headers=sent)
         kept = {k.lower(): v for k, v in resp.headers.items() if k.lower() not in ("date", "server")}
         out[name] = (resp.status_code, kept, resp.text.replace(run_id, "RUN"))
 
@@ -348,6 +352,26 @@ def raw_requests(url: str) -> dict:
         for key in sorted(run.data.metrics)
     }
     return out
+
+
+def raw_post(url: str, path: str, body: bytes, headers: list[tuple[str, str]]):
+    """POST with header lines exactly as given (requests folds repeated names into one)."""
+    import http.client
+    from types import SimpleNamespace
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    conn = http.client.HTTPConnection(where.hostname, where.port, timeout=30)
+    try:
+        conn.putrequest("POST", path)
+        for name, value in headers + [("Content-Length", str(len(body)))]:
+            conn.putheader(name, value)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return SimpleNamespace(status_code=resp.status, headers=dict(resp.getheaders()),
+                               text=resp.read().decode())
+    finally:
+        conn.close()
 
 
 def test_raw_metric_writes_get_stocks_answers(servers):

@@ -131,9 +131,12 @@ class FastWrites:
 
     async def _answer(self, scope, body: bytes, send) -> bool:
         """True when answered here; False leaves the request to MLflow."""
-        headers = dict(scope["headers"])
-        # MLflow's content type rule (server/validation.py): the part before ";" exactly.
-        if b"origin" in headers or headers.get(b"content-type", b"").split(b";")[0] != b"application/json":
+        types = [value for name, value in scope["headers"] if name == b"content-type"]
+        # MLflow's content type rule (server/validation.py): the part before ";" exactly. Repeated
+        # content types and any Origin (CORS) are MLflow's to judge.
+        if len(types) != 1 or types[0].split(b";")[0] != b"application/json":
+            return False
+        if any(name == b"origin" for name, _ in scope["headers"]):
             return False
         try:
             doc = json.loads(body)
