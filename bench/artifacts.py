@@ -4,8 +4,8 @@
     .venv/bin/python bench/artifacts.py --mib 256                 # a quicker look
     .venv/bin/python bench/artifacts.py --mib 1024,5200 --modes proxied,direct --no-stock
 
-Everything runs on 127.0.0.1: one GCS emulator (gcp-storage-emulator on disk, with the
-bounded-memory download/compose/resumable paths of tests/support/gcs_emulator.py), PostgreSQL,
+Everything runs on 127.0.0.1: one GCS emulator (local mode's: gcp-storage-emulator on disk, with
+the bounded-memory download/compose/resumable paths of mlflow_gcp/server/gcs_emulator.py), PostgreSQL,
 our entrypoint (`python -m mlflow_gcp.server`) once with ARTIFACT_MODE=proxied and once with
 direct, each behind the Cloud Run front stand-in (ID tokens, 32 MiB request cap), and the real
 MLflow client with the `gcp` plugin in its own process (plain log_artifact / download_artifacts).
@@ -40,7 +40,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import servers  # noqa: E402
 from mlflow_gcp.server import local  # noqa: E402
 from tests.conftest import launch_server, process_tree, tree_rss_mb  # noqa: E402
-from tests.support import gcs_emulator  # noqa: E402
 from tests.support.clientenv import clean_env  # noqa: E402
 from tests.support.cloudrun_front import CloudRunFront  # noqa: E402
 from tests.support.idp import LocalIdentityProvider  # noqa: E402
@@ -200,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     procs, fronts, emulator, idp, db = [], [], None, None, None
     try:
         check_disk(work, sizes, len(modes))
-        emulator, host = gcs_emulator.start(work / "gcs", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        emulator, host = local.start_emulator(work / "gcs", None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         bucket = f"bench-{uuid.uuid4().hex[:8]}"
         local.create_bucket(host, bucket)
         idp = LocalIdentityProvider().start()

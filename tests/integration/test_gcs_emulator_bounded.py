@@ -1,19 +1,20 @@
-"""tests/support/gcs_emulator.py answers as the stock gcp-storage-emulator does, on the paths it
-replaces (ranged and whole downloads, compose, resumable uploads, soft delete and restore), with
-a few MiB of random bytes sent to both emulators and every answer compared."""
+"""mlflow_gcp.server.gcs_emulator (local mode's emulator) answers as the stock gcp-storage-emulator
+does, on the paths it replaces (ranged and whole downloads, compose, resumable uploads, soft delete
+and restore), with a few MiB of random bytes sent to both emulators and every answer compared."""
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 
 import pytest
 
 from mlflow_gcp.server import local
-from tests.support import gcs_emulator
 
 MiB = 1024 * 1024
 BUCKET = "bounded-check"
@@ -23,11 +24,27 @@ COMPARED = ("name", "bucket", "size", "contentType", "md5Hash", "crc32c", "etag"
 pytestmark = pytest.mark.slow
 
 
+def start_stock() -> tuple[subprocess.Popen, str]:
+    """gcp-storage-emulator as installed, none of our paths: the reference."""
+    port = local.free_port()
+    argv = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port),
+            "--quiet", "--in-memory"]
+    proc = local.start_group(argv, dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    host = f"http://127.0.0.1:{port}"
+    try:
+        local.wait_http(f"{host}/storage/v1/b?project=local", proc, 30, "the stock GCS emulator")
+    except local.LocalError:
+        local.stop_group(proc)
+        raise
+    return proc, host
+
+
 @pytest.fixture(scope="module")
 def emulators(tmp_path_factory):
-    stock, stock_host = local.start_emulator(None, None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stock, stock_host = start_stock()
     data = tmp_path_factory.mktemp("bounded-gcs")
-    bounded, bounded_host = gcs_emulator.start(data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # What local mode starts (`mlflow-gcp local --gcs-emulator` keeps its objects on disk).
+    bounded, bounded_host = local.start_emulator(data, None, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for host in (stock_host, bounded_host):
             local.create_bucket(host, BUCKET)

@@ -18,6 +18,7 @@ from mlflow_gcp.server import local as local_mod
 from tests.conftest import alive, clean_env, process_tree
 
 pytestmark = pytest.mark.slow
+MiB = 1024 * 1024
 
 
 def start_local(*args: str, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
@@ -119,8 +120,37 @@ def test_gcs_emulator_mode_stores_artifacts_in_the_bucket_and_stops_on_sigterm(t
         assert any(n.endswith(f"{run_id}/artifacts/notes.txt") for n in names), names
         blob = gcs.bucket(local_mod.EMULATOR_BUCKET).blob(next(n for n in names if n.endswith("notes.txt")))
         assert blob.download_as_bytes() == b"hello from local mode"
+        check_bounded_emulator(proc, data / "gcs", gcs, tmp_path)
     finally:
         stop_and_check_tree(proc, signal.SIGTERM)
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+
+def check_bounded_emulator(cli: subprocess.Popen, gcs_dir: Path, gcs, tmp_path: Path) -> None:
+    """The emulator local mode started is the packaged bounded one: a 64 MiB object sent in 4 MiB
+    chunks and read back (ranged and whole) raises its peak memory by far less than its size
+    (the stock emulator rewrites the whole file per chunk and reads it whole per ranged GET)."""
+    cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().decode().split("\0") for p in process_tree(cli.pid)}
+    [(pid, argv)] = [(p, a) for p, a in cmdlines.items() if "mlflow_gcp.server.gcs_emulator" in a]
+    assert argv[1:3] == ["-m", "mlflow_gcp.server.gcs_emulator"]
+    assert argv[argv.index("--data-dir") + 1] == str(gcs_dir.resolve())
+
+    size = 64 * MiB
+    data = os.urandom(size)
+    before = peak_rss_mib(pid)
+    blob = gcs.bucket(local_mod.EMULATOR_BUCKET).blob("big/object.bin", chunk_size=4 * MiB)
+    blob.upload_from_string(data, content_type="application/octet-stream")
+    start, end = 30 * MiB + 7, 34 * MiB + 6
+    assert blob.download_as_bytes(start=start, end=end) == data[start : end + 1]
+    whole = tmp_path / "object.bin"
+    blob.download_to_filename(whole)  # the client checks the emulator's md5/crc32c header
+    assert whole.read_bytes() == data
+    growth = peak_rss_mib(pid) - before
+    assert growth < size / MiB / 2, f"the emulator's peak RSS grew by {growth:.0f} MiB for a 64 MiB object"
 
 
 def test_production_parity_postgres_and_a_gs_bucket_via_storage_emulator_host(tmp_path, new_database, gcs_emulator):

@@ -7,8 +7,6 @@
   run.app Host) in front of a real local server.
 - `mlflow_server.MlflowServer`: a real `mlflow server` on SQLite in a temporary folder.
 - `clock.FakeClock`: the injectable clock the three above and the client share in tests.
-- `gcs_emulator.start(data_dir)`: gcp-storage-emulator on disk with bounded memory for objects of
-  several GiB (ranged reads, compose, resumable chunks and soft delete done on files).
 - `signed_urls.verify_v4`: what Cloud Storage checks on a V4 signed URL request (the emulator
   checks nothing), for hops in front of the emulator.
 """

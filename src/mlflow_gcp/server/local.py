@@ -4,12 +4,14 @@
 options ask for (a GCS emulator, then `python -m mlflow_gcp.server`), each in its own process
 group, and `stop()` ends them all: the entrypoint forwards SIGTERM to the `mlflow server` group it
 supervises, so nothing is left behind. The tests reuse these helpers to start real servers.
+The emulator is gcp-storage-emulator with its download, compose and resumable paths done on files
+(server/gcs_emulator.py), so multi-GiB artifacts need neither several times their size in RAM
+nor a full read per ranged GET.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -138,22 +140,38 @@ def wait_http(url: str, proc: subprocess.Popen | None, timeout: float, what: str
 
 
 def emulator_command(port: int, data_dir: Path | None, bucket: str | None) -> list[str]:
-    exe = shutil.which("gcp-storage-emulator") or str(Path(sys.executable).with_name("gcp-storage-emulator"))
-    if not Path(exe).exists():
-        raise LocalError("the GCS emulator is not installed", hint=EMULATOR_HINT)
-    argv = [exe]
-    if data_dir is not None:
-        argv += ["--data-dir", str(data_dir)]
-    argv += ["start", "--host", "127.0.0.1", "--port", str(port), "--quiet"]
-    if data_dir is None:
-        argv.append("--in-memory")
+    """gcp-storage-emulator with our bounded-memory paths (server/gcs_emulator.py) (pure)."""
+    argv = [sys.executable, "-m", "mlflow_gcp.server.gcs_emulator", "--host", "127.0.0.1", "--port", str(port),
+            "--quiet"]
+    argv += ["--data-dir", str(data_dir)] if data_dir is not None else ["--in-memory"]
     if bucket:
         argv += ["--default-bucket", bucket]
     return argv
 
 
+def check_emulator(bounded: bool = True) -> None:
+    """LocalError, in one line, when gcp-storage-emulator is missing or (for the on-disk, `bounded`
+    emulator) not the shape its paths patch."""
+    import importlib.util
+
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        raise LocalError("the GCS emulator is not installed", hint=EMULATOR_HINT)
+    if not bounded:
+        return
+    from mlflow_gcp.server import gcs_emulator
+
+    problems = gcs_emulator.check_shape()
+    if problems:
+        raise LocalError(
+            f"the installed gcp-storage-emulator ({gcs_emulator.installed_version()}) is not the shape "
+            f"local mode's bounded emulator patches: {'; '.join(problems)}",
+            hint=f"pip install gcp-storage-emulator=={gcs_emulator.PINNED}",
+        )
+
+
 def start_emulator(data_dir: Path | None, bucket: str | None, **popen) -> tuple[subprocess.Popen, str]:
-    """A gcp-storage-emulator on a free port (its files in `data_dir`, or in memory)."""
+    """The GCS emulator on a free port: its files in `data_dir` with bounded memory, or in memory."""
+    check_emulator(bounded=data_dir is not None)
     port = free_port()
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""gcp-storage-emulator on disk, with memory bounded for objects of several GiB.
+"""gcp-storage-emulator on disk, with memory bounded for objects of several GiB (local mode's emulator).
 
 The stock emulator reads a whole object into memory for every download, ranged ones included
 (our server streams a download in 4 MiB ranged reads: ~1300 full reads of a 5 GiB object), builds
@@ -11,9 +11,15 @@ emulator, same routes, metadata, status codes and error messages, with those pat
   1 MiB blocks while md5 and crc32c are computed incrementally;
 - a resumable chunk is appended to its file; delete moves the file to the soft-delete area.
 
-A faster emulator, not a fake of our code: everything else is gcp-storage-emulator's own.
+A faster emulator, not a fake: everything else is gcp-storage-emulator's own. With `--in-memory`
+every object lives in RAM anyway, so it runs the stock paths unchanged.
 
-    python -m tests.support.gcs_emulator --data-dir DIR --port PORT
+The replaced paths lean on the emulator's internals, checked against the version pinned in
+constraints.txt (`PINNED`). `check_shape()` lists what an installed version lacks; `patch()`
+changes nothing and raises `UnsupportedEmulator` when that list is not empty, so a changed
+emulator fails at start with one sentence instead of mid-upload.
+
+    python -m mlflow_gcp.server.gcs_emulator --data-dir DIR --port PORT [--default-bucket B] [--quiet]
 """
 
 from __future__ import annotations
@@ -22,13 +28,20 @@ import argparse
 import base64
 import datetime
 import hashlib
+import inspect
+import logging
 import os
 import re
-import subprocess
 import sys
 import uuid
 from http import HTTPStatus
 from pathlib import Path
+
+from mlflow_gcp.errors import MlflowGcpError
+
+# constraints.txt's pin, the version tests/integration/test_gcs_emulator_bounded.py checked these
+# paths against (a unit test keeps the two equal).
+PINNED = "2026.7.19"
 
 BLOCK = 1024 * 1024
 _RANGE_RE = re.compile(r"^\s*bytes=(?P<start>[0-9]+)-(?P<end>[0-9]*)$")  # the stock one
@@ -293,6 +306,10 @@ def delete_file(self, bucket_name, file_name):
 _STOCK: dict = {}
 
 
+class UnsupportedEmulator(MlflowGcpError):
+    """The installed gcp-storage-emulator lacks an internal the bounded paths replace or call."""
+
+
 def _close(self):
     """server.Response.close, streaming a _FileSlice body instead of holding it."""
     if not isinstance(self._content, _FileSlice):
@@ -305,13 +322,118 @@ def _close(self):
     self._content.send(self._handler.wfile)
 
 
+# What the paths above replace or call, with the parameters they pass or receive.
+_HANDLER = ("request", "response", "storage")
+_FUNCTIONS = {
+    "objects.download": _HANDLER,
+    "objects.compose": _HANDLER,
+    "objects._finalize_resumable_object": ("response", "storage", "obj", "data", "upload_id"),
+    "objects._make_object_resource": (
+        "base_url", "bucket_name", "object_name", "content_type", "content_length", "metadata"),
+    "objects._handle_conflict": ("response", "err"),
+    "server.Response.close": ("self",),
+    "server.Response.write_file": ("self", "content", "content_type"),
+    "storage.Storage.get_resumable_byte_count": ("self", "file_id"),
+    "storage.Storage.add_to_resumable_upload": ("self", "file_id", "content", "total_size", "expected_start"),
+    "storage.Storage.delete_file": ("self", "bucket_name", "file_name"),
+    "storage.Storage.get_file_obj": ("self", "bucket_name", "file_name"),
+    "storage.Storage.delete_resumable_file_obj": ("self", "file_id"),
+    "storage.Storage._object_path": ("self", "bucket_name", "file_name"),
+    "storage.Storage._delete_file": ("self", "bucket_name", "file_name"),
+    "storage.Storage._write_config_to_file": ("self",),
+    "storage.Storage._hard_delete_file": ("self", "bucket_name", "file_name"),
+    "storage.Storage._bucket_soft_delete_retention_seconds": ("self", "bucket_name"),
+    "storage.Storage._soft_delete_content_path": ("self", "bucket_name", "file_name", "generation"),
+    "storage._FileStore._disk_path": ("self", "rel"),
+}
+_VALUES = (
+    "objects.CRC32C_CHECKSUM_ERROR", "objects.MD5_CHECKSUM_ERROR", "objects._HASH_HEADER",
+    "storage.RESUMABLE_DIR", "storage.Storage.safe_id", "server.HANDLERS", "server.create_server",
+    "exceptions.NotFound", "exceptions.Conflict", "exceptions.BadRequest",
+)
+_STORAGE_ATTRS = ("buckets", "objects", "soft_deleted", "_store")
+_RESPONSE_ATTRS = ("_handler", "status", "_headers", "_content")
+
+
+def _modules() -> dict:
+    from gcp_storage_emulator import exceptions, server, storage
+    from gcp_storage_emulator.handlers import objects
+
+    return {"objects": objects, "server": server, "storage": storage, "exceptions": exceptions}
+
+
+def _lookup(modules: dict, dotted: str):
+    head, *rest = dotted.split(".")
+    value = modules[head]
+    for name in rest:
+        value = getattr(value, name)
+    return value
+
+
+def installed_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("gcp-storage-emulator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_shape() -> list[str]:
+    """What the installed gcp-storage-emulator lacks of what the bounded paths use ([] = all there)."""
+    try:
+        modules = _modules()
+    except ImportError as err:
+        return [f"cannot import it ({err})"]
+    problems = []
+    for dotted in _VALUES:
+        try:
+            _lookup(modules, dotted)
+        except AttributeError:
+            problems.append(f"{dotted} is gone")
+    for dotted, params in _FUNCTIONS.items():
+        try:
+            fn = _lookup(modules, dotted)
+        except AttributeError:
+            problems.append(f"{dotted} is gone")
+            continue
+        try:
+            have = tuple(inspect.signature(fn).parameters)
+        except (TypeError, ValueError):
+            problems.append(f"{dotted} is no longer a function")
+            continue
+        if have[: len(params)] != params:
+            problems.append(f"{dotted} takes ({', '.join(have)}), not ({', '.join(params)})")
+    if problems:
+        return problems
+    try:
+        store = modules["storage"].Storage(use_memory_fs=True)
+        response = modules["server"].Response(None)
+        routed = {h for _regex, handlers in modules["server"].HANDLERS for h in handlers.values()}
+    except Exception as err:  # noqa: BLE001 - any failure here is a changed shape, said in one line
+        return [f"its Storage, Response or HANDLERS changed ({type(err).__name__}: {err})"]
+    problems += [f"Storage().{a} is gone" for a in _STORAGE_ATTRS if not hasattr(store, a)]
+    problems += [f"Response().{a} is gone" for a in _RESPONSE_ATTRS if not hasattr(response, a)]
+    objects = modules["objects"]
+    problems += [f"server.HANDLERS no longer routes to objects.{f.__name__}"
+                 for f in (objects.download, objects.compose) if f not in routed]
+    return problems
+
+
 def patch() -> None:
-    """Swap the bounded-memory paths into gcp-storage-emulator (idempotent)."""
+    """Swap the bounded-memory paths into gcp-storage-emulator (idempotent; all or nothing)."""
+    if _STOCK:
+        return
+    problems = check_shape()
+    if problems:
+        raise UnsupportedEmulator(
+            f"gcp-storage-emulator {installed_version()} is not the shape local mode's bounded "
+            f"emulator patches: {'; '.join(problems)}",
+            hint=f"pip install gcp-storage-emulator=={PINNED}",
+        )
     from gcp_storage_emulator import server, storage
     from gcp_storage_emulator.handlers import objects
 
-    if _STOCK:
-        return
     _STOCK.update(
         download=objects.download, compose=objects.compose, close=server.Response.close,
         _finalize_resumable_object=objects._finalize_resumable_object,
@@ -329,36 +451,31 @@ def patch() -> None:
             handlers[method] = replaced.get(handler, handler)
 
 
-def start(data_dir: Path, **popen) -> tuple[subprocess.Popen, str]:
-    """This emulator on a free port with its files in `data_dir`; (process, http://host:port)."""
-    from mlflow_gcp.server import local
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    port = local.free_port()
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    argv = [sys.executable, "-m", "tests.support.gcs_emulator", "--data-dir", str(data_dir), "--port", str(port)]
-    proc = local.start_group(argv, env, **popen)
-    host = f"http://127.0.0.1:{port}"
-    try:
-        local.wait_http(f"{host}/storage/v1/b?project=local", proc, 30, "the GCS emulator")
-    except local.LocalError:
-        local.stop_group(proc)
-        raise
-    return proc, host
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, type=Path)
+    parser = argparse.ArgumentParser(
+        prog="python -m mlflow_gcp.server.gcs_emulator", description=__doc__.split("\n\n")[0]
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="the objects' folder (bounded memory)")
+    where.add_argument("--in-memory", action="store_true", help="objects in RAM (the stock paths)")
     parser.add_argument("--port", required=True, type=int)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--default-bucket", default=None, help="created at start if missing")
+    parser.add_argument("--quiet", action="store_true", help="log only critical messages")
     args = parser.parse_args(argv)
-    patch()
+    logging.basicConfig(level=logging.CRITICAL if args.quiet else logging.INFO, format="%(message)s")
+    if args.data_dir is not None:
+        try:
+            patch()
+        except UnsupportedEmulator as err:
+            print(f"Error: {err}", file=sys.stderr)
+            return 2
     from gcp_storage_emulator.server import create_server
 
     # Absolute: the stock Storage refuses a relative data dir.
-    create_server(args.host, args.port, in_memory=False, data_dir=str(args.data_dir.resolve())).run()
+    data_dir = str(args.data_dir.resolve()) if args.data_dir is not None else None
+    create_server(args.host, args.port, in_memory=args.in_memory, default_bucket=args.default_bucket,
+                  data_dir=data_dir).run()
     return 0
 
 
