@@ -155,3 +155,25 @@ def test_paused_is_activation_policy_never_or_stopped():
     assert live.is_paused({"state": "STOPPED", "settings": {}})
     assert not live.is_paused({"state": "RUNNABLE", "settings": {"activationPolicy": "ALWAYS"}})
     assert not live.is_paused(None)
+
+
+def test_saved_settings_keep_comments_order_and_layout(tmp_path):
+    path = tmp_path / "mlflow-gcp.toml"
+    original = (
+        '# ML platform team, prod tracking server\n'
+        'project = "acme-ml-prod"   # billing: ml-platform\n'
+        '\n'
+        '[service]\n'
+        '# raised for the quarterly retrain\n'
+        'max_instances = 4\n'
+        '\n'
+        '[database]\n'
+        'tier = "db-g1-small"  # see capacity doc\n'
+    )
+    path.write_text(original)
+    assert live.save_settings(path, {("service", "max_instances"): 6, ("service", "min_instances"): 1,
+                                     ("service", "cpu"): None, ("artifacts", "lifecycle", "age_days"): None})
+    text = path.read_text()
+    assert text == original.replace("max_instances = 4\n", "max_instances = 6\nmin_instances = 1\n")
+    cfg = config.load(path, env={})
+    assert (cfg.service.max_instances, cfg.service.min_instances) == (6, 1)

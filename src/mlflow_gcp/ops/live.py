@@ -47,27 +47,37 @@ def probe(ctx, url: str | None, service_uri: str | None) -> health.Health:
 
 
 def save_settings(config_file: Path, changes: dict[tuple[str, ...], object]) -> bool:
-    """Write `changes` (field path -> value) into the TOML config file, keeping its other
-    settings; False when there is no file (settings then came from flags or the environment).
-    Comments in the file are not kept (the TOML writer does not preserve them)."""
-    import tomli_w
+    """Write `changes` (field path -> value) into the TOML config file, keeping everything else in
+    it as written: other settings, comments, order, blank lines (tomlkit edits the document in
+    place; people annotate their config). False when there is no file (settings then came from
+    flags or the environment). The file is never left in a state that would not load."""
+    import tomllib
+
+    import tomlkit
 
     from mlflow_gcp import config as config_mod
 
     path = Path(config_file)
     if not path.exists():
         return False
-    data = config_mod.read_file(path)
+    config_mod.read_file(path)  # unreadable or invalid TOML: its own clear error first
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
     for keys, value in changes.items():
-        node = data
+        node = doc
         for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        if value is None:
-            node.pop(keys[-1], None)
+            if key not in node:
+                if value is None:
+                    break  # nothing to remove; and no empty table left behind
+                node[key] = tomlkit.table()
+            node = node[key]
         else:
-            node[keys[-1]] = value
-    config_mod.from_dict(data)  # never write a file that would not load
-    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+            if value is None:
+                node.pop(keys[-1], None)
+            else:
+                node[keys[-1]] = value
+    text = tomlkit.dumps(doc)
+    config_mod.from_dict(tomllib.loads(text))  # never write a file that would not load
+    path.write_text(text, encoding="utf-8")
     return True
 
 
