@@ -73,6 +73,10 @@ class ServiceConfig(_Section):
         "mlflow-server",
         description="Account id of the server's own least-privilege service account.",
     )
+    build_service_account: str = Field(
+        "mlflow-builder",
+        description="Account id of the service account Cloud Build builds the image as (least privilege).",
+    )
     min_instances: int = Field(0, ge=0, le=100, description="Instances kept warm (0 = scale to zero).")
     max_instances: int = Field(10, ge=1, le=100, description="Upper bound on instances.")
     cpu: str = Field("1", description="vCPUs per instance (Cloud Run: 1, 2, 4, 6 or 8).")
@@ -101,7 +105,7 @@ class ServiceConfig(_Section):
             raise ValueError("repository names are lowercase letters, digits and hyphens")
         return v
 
-    @field_validator("service_account")
+    @field_validator("service_account", "build_service_account")
     @classmethod
     def _sa(cls, v: str) -> str:
         if not _SA_ID_RE.match(v):
@@ -143,6 +147,9 @@ class ServiceConfig(_Section):
     def _instances(self) -> ServiceConfig:
         if self.min_instances > self.max_instances:
             raise ValueError("min_instances must not exceed max_instances")
+        # One account for both would give the running server the right to push images.
+        if self.build_service_account == self.service_account:
+            raise ValueError("build_service_account must differ from service_account")
         return self
 
 
@@ -386,6 +393,10 @@ class Config(_Section):
     @property
     def server_service_account_email(self) -> str:
         return f"{self.service.service_account}@{self.project}.iam.gserviceaccount.com"
+
+    @property
+    def builder_service_account_email(self) -> str:
+        return f"{self.service.build_service_account}@{self.project}.iam.gserviceaccount.com"
 
     @property
     def secret_id(self) -> str:

@@ -53,6 +53,7 @@ def test_every_body_uses_only_documented_fields(settings):
     assert check("secretmanager.v1", "Secret", desired.secret(c)) == []
     assert check("artifactregistry.v1", "Repository", desired.repository(c)) == []
     assert check("iam.v1", "ServiceAccount", desired.service_account(c)) == []
+    assert check("iam.v1", "ServiceAccount", desired.builder_service_account(c)) == []
     assert check("cloudbuild.v1", "Build", desired.build(c, "b", "o.tar.gz")) == []
 
 

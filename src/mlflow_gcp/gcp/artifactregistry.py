@@ -54,3 +54,15 @@ def tag_digest(clients, region: str, repo: str, package: str, tag: str) -> str |
                 return None
     except NotFound:
         return None
+
+
+def get_iam_policy(clients, region: str, repo: str) -> dict:
+    return clients.execute(_repos(clients).getIamPolicy(resource=repo_name(clients, region, repo)),
+                           f"reading the IAM policy of repository {repo}")
+
+
+def set_iam_policy(clients, region: str, repo: str, policy: dict) -> dict:
+    return clients.execute(
+        _repos(clients).setIamPolicy(resource=repo_name(clients, region, repo), body={"policy": policy}),
+        f"updating the IAM policy of repository {repo}",
+    )

@@ -41,9 +41,10 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
     removed = iampolicy.ensure(
         lambda: resourcemanager.get_iam_policy(clients),
         lambda p: resourcemanager.set_iam_policy(clients, p),
-        remove=desired.project_bindings(cfg),
+        remove=desired.project_bindings(cfg) + desired.builder_project_bindings(cfg),
     )
-    done(bool(removed), f"project role bindings of {cfg.server_service_account_email}")
+    done(bool(removed), f"project role bindings of {cfg.server_service_account_email} "
+                        f"and {cfg.builder_service_account_email}")
     if secretmanager.get_secret(clients, cfg.secret_id) is not None:
         done(secretmanager.delete_secret(clients, cfg.secret_id), f"secret {cfg.secret_id}")
 
@@ -69,7 +70,7 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
             iampolicy.ensure(
                 lambda: storage.get_iam_policy(clients, cfg.bucket_name),
                 lambda p: storage.set_iam_policy(clients, cfg.bucket_name, p),
-                remove=desired.bucket_bindings(cfg),
+                remove=desired.bucket_bindings(cfg) + desired.builder_bucket_bindings(cfg),
             )
             out.kept.append(f"bucket gs://{cfg.bucket_name} and its artifacts (--keep-bucket)")
     elif storage.get_bucket(clients, cfg.bucket_name) is not None:
@@ -78,6 +79,9 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
     if iam.get_service_account(clients, cfg.server_service_account_email) is not None:
         done(iam.delete_service_account(clients, cfg.server_service_account_email),
              f"service account {cfg.server_service_account_email}")
+    if iam.get_service_account(clients, cfg.builder_service_account_email) is not None:
+        done(iam.delete_service_account(clients, cfg.builder_service_account_email),
+             f"service account {cfg.builder_service_account_email}")
     if out.deleted:
         out.kept.append("enabled APIs (disabling them could break other workloads in the project)")
     return out

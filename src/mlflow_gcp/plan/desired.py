@@ -163,6 +163,13 @@ def service_account(cfg: Config) -> dict:
     }
 
 
+def builder_service_account(cfg: Config) -> dict:
+    return {
+        "displayName": f"MLflow image builder {cfg.service.name}",
+        "description": "Builds the MLflow server image on Cloud Build (managed by mlflow-gcp)",
+    }
+
+
 def repository(cfg: Config) -> dict:
     return {"format": "DOCKER", "description": "MLflow server images (mlflow-gcp)", "labels": cfg.all_labels}
 
@@ -294,6 +301,11 @@ def build(cfg: Config, source_bucket: str, source_object: str) -> dict:
         "images": [cfg.image_uri],
         "tags": ["mlflow-gcp"],
         "timeout": "1800s",
+        # Our own least-privilege builder, not the project's default build account (since 2024 the
+        # Compute Engine default one, often without the roles a build needs). With a user-specified
+        # account Cloud Build refuses the default logs bucket: logs go to Cloud Logging only.
+        "serviceAccount": f"projects/{cfg.project}/serviceAccounts/{cfg.builder_service_account_email}",
+        "options": {"logging": "CLOUD_LOGGING_ONLY"},
     }
 
 
@@ -308,6 +320,41 @@ def project_bindings(cfg: Config) -> list[tuple[str, str]]:
 
 def bucket_bindings(cfg: Config) -> list[tuple[str, str]]:
     return [("roles/storage.objectUser", sa_member(cfg))]
+
+
+def builder_member(cfg: Config) -> str:
+    return f"serviceAccount:{cfg.builder_service_account_email}"
+
+
+def builds_image(cfg: Config) -> bool:
+    """Whether `up` builds the image, and so needs the builder account: no service.image."""
+    return not cfg.service.image
+
+
+# The builder's least roles: write its build logs, read the uploaded source, push to our repository.
+def builder_project_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return [("roles/logging.logWriter", builder_member(cfg))]
+
+
+def builder_bucket_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return [("roles/storage.objectViewer", builder_member(cfg))]
+
+
+def repository_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return [("roles/artifactregistry.writer", builder_member(cfg))]
+
+
+def project_iam(cfg: Config) -> list[tuple[str, str]]:
+    """Every binding `up` keeps on the project: the server's, and the builder's when it builds."""
+    return project_bindings(cfg) + (builder_project_bindings(cfg) if builds_image(cfg) else [])
+
+
+def bucket_iam(cfg: Config) -> list[tuple[str, str]]:
+    return bucket_bindings(cfg) + (builder_bucket_bindings(cfg) if builds_image(cfg) else [])
+
+
+def repository_iam(cfg: Config) -> list[tuple[str, str]]:
+    return repository_bindings(cfg) if builds_image(cfg) else []
 
 
 def secret_bindings(cfg: Config) -> list[tuple[str, str]]:

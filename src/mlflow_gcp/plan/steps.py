@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from mlflow_gcp.config import Config
 from mlflow_gcp.errors import Conflict, NotFound, PermissionDenied
-from mlflow_gcp.gcp import iam, iampolicy, resourcemanager, run, secretmanager, serviceusage, storage
+from mlflow_gcp.gcp import artifactregistry, iam, iampolicy, resourcemanager, run, secretmanager, serviceusage, storage
 from mlflow_gcp.gcp.errors import InvalidRequest
 from mlflow_gcp.plan import desired
 from mlflow_gcp.plan.context import Context, Step
@@ -64,6 +64,27 @@ class ServiceAccount(Step):
         iam.create_service_account(ctx.clients, ctx.cfg.service.service_account, body["displayName"], body["description"])
 
 
+class BuilderAccount(Step):
+    """The account Cloud Build builds as; only needed when `up` builds the image."""
+
+    key, kind = "builder_account", "service account"
+
+    def name(self, ctx):
+        return ctx.cfg.builder_service_account_email
+
+    def inspect(self, ctx):
+        if not desired.builds_image(ctx.cfg):
+            return self.action(ctx, NONE, detail="not needed: service.image is set")
+        if iam.get_service_account(ctx.clients, self.name(ctx)) is None:
+            return self.action(ctx, CREATE, detail="builds the image on Cloud Build")
+        return self.action(ctx, NONE)
+
+    def apply(self, ctx, action):
+        body = desired.builder_service_account(ctx.cfg)
+        iam.create_service_account(ctx.clients, ctx.cfg.service.build_service_account, body["displayName"],
+                                   body["description"])
+
+
 class Bucket(Step):
     key, kind = "bucket", "bucket"
 
@@ -113,6 +134,8 @@ class IamBindings(Step):
             return {}
 
     def inspect(self, ctx):
+        if not self._wanted(ctx.cfg) and not self._unwanted(ctx.cfg):
+            return self.action(ctx, NONE, detail="not needed")
         policy = self._policy(ctx)
         add = iampolicy.missing(policy, self._wanted(ctx.cfg))
         remove = iampolicy.present(policy, self._unwanted(ctx.cfg))
@@ -144,6 +167,7 @@ def steps() -> list[Step]:
     return [
         Apis(),
         ServiceAccount(),
+        BuilderAccount(),
         Secret(),
         SecretVersion(),
         SqlInstance(),
@@ -154,7 +178,7 @@ def steps() -> list[Step]:
             "bucket_iam", lambda c: f"bucket {c.bucket_name}",
             lambda ctx: storage.get_iam_policy(ctx.clients, ctx.cfg.bucket_name),
             lambda ctx, p: storage.set_iam_policy(ctx.clients, ctx.cfg.bucket_name, p),
-            desired.bucket_bindings,
+            desired.bucket_iam,
         ),
         IamBindings(
             "secret_iam", lambda c: f"secret {c.secret_id}",
@@ -166,7 +190,7 @@ def steps() -> list[Step]:
             "project_iam", lambda c: f"project {c.project}",
             lambda ctx: resourcemanager.get_iam_policy(ctx.clients),
             lambda ctx, p: resourcemanager.set_iam_policy(ctx.clients, p),
-            desired.project_bindings,
+            desired.project_iam,
         ),
         IamBindings(
             "sa_iam", lambda c: f"service account {c.service.service_account}",
@@ -175,6 +199,12 @@ def steps() -> list[Step]:
             desired.sa_self_bindings,
         ),
         Repository(),
+        IamBindings(
+            "repository_iam", lambda c: f"repository {c.service.repository}",
+            lambda ctx: artifactregistry.get_iam_policy(ctx.clients, ctx.cfg.region, ctx.cfg.service.repository),
+            lambda ctx, p: artifactregistry.set_iam_policy(ctx.clients, ctx.cfg.region, ctx.cfg.service.repository, p),
+            desired.repository_iam,
+        ),
         Image(),
         MigrationJob(),
         Migrate(),

@@ -1,5 +1,5 @@
-"""Artifact Registry v1: repositories (create/get/list/patch/delete with operations) and Docker
-images (listed once Cloud Build pushed them, or seeded with add_image)."""
+"""Artifact Registry v1: repositories (create/get/list/patch/delete with operations, IAM policies)
+and Docker images (listed once Cloud Build pushed them, or seeded with add_image)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import hashlib
 import re
 
-from ..core.api import ApiModule, Operation, Request, apply_mask, handles, new_id, now
+from ..core.api import ApiModule, IamPolicies, Operation, Request, apply_mask, handles, new_id, now
 from ..core.errors import GcpError, already_exists, invalid_argument
 
 _ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -24,9 +24,10 @@ class ArtifactRegistry(ApiModule):
         self.state: dict[str, dict] = {}  # repository name -> Repository
         self.images: dict[str, dict] = {}  # docker image name -> DockerImage
         self.ops: dict[str, Operation] = {}
+        self.iam = IamPolicies(member_check=self.fake.check_member)  # key: repository name
 
     def snapshot(self) -> dict:
-        return {"repositories": self.state,
+        return {"repositories": self.state, "iam": self.iam.policies,
                 "images": sorted(f"{i['_repo']}/{i['_image']}:{','.join(i['tags'])}" for i in self.images.values())}
 
     def _repo(self, name: str) -> dict:
@@ -98,9 +99,20 @@ class ArtifactRegistry(ApiModule):
         name = req.get("name")
         self._repo(name)
         del self.state[name]
+        self.iam.delete(name)
         for image in [i for i in self.images if i.startswith(name + "/")]:
             del self.images[image]
         return self._lro(name, lambda op: {"@type": "type.googleapis.com/google.protobuf.Empty"})
+
+    @handles("artifactregistry.projects.locations.repositories.getIamPolicy")
+    def get_iam_policy(self, req: Request) -> dict:
+        self._repo(req.get("resource"))
+        return self.iam.get(req.get("resource"))
+
+    @handles("artifactregistry.projects.locations.repositories.setIamPolicy")
+    def set_iam_policy(self, req: Request) -> dict:
+        self._repo(req.get("resource"))
+        return self.iam.set(req.get("resource"), (req.body or {}).get("policy") or {})
 
     # -- docker images ----------------------------------------------------------------------
 

@@ -2,13 +2,22 @@
 global and regional. A successful build reports results.images with a digest and records the
 image in the fake Artifact Registry. A build whose storageSource object is missing in the fake
 Cloud Storage fails (FAILURE, as a FETCHSOURCE step would); fail_next_operation("cloudbuild")
-makes the next build fail."""
+makes the next build fail.
+
+A build with a user-specified serviceAccount is checked as Google checks it: at create, the
+account must be `projects/{project}/serviceAccounts/{email}` of an existing account (else the
+caller is refused actAs, as Cloud Run refuses it here too), and the build must name where its logs
+go (logsBucket, options.defaultLogsBucketBehavior REGIONAL_USER_OWNED_BUCKET, or options.logging
+CLOUD_LOGGING_ONLY / NONE), else 400 with Google's message; while it runs, the account needs to
+read the source object (bucket or project role) and push to the repository (repository or project
+role), else the build fails as on Google (FETCH_SOURCE_FAILED, or a push step denied)."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import hashlib
+import re
 
 from ..core.api import ApiModule, Operation, Request, handles, new_id, now, project_number
 from ..core.errors import GcpError, invalid_argument
@@ -35,6 +44,7 @@ class CloudBuild(ApiModule):
         for i, step in enumerate(steps):
             if not step.get("name"):
                 raise invalid_argument(f"invalid build: build step {i} must specify name", field=f"build.steps[{i}].name")
+        account = self._check_account(project, body)
         build_id = new_id()[:8] + "-" + new_id()[:4] + "-" + new_id()[:4] + "-" + new_id()[:4] + "-" + new_id()[:12]
         number = project_number(project)
         build = {k: v for k, v in body.items() if k not in ("id", "status", "results", "createTime")}
@@ -64,6 +74,15 @@ class CloudBuild(ApiModule):
             if op.error is None and missing:
                 op.error = GcpError(400, f"failed to fetch source: gs://{source.get('bucket')}/{source.get('object')} not found",
                                     "FAILED_PRECONDITION")
+            if op.error is None and account and source and not self._may_read(project, account, source.get("bucket")):
+                missing = True
+                op.error = GcpError(403, f"{account} does not have storage.objects.get access to the Google Cloud "
+                                    f"Storage object. Permission 'storage.objects.get' denied on resource (or it may "
+                                    f"not exist).", "PERMISSION_DENIED")
+            denied = [uri for uri in build.get("images") or [] if account and not self._may_push(project, account, uri)]
+            if op.error is None and denied:
+                op.error = GcpError(403, f"denied: Permission 'artifactregistry.repositories.uploadArtifacts' denied "
+                                    f"on resource {self._repo_of(denied[0])} (or it may not exist)", "PERMISSION_DENIED")
             if op.error is not None:
                 build["status"] = "FAILURE"
                 build["statusDetail"] = op.error.message
@@ -91,6 +110,50 @@ class CloudBuild(ApiModule):
             op.metadata = metadata()
         self.ops[op_name] = op
         return op.lro()
+
+    def _check_account(self, project: str, body: dict) -> str | None:
+        """The email of the build's user-specified account, checked as at create; None without one."""
+        value = body.get("serviceAccount")
+        if not value:
+            return None
+        parts = value.split("/")
+        if len(parts) != 4 or parts[0] != "projects" or parts[2] != "serviceAccounts" or not parts[3]:
+            raise invalid_argument(f"invalid build: service account {value!r} must be of the form "
+                                   "projects/{project}/serviceAccounts/{account}", field="build.service_account")
+        email = parts[3]
+        if email not in self.fake.modules["iam"].state:
+            raise GcpError(403, f"Permission 'iam.serviceaccounts.actAs' denied on service account {email} "
+                           "(or it may not exist).", "PERMISSION_DENIED")
+        options = body.get("options") or {}
+        if not (body.get("logsBucket") or options.get("defaultLogsBucketBehavior") == "REGIONAL_USER_OWNED_BUCKET"
+                or options.get("logging") in ("CLOUD_LOGGING_ONLY", "STACKDRIVER_ONLY", "NONE")):
+            raise invalid_argument(
+                "if 'build.service_account' is specified, the build must either (a) specify 'build.logs_bucket', "
+                "(b) use the REGIONAL_USER_OWNED_BUCKET build.options.default_logs_bucket_behavior option, or "
+                "(c) use either CLOUD_LOGGING_ONLY / NONE logging options", field="build.options.logging")
+        return email
+
+    def _roles(self, api: str, key: str, email: str) -> set[str]:
+        policy = self.fake.modules[api].iam.policies.get(key) or {}
+        return {b["role"] for b in policy.get("bindings", []) if f"serviceAccount:{email}" in b.get("members", [])}
+
+    def _may_read(self, project: str, email: str, bucket: str) -> bool:
+        roles = self._roles("storage", bucket, email) | self._roles("cloudresourcemanager", project, email)
+        return bool(roles & {"roles/storage.objectViewer", "roles/storage.objectUser", "roles/storage.objectAdmin",
+                             "roles/storage.admin", "roles/owner", "roles/editor"})
+
+    @staticmethod
+    def _repo_of(uri: str) -> str | None:
+        m = re.fullmatch(r"([a-z0-9-]+)-docker\.pkg\.dev/([^/]+)/([^/]+)/.*", uri)
+        return f"projects/{m.group(2)}/locations/{m.group(1)}/repositories/{m.group(3)}" if m else None
+
+    def _may_push(self, project: str, email: str, uri: str) -> bool:
+        repo = self._repo_of(uri)
+        if repo is None:
+            return True  # not a registry this fake models
+        roles = self._roles("artifactregistry", repo, email) | self._roles("cloudresourcemanager", project, email)
+        return bool(roles & {"roles/artifactregistry.writer", "roles/artifactregistry.repoAdmin",
+                             "roles/artifactregistry.admin", "roles/owner", "roles/editor"})
 
     @handles("cloudbuild.projects.builds.create")
     def create(self, req: Request) -> dict:
