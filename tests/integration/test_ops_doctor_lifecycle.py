@@ -53,7 +53,7 @@ def test_doctor_on_a_healthy_deployment_with_a_missing_invoker(wired, fake_gcp, 
     code, out, _ = run_cli(capsys, "doctor", "--url", wired.front.url)
     assert code == 0, out
     assert f"PASS  caller may invoke: {INVOKER} holds roles/run.invoker" in out
-    assert "13 checks: 0 failed, 0 warning(s)." in out
+    assert "14 checks: 0 failed, 0 warning(s)." in out
 
 
 def test_doctor_names_the_fix_for_what_is_wrong(deployed, fake_gcp, capsys):
@@ -77,6 +77,74 @@ def test_doctor_stops_early_without_credentials(deployed, fake_gcp, capsys):
     code, out, _ = run_cli(capsys, "doctor")
     assert code == 1 and out.startswith("FAIL  credentials and project")
     assert "1 checks: 1 failed" in out
+
+
+BUILDER = f"mlflow-builder@{PROJECT}.iam.gserviceaccount.com"
+REPO = f"projects/{PROJECT}/locations/europe-west9/repositories/mlflow"
+
+
+def _drop(fake, api: str, resource: str, role: str) -> None:
+    module = fake.api(api)
+    policy = module.iam.get(resource)
+    for b in policy["bindings"]:
+        if b["role"] == role:
+            b["members"].remove(f"serviceAccount:{BUILDER}")
+    module.iam.set(resource, policy)
+
+
+def test_doctor_passes_the_builder_account_up_made(deployed, fake_gcp, capsys):
+    code, checks = _doctor(capsys)
+    builder = checks["image builder account"]
+    assert builder["status"] == "PASS", builder
+    assert builder["detail"] == (f"{BUILDER} may write build logs, read the source in gs://{BUCKET} "
+                                 "and push to mlflow")
+    assert fake_gcp.mutating_requests() == []
+
+
+@pytest.mark.parametrize("api, resource, role, where, fix", [
+    ("cloudresourcemanager", PROJECT, "roles/logging.logWriter", "project",
+     f"gcloud projects add-iam-policy-binding {PROJECT} --member=serviceAccount:{BUILDER} "
+     "--role=roles/logging.logWriter"),
+    ("storage", BUCKET, "roles/storage.objectViewer", "bucket",
+     f"gcloud storage buckets add-iam-policy-binding gs://{BUCKET} --member=serviceAccount:{BUILDER} "
+     "--role=roles/storage.objectViewer"),
+    ("artifactregistry", REPO, "roles/artifactregistry.writer", "repository",
+     f"gcloud artifacts repositories add-iam-policy-binding mlflow --location=europe-west9 --project={PROJECT} "
+     f"--member=serviceAccount:{BUILDER} --role=roles/artifactregistry.writer"),
+])
+def test_doctor_names_the_builder_role_that_is_missing(deployed, fake_gcp, capsys, api, resource, role, where, fix):
+    _drop(fake_gcp, api, resource, role)
+    code, checks = _doctor(capsys)
+    assert code == 1
+    builder = checks["image builder account"]
+    assert builder["status"] == "FAIL"
+    assert builder["detail"] == f"{BUILDER} lacks {role} on the {where} (the next build fails)"
+    assert builder["fix"] == fix
+    # The server's own permissions are another check, and still fine.
+    assert checks["bucket and server permissions"]["status"] == "PASS"
+    # What doctor says to run is what `up` would do: after it, the check passes again.
+    assert run_cli(capsys, "up", "--yes")[0] == 0
+    assert _doctor(capsys)[1]["image builder account"]["status"] == "PASS"
+
+
+def test_doctor_says_when_the_builder_account_is_disabled_or_gone(deployed, fake_gcp, capsys):
+    fake_gcp.state("iam")[BUILDER]["disabled"] = True
+    code, checks = _doctor(capsys)
+    assert code == 1
+    assert checks["image builder account"]["detail"] == f"{BUILDER} is disabled"
+    assert checks["image builder account"]["fix"] == f"gcloud iam service-accounts enable {BUILDER} --project={PROJECT}"
+
+    del fake_gcp.state("iam")[BUILDER]
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code == 1
+    assert (f"FAIL  image builder account: {BUILDER} does not exist (Cloud Build builds the image as it)\n"
+            "      fix: mlflow-gcp up (creates it with its roles)") in out
+
+
+def test_doctor_needs_no_builder_when_the_image_is_given(deployed, fake_gcp, capsys):
+    del fake_gcp.state("iam")[BUILDER]
+    code, out, _ = run_cli(capsys, "doctor", "--set", "service.image=ghcr.io/acme/mlflow:3.17.2")
+    assert "PASS  image builder account: not needed: service.image is set, so nothing is built" in out
 
 
 def _register(front_url: str, source: str, run_id: str | None = None) -> str:

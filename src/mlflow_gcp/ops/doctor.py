@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from mlflow_gcp import budget
 from mlflow_gcp.config import PUBLIC_MEMBERS
 from mlflow_gcp.errors import GcpError, MlflowGcpError, PermissionDenied
-from mlflow_gcp.gcp import iampolicy, resourcemanager, run, secretmanager, serviceusage, sql, storage
+from mlflow_gcp.gcp import (artifactregistry, iam, iampolicy, resourcemanager, run, secretmanager, serviceusage,
+                            sql, storage)
 from mlflow_gcp.ops import live, status
 from mlflow_gcp.plan import desired
 
@@ -56,6 +57,18 @@ class _Facts:
     @property
     def instance(self):
         return self.get("instance", lambda: sql.get_instance(self.ctx.clients, self.ctx.cfg.database.instance))
+
+    @property
+    def project_policy(self):
+        return self.get("project_policy", lambda: resourcemanager.get_iam_policy(self.ctx.clients))
+
+    @property
+    def bucket(self):
+        return self.get("bucket", lambda: storage.get_bucket(self.ctx.clients, self.ctx.cfg.bucket_name))
+
+    @property
+    def bucket_policy(self):
+        return self.get("bucket_policy", lambda: storage.get_iam_policy(self.ctx.clients, self.ctx.cfg.bucket_name))
 
     @property
     def health(self):
@@ -128,9 +141,8 @@ def _invoker(f: _Facts) -> Check:
     me = {f"user:{email}", f"serviceAccount:{email}"}
     if (me | set(PUBLIC_MEMBERS)) & members:
         return Check("caller may invoke", PASS, f"{email} holds {INVOKER}")
-    project_policy = resourcemanager.get_iam_policy(f.ctx.clients)
     for role in PROJECT_INVOKE_ROLES:
-        if me & iampolicy.members_of(project_policy, role):
+        if me & iampolicy.members_of(f.project_policy, role):
             return Check("caller may invoke", PASS, f"{email} holds {role} on the project")
     if any(m.startswith(("group:", "domain:")) for m in members):
         return Check("caller may invoke", WARN, f"{email} is not listed; it may be through a group or domain",
@@ -172,10 +184,10 @@ def _database(f: _Facts) -> Check:
 
 def _storage_and_roles(f: _Facts) -> Check:
     cfg, clients = f.ctx.cfg, f.ctx.clients
-    if storage.get_bucket(clients, cfg.bucket_name) is None:
+    if f.bucket is None:
         return Check("bucket and server permissions", FAIL, f"bucket {cfg.bucket_name} does not exist", "mlflow-gcp up")
-    missing = iampolicy.missing(storage.get_iam_policy(clients, cfg.bucket_name), desired.bucket_bindings(cfg))
-    missing += iampolicy.missing(resourcemanager.get_iam_policy(clients), desired.project_bindings(cfg))
+    missing = iampolicy.missing(f.bucket_policy, desired.bucket_bindings(cfg))
+    missing += iampolicy.missing(f.project_policy, desired.project_bindings(cfg))
     if secretmanager.get_secret(clients, cfg.secret_id) is not None:
         missing += iampolicy.missing(secretmanager.get_iam_policy(clients, cfg.secret_id), desired.secret_bindings(cfg))
     if missing:
@@ -183,6 +195,52 @@ def _storage_and_roles(f: _Facts) -> Check:
                      "server account lacks " + ", ".join(r for r, _ in missing), "mlflow-gcp up")
     return Check("bucket and server permissions", PASS,
                  f"gs://{cfg.bucket_name} exists; {cfg.server_service_account_email} has its roles")
+
+
+BUILDER = "image builder account"
+
+
+def _grant_command(cfg, role: str, where: str) -> str:
+    member = desired.builder_member(cfg)
+    if where == "project":
+        return f"gcloud projects add-iam-policy-binding {cfg.project} --member={member} --role={role}"
+    if where == "bucket":
+        return f"gcloud storage buckets add-iam-policy-binding gs://{cfg.bucket_name} --member={member} --role={role}"
+    return (f"gcloud artifacts repositories add-iam-policy-binding {cfg.service.repository} "
+            f"--location={cfg.region} --project={cfg.project} --member={member} --role={role}")
+
+
+def _builder(f: _Facts) -> Check:
+    """Cloud Build builds as this account: without it or one of its roles, `up` and `upgrade` fail
+    only at the build, after everything before it was done."""
+    cfg, clients = f.ctx.cfg, f.ctx.clients
+    if not desired.builds_image(cfg):
+        return Check(BUILDER, PASS, "not needed: service.image is set, so nothing is built")
+    email = cfg.builder_service_account_email
+    account = iam.get_service_account(clients, email)
+    if account is None:
+        return Check(BUILDER, FAIL, f"{email} does not exist (Cloud Build builds the image as it)",
+                     "mlflow-gcp up (creates it with its roles)")
+    if account.get("disabled"):
+        return Check(BUILDER, FAIL, f"{email} is disabled",
+                     f"gcloud iam service-accounts enable {email} --project={cfg.project}")
+    if f.bucket is None:
+        return Check(BUILDER, FAIL, f"bucket {cfg.bucket_name} (the build source) does not exist", "mlflow-gcp up")
+    if artifactregistry.get_repository(clients, cfg.region, cfg.service.repository) is None:
+        return Check(BUILDER, FAIL, f"repository {cfg.service.repository} (where the image goes) does not exist",
+                     "mlflow-gcp up")
+    wanted = (
+        ("project", f.project_policy, desired.builder_project_bindings(cfg)),
+        ("bucket", f.bucket_policy, desired.builder_bucket_bindings(cfg)),
+        ("repository", artifactregistry.get_iam_policy(clients, cfg.region, cfg.service.repository),
+         desired.repository_bindings(cfg)),
+    )
+    missing = [(role, where) for where, policy, bindings in wanted for role, _ in iampolicy.missing(policy, bindings)]
+    if missing:
+        return Check(BUILDER, FAIL, f"{email} lacks " + ", ".join(f"{r} on the {w}" for r, w in missing)
+                     + " (the next build fails)", " && ".join(_grant_command(cfg, r, w) for r, w in missing))
+    return Check(BUILDER, PASS, f"{email} may write build logs, read the source in gs://{cfg.bucket_name} "
+                 f"and push to {cfg.service.repository}")
 
 
 def _allowed_hosts(f: _Facts) -> Check:
@@ -276,7 +334,7 @@ def housekeeping_prefixes(cfg) -> set[str]:
 
 def _lifecycle(f: _Facts) -> Check:
     cfg = f.ctx.cfg
-    bucket = storage.get_bucket(f.ctx.clients, cfg.bucket_name)
+    bucket = f.bucket
     if bucket is None:
         return Check("lifecycle safety", WARN, "no bucket to check", "mlflow-gcp up")
     rules = (bucket.get("lifecycle") or {}).get("rule") or []
@@ -295,9 +353,9 @@ def _lifecycle(f: _Facts) -> Check:
 
 
 CHECKS = (_credentials, _apis, _service_ready, _health, _invoker, _public, _database, _storage_and_roles,
-          _allowed_hosts, _schema, _version_skew, _budget, _lifecycle)
+          _builder, _allowed_hosts, _schema, _version_skew, _budget, _lifecycle)
 NAMES = ("credentials and project", "APIs enabled", "service ready", "health (ID token)", "caller may invoke",
-         "no public access", "Cloud SQL running", "bucket and server permissions", "allowed hosts",
+         "no public access", "Cloud SQL running", "bucket and server permissions", BUILDER, "allowed hosts",
          "schema at head", "client/server MLflow versions", "connection budget", "lifecycle safety")
 
 
