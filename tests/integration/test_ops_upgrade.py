@@ -10,6 +10,7 @@ import pytest
 from pathlib import Path
 
 from mlflow_gcp import config, image_source
+from mlflow_gcp.gcp import runrevisions
 from mlflow_gcp.ops import history
 
 from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server  # noqa: F401
@@ -45,10 +46,15 @@ def test_upgrade_backs_up_builds_migrates_then_rolls_out(deployed, fake_gcp, cap
     assert _job_image(fake_gcp) == _image(fake_gcp)
     after = _ready_revision(fake_gcp)
     assert after != before and f"revision {after} serves all traffic" in out
-    assert "health check skipped" in out  # emulated: said, not faked
+    # Emulated without --url: the smoke test cannot run, and that is said, not counted as a pass.
+    assert f"serves all traffic (previous {before}, backup " in out and "its health was NOT verified." in out
+    assert "health check skipped: MLFLOW_GCP_API_ROOT points at an emulator" in out
+    assert err.startswith(f"Warning: the health of revision {after} was NOT verified (health check skipped: ")
+    assert "`mlflow-gcp doctor`" in err and "--url URL" in err
     assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == NEW
     last = history.read(Path("mlflow-gcp.toml"))[-1]
-    assert (last["command"], last["outcome"], last["revision"]) == ("upgrade", "upgraded", after)
+    assert (last["command"], last["outcome"], last["revision"]) == ("upgrade", "upgraded, not verified", after)
+    assert last["health"].startswith("health check skipped")
     fake_gcp.clear_log()
     assert run_cli(capsys, "up", "--yes")[1].startswith("No changes.")
     assert run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")[1].strip() == f"Already on MLflow {NEW}."
@@ -102,8 +108,30 @@ def test_an_unhealthy_new_revision_is_rolled_back(wired, fake_gcp, capsys):
 def test_a_healthy_new_revision_keeps_the_traffic(wired, fake_gcp, capsys):
     code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes", "--url", wired.front.url)
     assert code == 0, err
+    after = _ready_revision(fake_gcp)
+    assert f"revision {after} serves all traffic" in out and "NOT verified" not in out + err
     assert "healthy: /health and the MLflow API answer 200" in out
+    assert "Warning" not in err
     assert wired.front.count(200) >= 2
+    last = history.read(Path("mlflow-gcp.toml"))[-1]
+    assert (last["outcome"], last["revision"], last["health"]) == (
+        "upgraded", after, "healthy: /health and the MLflow API answer 200")
+
+
+def test_without_an_id_token_the_new_revision_is_not_verified(wired, fake_gcp, capsys, monkeypatch, tmp_path):
+    # A reachable server, but no credentials to mint an ID token for it.
+    monkeypatch.setenv("MLFLOW_GCP_CREDENTIALS_FILE", str(tmp_path / "no-such-key.json"))
+    before = _ready_revision(fake_gcp)
+    code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes", "--url", wired.front.url)
+    assert code == 0, err  # done: no exit code means "unverified", so it is said instead
+    after = _ready_revision(fake_gcp)
+    assert after != before and runrevisions.serving_revisions(fake_gcp.state("run")[SERVICE]) == [after]
+    assert "its health was NOT verified." in out
+    assert f"health check skipped: no ID token could be minted for {wired.front.url}" in out
+    assert err.startswith(f"Warning: the health of revision {after} was NOT verified (health check skipped: no ID token")
+    assert "`mlflow-gcp env` lists the token sources" in err
+    assert wired.front.count(200) == 0  # nothing reached the server to call it healthy
+    assert history.read(Path("mlflow-gcp.toml"))[-1]["outcome"] == "upgraded, not verified"
 
 
 def test_rotate_password_never_shows_it(deployed, fake_gcp, capsys, caplog):

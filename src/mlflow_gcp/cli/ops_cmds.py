@@ -440,17 +440,22 @@ def upgrade_cmd(cfg_source, yes: bool, mlflow_version: str, url: str | None) -> 
         raise
     if not result.unchanged:
         history.append(cfg_source.file, {"command": "upgrade", "project": ctx.cfg.project,
-                                         "mlflow_version": mlflow_version, "outcome": "upgraded",
-                                         "revision": result.revision, "previous_revision": result.previous_revision,
-                                         "backup": result.backup_id})
+                                         "mlflow_version": mlflow_version, "outcome": result.outcome,
+                                         "health": result.health, "revision": result.revision,
+                                         "previous_revision": result.previous_revision, "backup": result.backup_id})
     if result.unchanged:
         click.echo(f"Already on MLflow {mlflow_version}.")
         if result.other_source:
             click.echo("The server runs an image of another mlflow-gcp release: `mlflow-gcp up` builds and rolls out this one.")
         return
     click.echo(f"Upgraded to MLflow {mlflow_version}: revision {result.revision} serves all traffic "
-               f"(previous {result.previous_revision}, backup {result.backup_id}).")
+               f"(previous {result.previous_revision}, backup {result.backup_id})"
+               + ("." if result.verified else "; its health was NOT verified."))
     click.echo(result.health)
+    if not result.verified:
+        # No exit code means "done but unverified" (1 is failure, 4 a declined prompt): exit 0, said on stderr.
+        click.echo(f"Warning: the health of revision {result.revision} was NOT verified ({result.health}); "
+                   f"{upgrade.VERIFY_HINT}.", err=True)
     if result.saved_to:
         click.echo(f"Saved service.mlflow_version = {mlflow_version} to {result.saved_to}.")
 

@@ -5,6 +5,10 @@ migration runs once as the Cloud Run job before any instance of the new version 
 refuses an out-of-date schema and never migrates itself), and the previous revision stays
 deployed so that traffic can go back to it in one API call when the new one fails its rollout or
 its smoke test (/health and an authenticated MLflow API call, with an ID token).
+
+A smoke test that could not run (no ID token, or an emulated API without --url) is not a pass:
+the new revision keeps the traffic (nothing says it is broken) but the result says its health was
+not verified, why, and how to verify it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from mlflow_gcp.plan import steps as steps_mod
 from mlflow_gcp.plan.model import NONE
 
 TOTAL = 5
+
+# Upgrade cannot rerun its smoke test (the version is then already served); these can.
+VERIFY_HINT = ("verify it now with `mlflow-gcp doctor` (health and schema at head) or `mlflow-gcp status`, "
+               "where an ID token can be minted (`mlflow-gcp env` lists the token sources), or add "
+               "--url URL to check through an address you can reach")
 
 
 class UpgradeFailed(MlflowGcpError):
@@ -39,6 +48,14 @@ class UpgradeResult:
     unchanged: bool = False
     # Unchanged MLflow, but the served image was built from another mlflow-gcp source.
     other_source: bool = False
+    # True only when the smoke test ran and passed; a skipped one leaves it False.
+    verified: bool = False
+
+    @property
+    def outcome(self) -> str:
+        if self.unchanged:
+            return "unchanged"
+        return "upgraded" if self.verified else "upgraded, not verified"
 
 
 def target_config(cfg, version: str):
@@ -119,6 +136,7 @@ def upgrade(ctx, version: str, *, url: str | None = None, config_file=None) -> U
     result.health = checked.message
     if checked.ok is False:
         return _rollback(ctx, result, old_image, checked.message)
+    result.verified = checked.ok is True
     if config_file is not None and live.save_settings(config_file, {("service", "mlflow_version"): version}):
         result.saved_to = str(config_file)
     return result
