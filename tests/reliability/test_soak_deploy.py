@@ -8,7 +8,7 @@ was lost would wait for an operation the fake only finishes when polled (let_goo
 the time that passes between the two runs).
 
 Each cycle changes the config (so `up` has work to interrupt; only settings `up` converges both
-ways: the disk size is set at creation only and invokers are added, never removed, by `up`), injects one or two faults at
+ways: the disk size is set at creation only; invokers are left to test_deploy_invokers), injects one or two faults at
 random mutating calls, lets Google's started operations finish, reruns, and compares the fake's
 normalised state with a reference built by one clean `up` of that config.
 """

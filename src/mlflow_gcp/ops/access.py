@@ -2,7 +2,7 @@
 when artifacts.mode is direct), and service accounts for jobs.
 
 Every change is read, compare, write-only-if-changed (`iampolicy.ensure`), so granting twice
-writes once. allUsers / allAuthenticatedUsers are refused unless access.mode is public.
+writes once. `up` leaves members granted here alone (plan/invokers.py keeps its own record). allUsers / allAuthenticatedUsers are refused unless access.mode is public.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 from mlflow_gcp.config import PUBLIC_MEMBERS, Config
 from mlflow_gcp.errors import ConfigError, NotFound
 from mlflow_gcp.gcp import iam, iampolicy, run, storage
+from mlflow_gcp.plan import invokers
 
 INVOKER_ROLE = "roles/run.invoker"
 # Read and write objects (no bucket admin): what a client needs when it writes artifacts itself.
@@ -103,6 +104,9 @@ def _direct(cfg: Config) -> bool:
 
 def grant(clients, cfg: Config, members: list[str]) -> Result:
     result = Result(warnings=check_members(cfg, members))
+    # Before the grant: a member `up` once granted from the config is now granted by hand, and
+    # `up` must not revoke it when it is no longer in access.members.
+    invokers.release(clients, cfg, members)
     result.changes += _ensure_service(clients, cfg, add=[(INVOKER_ROLE, m) for m in members])
     if _direct(cfg):
         bucket_members = [m for m in members if m not in PUBLIC_MEMBERS]

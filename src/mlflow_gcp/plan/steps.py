@@ -2,7 +2,8 @@
 to do (inspect) and does it (apply). `up` re-inspects every step right before applying it, so a run
 interrupted anywhere picks up from what is really there.
 
-Database steps live in steps_db.py, the image/job/service steps in steps_run.py.
+Database steps live in steps_db.py, the image/job/service steps in steps_run.py, the service's
+invokers in invokers.py.
 """
 
 from __future__ import annotations
@@ -11,20 +12,16 @@ from collections.abc import Callable
 
 from mlflow_gcp.config import Config
 from mlflow_gcp.errors import Conflict, NotFound, PermissionDenied
-from mlflow_gcp.gcp import artifactregistry, iam, iampolicy, resourcemanager, run, secretmanager, serviceusage, storage
-from mlflow_gcp.gcp.errors import InvalidRequest
+from mlflow_gcp.gcp import artifactregistry, iam, iampolicy, resourcemanager, secretmanager, serviceusage, storage
 from mlflow_gcp.plan import desired
-from mlflow_gcp.plan.context import Context, Step
+from mlflow_gcp.plan.context import Context, Step, ensure_bindings
 from mlflow_gcp.plan.diff import Change, diff
+from mlflow_gcp.plan.invokers import Invokers
 from mlflow_gcp.plan.model import CREATE, DELETE, NONE, UPDATE
 from mlflow_gcp.plan.steps_db import Secret, SecretVersion, SqlDatabase, SqlInstance, SqlUser
 from mlflow_gcp.plan.steps_run import Image, MigrationJob, Migrate, Repository, Service
 
 __all__ = ["Context", "Step", "steps"]
-
-# A new service account takes a few seconds to be visible to IAM policies.
-_IAM_PROPAGATION_TRIES = 6
-_IAM_PROPAGATION_DELAY = 5.0
 
 
 class Apis(Step):
@@ -148,18 +145,8 @@ class IamBindings(Step):
         return self.action(ctx, verb, changes=changes, detail=detail)
 
     def apply(self, ctx, action):
-        for attempt in range(_IAM_PROPAGATION_TRIES):
-            try:
-                iampolicy.ensure(
-                    lambda: self._policy(ctx), lambda p: self._set(ctx, p),
-                    self._wanted(ctx.cfg), self._unwanted(ctx.cfg),
-                )
-                return
-            except InvalidRequest as err:
-                # A service account created seconds ago is not yet known to IAM everywhere.
-                if "does not exist" not in str(err) or attempt == _IAM_PROPAGATION_TRIES - 1:
-                    raise
-                ctx.clients.sleep(_IAM_PROPAGATION_DELAY)
+        ensure_bindings(ctx, lambda: self._policy(ctx), lambda p: self._set(ctx, p),
+                        self._wanted(ctx.cfg), self._unwanted(ctx.cfg))
 
 
 def steps() -> list[Step]:
@@ -209,11 +196,5 @@ def steps() -> list[Step]:
         MigrationJob(),
         Migrate(),
         Service(),
-        IamBindings(
-            "invokers", lambda c: f"service {c.service.name} (invokers)",
-            lambda ctx: run.get_service_iam_policy(ctx.clients, ctx.cfg.region, ctx.cfg.service.name),
-            lambda ctx, p: run.set_service_iam_policy(ctx.clients, ctx.cfg.region, ctx.cfg.service.name, p),
-            lambda cfg: desired.invoker_bindings(cfg)[0],
-            lambda cfg: desired.invoker_bindings(cfg)[1],
-        ),
+        Invokers(),
     ]

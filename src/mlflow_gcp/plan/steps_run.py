@@ -148,12 +148,20 @@ class Service(Step):
         if action.verb == CREATE:
             run.create_service(clients, cfg.region, cfg.service.name, want, progress=ctx.progress)
         else:
-            want["labels"] = {**(action.current.get("labels") or {}), **want["labels"]}
-            run.update_service(clients, cfg.region, cfg.service.name, want, progress=ctx.progress)
+            run.update_service(clients, cfg.region, cfg.service.name, _keeping(want, action.current),
+                               progress=ctx.progress)
         # The service's URLs are known only once it exists: allow its own hosts too.
         raw = run.get_service_raw(clients, cfg.region, cfg.service.name)
         again = self._want(ctx, raw)
         if raw is not None and diff(again, raw):
             ctx.say("  adding the service's own URL to its allowed hosts")
-            again["labels"] = {**(raw.get("labels") or {}), **again["labels"]}
-            run.update_service(clients, cfg.region, cfg.service.name, again, progress=ctx.progress)
+            run.update_service(clients, cfg.region, cfg.service.name, _keeping(again, raw), progress=ctx.progress)
+
+
+def _keeping(want: dict, current: dict) -> dict:
+    """`want` plus the labels and annotations others set: a v2 patch replaces what it is not sent
+    (the annotations hold, among others, the invokers record of plan/invokers.py)."""
+    out = {**want, "labels": {**(current.get("labels") or {}), **want["labels"]}}
+    if current.get("annotations"):
+        out["annotations"] = dict(current["annotations"])
+    return out
