@@ -127,6 +127,17 @@ def test_doctor_names_the_builder_role_that_is_missing(deployed, fake_gcp, capsy
     assert _doctor(capsys)[1]["image builder account"]["status"] == "PASS"
 
 
+def test_doctor_gives_one_command_line_for_several_missing_builder_roles(deployed, fake_gcp, capsys):
+    _drop(fake_gcp, "cloudresourcemanager", PROJECT, "roles/logging.logWriter")
+    _drop(fake_gcp, "artifactregistry", REPO, "roles/artifactregistry.writer")
+    builder = _doctor(capsys)[1]["image builder account"]
+    assert builder["detail"] == (f"{BUILDER} lacks roles/logging.logWriter on the project, "
+                                 "roles/artifactregistry.writer on the repository (the next build fails)")
+    first, second = builder["fix"].split(" && ")
+    assert first.startswith(f"gcloud projects add-iam-policy-binding {PROJECT} ")
+    assert second.startswith("gcloud artifacts repositories add-iam-policy-binding mlflow ")
+
+
 def test_doctor_says_when_the_builder_account_is_disabled_or_gone(deployed, fake_gcp, capsys):
     fake_gcp.state("iam")[BUILDER]["disabled"] = True
     code, checks = _doctor(capsys)
