@@ -17,6 +17,7 @@ from mlflow_gcp.plan import desired
 from mlflow_gcp.plan.context import Context, Step, ensure_bindings
 from mlflow_gcp.plan.diff import Change, diff
 from mlflow_gcp.plan.invokers import Invokers
+from mlflow_gcp.plan.steps_budget import ServiceBudgetFirst
 from mlflow_gcp.plan.model import CREATE, DELETE, NONE, UPDATE
 from mlflow_gcp.plan.steps_db import Secret, SecretVersion, SqlDatabase, SqlInstance, SqlUser
 from mlflow_gcp.plan.steps_run import Image, MigrationJob, Migrate, Repository, Service
@@ -157,6 +158,7 @@ def steps() -> list[Step]:
         BuilderAccount(),
         Secret(),
         SecretVersion(),
+        ServiceBudgetFirst(),  # only when the tier shrinks below what the running service may open
         SqlInstance(),
         SqlDatabase(),
         SqlUser(),

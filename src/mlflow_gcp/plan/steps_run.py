@@ -140,6 +140,9 @@ class Service(Step):
             svc = ctx.cfg.service
             return self.action(ctx, CREATE, detail=f"{svc.min_instances}..{svc.max_instances} instances, {ctx.cfg.access.mode}")
         changes = diff(self._want(ctx, raw), raw, labels=desired.FIELD_LABELS)
+        if not ctx.applying:  # a plan shows what the budget step does before the database once
+            first = ctx.facts.get("service_budget_first") or ()
+            changes = [c for c in changes if c.path not in first]
         return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=raw)
 
     def apply(self, ctx, action):
