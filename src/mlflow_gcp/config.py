@@ -69,6 +69,11 @@ class ServiceConfig(_Section):
         description="Full image reference to deploy; empty means build ours into Artifact Registry.",
     )
     repository: str = Field("mlflow", description="Artifact Registry Docker repository for the image.")
+    # At least 2: the running image and the one before it, which a rollback needs.
+    images_kept: int = Field(
+        5, ge=2, le=100,
+        description="Most recent mlflow-gcp images the repository's cleanup policy keeps (older ones are deleted).",
+    )
     service_account: str = Field(
         "mlflow-server",
         description="Account id of the server's own least-privilege service account.",

@@ -104,6 +104,8 @@ def test_env_values_are_parsed_like_file_values():
         ('project = "acme-ml-prod"\n[databse]\ntier = "db-g1-small"', "databse"),
         ('project = "acme-ml-prod"\n[service]\nmlflow_version = "2.9.2"', "service.mlflow_version"),
         ('project = "acme-ml-prod"\n[service]\nmemory = "1GB"', "service.memory"),
+        # One image kept would leave nothing to roll back to.
+        ('project = "acme-ml-prod"\n[service]\nimages_kept = 1', "service.images_kept"),
         ('project = "acme-ml-prod"\n[service]\nmin_instances = 5\nmax_instances = 2', "service"),
         ('project = "acme-ml-prod"\n[service]\nbuild_service_account = "mlflow-server"', "service"),
         ('project = "acme-ml-prod"\n[service]\nbuild_service_account = "Builder"', "service.build_service_account"),

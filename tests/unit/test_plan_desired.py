@@ -82,6 +82,17 @@ def test_lifecycle_archives_by_default_and_deletes_only_under_a_prefix():
         assert all(r["condition"].get("matchesPrefix") for r in rules if r["action"]["type"] == "Delete")
 
 
+def test_the_cleanup_policy_deletes_only_old_versions_of_our_package_beyond_the_kept_ones():
+    policies = desired.repository(cfg(service={"images_kept": 3}))["cleanupPolicies"]
+    by_action = {p["action"]: p for p in policies.values()}
+    assert set(by_action) == {"DELETE", "KEEP"} and all(policies[k]["id"] == k for k in policies)
+    # Google keeps a version that matches both a DELETE and a KEEP policy.
+    assert by_action["KEEP"]["mostRecentVersions"] == {"packageNamePrefixes": ["mlflow-gcp"], "keepCount": 3}
+    assert by_action["DELETE"]["condition"] == {
+        "tagState": "ANY", "olderThan": "604800s", "packageNamePrefixes": ["mlflow-gcp"]}
+    assert desired.repository(cfg())["cleanupPolicyDryRun"] is False
+
+
 def test_the_password_is_only_a_secret_reference():
     c = cfg()
     for body in (desired.service(c, "img", []), desired.job(c, "img")):

@@ -27,6 +27,14 @@ def create_repository(clients, region: str, repo: str, body: dict, progress=None
     )
 
 
+def patch_repository(clients, region: str, repo: str, body: dict, fields: list[str]) -> dict:
+    """Update only `fields` (an update mask); repositories.patch answers with the repository, no operation."""
+    return clients.execute(
+        _repos(clients).patch(name=repo_name(clients, region, repo), updateMask=",".join(fields), body=body),
+        f"updating repository {repo}",
+    )
+
+
 def delete_repository(clients, region: str, repo: str, progress=None) -> bool:
     return operations.change(
         clients, _repos(clients).delete(name=repo_name(clients, region, repo)), f"deleting repository {repo}",

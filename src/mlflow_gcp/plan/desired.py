@@ -38,6 +38,13 @@ UPLOAD_PARTS_DAYS = 1
 # The startup probe allows 5 s x 48 = 4 minutes: a cold start waits for Cloud SQL and the schema check.
 PROBE_PERIOD_SECONDS = 5
 PROBE_FAILURES = 48
+# The image package `up` builds (config.image_uri) and its cleanup policies' ids. A version
+# younger than a week is never deleted, whatever images_kept says: a burst of builds from an
+# edited checkout does not push out the image that is serving.
+IMAGE_PACKAGE = "mlflow-gcp"
+IMAGE_DELETE_AFTER_DAYS = 7
+CLEANUP_DELETE_ID = "mlflow-gcp-delete-old"
+CLEANUP_KEEP_ID = "mlflow-gcp-keep-recent"
 # Connections the migration job may open (budget.RESERVED_CONNECTIONS keeps 2 for it).
 JOB_DB_CONNECTIONS = 2
 
@@ -60,6 +67,7 @@ FIELD_LABELS = {
     "template.containers[mlflow].resources.limits.memory": "service.memory",
     "template.containers[mlflow].image": "service.image",
     "lifecycle.rule": "artifacts.lifecycle",
+    "cleanupPolicies.mlflow-gcp-keep-recent.mostRecentVersions.keepCount": "service.images_kept",
     "template.containers[mlflow].env[DB_CONNECTIONS].value": "connection budget per instance",
     "template.containers[mlflow].env[WORKERS].value": "service.workers",
 }
@@ -171,7 +179,36 @@ def builder_service_account(cfg: Config) -> dict:
 
 
 def repository(cfg: Config) -> dict:
-    return {"format": "DOCKER", "description": "MLflow server images (mlflow-gcp)", "labels": cfg.all_labels}
+    return {"format": "DOCKER", "description": "MLflow server images (mlflow-gcp)", "labels": cfg.all_labels,
+            **repository_cleanup(cfg)}
+
+
+def repository_cleanup(cfg: Config) -> dict:
+    """Artifact Registry cleanup policies: delete our image versions once they are both older than
+    IMAGE_DELETE_AFTER and outside the service.images_kept most recent. Google applies KEEP over
+    DELETE when a version matches both, so the newest ones (the running image and the one a
+    rollback needs) stay whatever their age. Both are limited to our package: other images
+    someone keeps in the same repository are not ours to delete."""
+    return {
+        "cleanupPolicies": {
+            CLEANUP_DELETE_ID: {
+                "id": CLEANUP_DELETE_ID,
+                "action": "DELETE",
+                "condition": {
+                    "tagState": "ANY",
+                    "olderThan": f"{IMAGE_DELETE_AFTER_DAYS * 86400}s",
+                    "packageNamePrefixes": [IMAGE_PACKAGE],
+                },
+            },
+            CLEANUP_KEEP_ID: {
+                "id": CLEANUP_KEEP_ID,
+                "action": "KEEP",
+                "mostRecentVersions": {"packageNamePrefixes": [IMAGE_PACKAGE], "keepCount": cfg.service.images_kept},
+            },
+        },
+        # False is what enforces the policies; true would only log what they would delete.
+        "cleanupPolicyDryRun": False,
+    }
 
 
 def run_app_host(cfg: Config, project_number: str) -> str:

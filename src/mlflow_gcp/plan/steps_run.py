@@ -29,11 +29,26 @@ class Repository(Step):
                 f"repository {ctx.cfg.service.repository} exists with format {current.get('format')}, not DOCKER",
                 hint="set service.repository to another name",
             )
-        return self.action(ctx, NONE)
+        # Compared field by field: cleanup policies someone else added under other ids are theirs.
+        want = desired.repository_cleanup(ctx.cfg)
+        changes = diff(want, current, labels=desired.FIELD_LABELS)
+        if not changes:
+            return self.action(ctx, NONE)
+        return self.action(ctx, UPDATE, changes=changes, current=current)
 
     def apply(self, ctx, action):
-        artifactregistry.create_repository(
-            ctx.clients, ctx.cfg.region, ctx.cfg.service.repository, desired.repository(ctx.cfg), progress=ctx.progress
+        if action.verb == CREATE:
+            artifactregistry.create_repository(
+                ctx.clients, ctx.cfg.region, ctx.cfg.service.repository, desired.repository(ctx.cfg),
+                progress=ctx.progress,
+            )
+            return
+        want = desired.repository_cleanup(ctx.cfg)
+        # The mask replaces the whole map, so the policies of other ids go back unchanged.
+        policies = {**(action.current.get("cleanupPolicies") or {}), **want["cleanupPolicies"]}
+        artifactregistry.patch_repository(
+            ctx.clients, ctx.cfg.region, ctx.cfg.service.repository,
+            {**want, "cleanupPolicies": policies}, ["cleanupPolicies", "cleanupPolicyDryRun"],
         )
 
 

@@ -1,5 +1,5 @@
-"""Artifact Registry v1: repositories (create/get/list/patch/delete with operations, IAM policies)
-and Docker images (listed once Cloud Build pushed them, or seeded with add_image)."""
+"""Artifact Registry v1: repositories (create/get/list/patch/delete with operations, IAM policies,
+cleanup policies stored as given and checked as the reference describes) and Docker images (listed once Cloud Build pushed them, or seeded with add_image)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,35 @@ from ..core.api import ApiModule, IamPolicies, Operation, Request, apply_mask, h
 from ..core.errors import GcpError, already_exists, invalid_argument
 
 _ID = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
+_MAX_CLEANUP_POLICIES = 10
 _FORMATS = {"DOCKER", "MAVEN", "NPM", "APT", "YUM", "PYTHON", "KFP", "GO", "GENERIC"}
+
+
+def _check_cleanup(policies) -> None:
+    """What the v1 reference states about Repository.cleanupPolicies (types and enums are
+    checked against the discovery document already): keys under 128 characters, an action,
+    mostRecentVersions only with KEEP, and a condition or mostRecentVersions, not both; the
+    overview page adds at most 10 policies per repository."""
+    if len(policies or {}) > _MAX_CLEANUP_POLICIES:
+        raise invalid_argument(f"A repository has at most {_MAX_CLEANUP_POLICIES} cleanup policies.",
+                               field="repository.cleanup_policies")
+    for key, policy in (policies or {}).items():
+        where = f"repository.cleanup_policies[{key}]"
+        if not key or len(key) >= 128:
+            raise invalid_argument(f"{where}: policy ids are 1 to 127 characters.", field="repository.cleanup_policies")
+        action = (policy or {}).get("action")
+        if action not in ("DELETE", "KEEP"):
+            raise invalid_argument(f"{where}.action must be DELETE or KEEP.", field=f"{where}.action")
+        if policy.get("mostRecentVersions") is not None:
+            if action != "KEEP":
+                raise invalid_argument(f"{where}: most_recent_versions may only be specified with a Keep action.",
+                                       field=f"{where}.most_recent_versions")
+            if policy.get("condition") is not None:
+                raise invalid_argument(f"{where}: a policy has a condition or most_recent_versions, not both.",
+                                       field=f"{where}.condition")
+        elif policy.get("condition") is None:
+            raise invalid_argument(f"{where}: a condition or most_recent_versions is required.",
+                                   field=f"{where}.condition")
 
 
 class ArtifactRegistry(ApiModule):
@@ -64,6 +92,7 @@ class ArtifactRegistry(ApiModule):
         body = copy.deepcopy(req.body or {})
         if body.get("format") not in _FORMATS:
             raise invalid_argument("repository.format is required (e.g. DOCKER).", field="repository.format")
+        _check_cleanup(body.get("cleanupPolicies"))
         repo = {k: v for k, v in body.items() if k not in ("name", "createTime", "updateTime")}
         repo.update({"name": name, "createTime": now(), "updateTime": now(), "mode": body.get("mode", "STANDARD_REPOSITORY"),
                      "sizeBytes": "0", "satisfiesPzi": False,
@@ -90,7 +119,10 @@ class ArtifactRegistry(ApiModule):
     def patch(self, req: Request) -> dict:
         repo = self._repo(req.get("name"))
         body = {k: v for k, v in (req.body or {}).items() if k not in ("name", "format", "createTime")}
-        apply_mask(repo, body, req.get("updateMask"))
+        mask = req.get("updateMask")
+        if mask is None or mask == "*" or "cleanupPolicies" in mask.split(","):
+            _check_cleanup(body.get("cleanupPolicies"))
+        apply_mask(repo, body, mask)
         repo["updateTime"] = now()
         return copy.deepcopy(repo)
 
