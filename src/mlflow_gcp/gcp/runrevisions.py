@@ -22,6 +22,32 @@ def input_body(raw: dict) -> dict:
     return {k: copy.deepcopy(raw[k]) for k in SERVICE_INPUT if k in raw}
 
 
+CONNECTIONS_ENV = "DB_CONNECTIONS"  # the server's share of the database (server/env.py)
+
+
+def set_instance_budget(body: dict, min_instances: int, max_instances: int, per_instance: int) -> bool:
+    """Set a service body's scaling bounds and its container's DB_CONNECTIONS, in place (added
+    where missing); True when anything changed. Both bounds at once: Cloud Run refuses a minimum
+    above the maximum, and limits and connection share must change in the same revision."""
+    template = body.setdefault("template", {})
+    scaling = template.setdefault("scaling", {})
+    before = (int(scaling.get("minInstanceCount") or 0), int(scaling.get("maxInstanceCount") or 0))
+    scaling.update(minInstanceCount=min_instances, maxInstanceCount=max_instances)
+    containers = template.setdefault("containers", [])
+    if not containers:
+        containers.append({})
+    env = containers[0].setdefault("env", [])
+    value = str(per_instance)
+    item = next((e for e in env if e.get("name") == CONNECTIONS_ENV), None)
+    if item is None:
+        env.append({"name": CONNECTIONS_ENV, "value": value})
+        env_changed = True
+    else:
+        env_changed = item.get("value") != value
+        item["value"] = value
+    return env_changed or before != (min_instances, max_instances)
+
+
 def patch_service(clients, region: str, service: str, body: dict, *, new_revision: bool = False,
                   progress=None) -> dict:
     """Patch and wait for the rollout; the service as the finished operation returns it."""

@@ -64,18 +64,9 @@ def scale(ctx, max_instances: int, min_instances: int | None = None, config_file
         raise MlflowGcpError(f"Cloud Run service {svc.name} is not deployed", hint=live.NOT_DEPLOYED_HINT)
     live.require_latest_traffic(raw, "new instance limits")
     body = runrevisions.input_body(raw)
-    template = body.setdefault("template", {})
-    scaling = template.setdefault("scaling", {})
     per_instance = cfg.connections_per_instance()
-    before = (int(scaling.get("minInstanceCount") or 0), int(scaling.get("maxInstanceCount") or 0))
-    scaling.update(minInstanceCount=svc.min_instances, maxInstanceCount=svc.max_instances)
-    env_changed = False
-    for item in (template.get("containers") or [{}])[0].get("env") or []:
-        if item.get("name") == "DB_CONNECTIONS" and item.get("value") != str(per_instance):
-            item["value"] = str(per_instance)
-            env_changed = True
     saved = None
-    if before != (svc.min_instances, svc.max_instances) or env_changed:
+    if runrevisions.set_instance_budget(body, svc.min_instances, svc.max_instances, per_instance):
         ctx.say(f"scaling {svc.name} to {svc.min_instances}..{svc.max_instances} instances "
                 f"({per_instance} database connections each)")
         # Limits and connection share change together, in one new revision.

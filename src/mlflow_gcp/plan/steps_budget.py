@@ -18,7 +18,7 @@ from mlflow_gcp.plan.context import Step
 from mlflow_gcp.plan.diff import Change
 from mlflow_gcp.plan.model import NONE, UPDATE
 
-_ENV = "DB_CONNECTIONS"
+_ENV = runrevisions.CONNECTIONS_ENV
 _ENV_PATH = f"template.containers[{desired.CONTAINER_NAME}].env[{_ENV}].value"
 _SCALING_PATH = "template.scaling.maxInstanceCount"
 _MIN_PATH = "template.scaling.minInstanceCount"
@@ -84,17 +84,8 @@ class ServiceBudgetFirst(Step):
     def apply(self, ctx, action):
         cfg, raw = ctx.cfg, action.current
         body = runrevisions.input_body(raw)
-        # Both bounds: Cloud Run refuses a minimum above the maximum.
-        body["template"].setdefault("scaling", {}).update(
-            minInstanceCount=cfg.service.min_instances, maxInstanceCount=cfg.service.max_instances)
-        container = _container(body)
-        value = {"name": _ENV, "value": str(cfg.connections_per_instance())}
-        env = container.setdefault("env", [])
-        at = next((i for i, e in enumerate(env) if e.get("name") == _ENV), None)
-        if at is None:
-            env.append(value)
-        else:
-            env[at] = value
+        runrevisions.set_instance_budget(body, cfg.service.min_instances, cfg.service.max_instances,
+                                         cfg.connections_per_instance())
         if raw.get("etag"):
             body["etag"] = raw["etag"]  # a concurrent change fails this write; the rerun re-reads
         runrevisions.patch_service(ctx.clients, cfg.region, cfg.service.name, body, progress=ctx.progress)
