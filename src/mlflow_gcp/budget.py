@@ -42,25 +42,50 @@ _MAX_CONNECTIONS_BY_MEMORY_MB = (
 )
 
 SHARED_CORE_TIERS = {"db-f1-micro": 25, "db-g1-small": 50}
+# Cloud SQL Enterprise Plus machines (db-perf-optimized-N-<vCPUs>): 8 GB per vCPU, 864 GB at 128.
+PERF_OPTIMIZED_PREFIX = "db-perf-optimized-N-"
+PERF_OPTIMIZED_CPUS = (2, 4, 8, 16, 32, 48, 64, 80, 96, 128)
 
 
-def tier_max_connections(tier: str) -> int:
-    """max_connections Cloud SQL sets by default for `tier`; ValueError for an unknown tier."""
+def tier_shape(tier: str) -> tuple[int, int] | None:
+    """(vCPUs, memory MB) of a dedicated-core tier; None for a shared-core one; ValueError for an
+    unknown tier."""
     if tier in SHARED_CORE_TIERS:
-        return SHARED_CORE_TIERS[tier]
+        return None
+    if tier.startswith(PERF_OPTIMIZED_PREFIX) and tier[len(PERF_OPTIMIZED_PREFIX):].isdigit():
+        cpus = int(tier[len(PERF_OPTIMIZED_PREFIX):])
+        if cpus not in PERF_OPTIMIZED_CPUS:
+            raise ValueError(f"{tier}: Enterprise Plus machines have {', '.join(map(str, PERF_OPTIMIZED_CPUS))} vCPUs")
+        return cpus, (864 if cpus == 128 else 8 * cpus) * 1024
     parts = tier.split("-")
     # db-custom-<vCPUs>-<memory MB>
     if len(parts) == 4 and parts[:2] == ["db", "custom"] and parts[2].isdigit() and parts[3].isdigit():
         cpus, memory_mb = int(parts[2]), int(parts[3])
         if cpus < 1 or memory_mb < 3840:
             raise ValueError(f"{tier} is below Cloud SQL's smallest custom machine (1 vCPU, 3840 MB)")
-        for limit, conns in _MAX_CONNECTIONS_BY_MEMORY_MB:
-            if memory_mb <= limit:
-                return conns
-        return 1000
+        return cpus, memory_mb
     raise ValueError(
-        f"unknown tier {tier!r}; use db-f1-micro, db-g1-small or db-custom-<vCPUs>-<memory MB>"
+        f"unknown tier {tier!r}; use db-f1-micro, db-g1-small or db-custom-<vCPUs>-<memory MB> "
+        f"(edition ENTERPRISE), or {PERF_OPTIMIZED_PREFIX}<vCPUs> (edition ENTERPRISE_PLUS)"
     )
+
+
+def tier_edition(tier: str) -> str:
+    """The Cloud SQL edition that offers `tier`: Enterprise Plus has only its perf-optimized
+    machines, which Enterprise lacks."""
+    return "ENTERPRISE_PLUS" if tier.startswith(PERF_OPTIMIZED_PREFIX) else "ENTERPRISE"
+
+
+def tier_max_connections(tier: str) -> int:
+    """max_connections Cloud SQL sets by default for `tier`; ValueError for an unknown tier."""
+    shape = tier_shape(tier)
+    if shape is None:
+        return SHARED_CORE_TIERS[tier]
+    memory_mb = shape[1]
+    for limit, conns in _MAX_CONNECTIONS_BY_MEMORY_MB:
+        if memory_mb <= limit:
+            return conns
+    return 1000
 
 
 @dataclass(frozen=True)

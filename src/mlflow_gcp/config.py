@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from mlflow_gcp import budget
 from mlflow_gcp.errors import ConfigError
@@ -54,6 +55,8 @@ _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 CLOUD_RUN_CPUS = ("1", "2", "4", "6", "8")
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+# Days of transaction logs (point-in-time recovery) each Cloud SQL edition keeps at most.
+LOG_RETENTION_MAX_DAYS = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
 
 
 class _Section(BaseModel):
@@ -194,17 +197,22 @@ class AccessConfig(_Section):
 class DatabaseConfig(_Section):
     instance: str = Field("mlflow-db", description="Cloud SQL instance name.")
     tier: str = Field("db-f1-micro", description="Cloud SQL machine tier; sets max_connections.")
+    # validate_default: the checks against tier and backups run when the default is kept too.
     edition: Literal["ENTERPRISE", "ENTERPRISE_PLUS"] = Field(
-        "ENTERPRISE", description="Cloud SQL edition; shared-core tiers exist only in ENTERPRISE."
+        "ENTERPRISE", validate_default=True,
+        description="Cloud SQL edition: ENTERPRISE has the shared-core and db-custom tiers, "
+        "ENTERPRISE_PLUS only db-perf-optimized-N-<vCPUs>.",
     )
     version: str = Field("POSTGRES_15", description="PostgreSQL major version, e.g. POSTGRES_15.")
     database: str = Field("mlflow", description="Database that holds MLflow's schema.")
     user: str = Field("mlflow", description="Database user the server connects as.")
     disk_size_gb: int = Field(10, ge=10, le=65536, description="Initial SSD size (grows automatically).")
     backup_start_time: str = Field("03:00", description="Daily backup window start, HH:00 UTC.")
-    backup_retention: int = Field(7, ge=1, le=365, description="Automated backups kept.")
+    # One more than the days of logs: Cloud SQL wants more retained backups than log days.
+    backup_retention: int = Field(8, ge=1, le=365, description="Automated backups kept (1-365; more than log_retention_days).")
     point_in_time_recovery: bool = Field(True, description="Keep transaction logs for PITR.")
-    log_retention_days: int = Field(7, ge=1, le=35, description="Days of transaction logs for PITR.")
+    log_retention_days: int = Field(
+        7, ge=1, le=35, validate_default=True, description="Days of transaction logs for PITR: 1-7 (ENTERPRISE), 1-35 (ENTERPRISE_PLUS).")
     maintenance_day: str = Field("SUN", description="Weekly maintenance day (MON..SUN).")
     maintenance_hour: int = Field(4, ge=0, le=23, description="Maintenance hour, UTC.")
     deletion_protection: bool = Field(True, description="Refuse instance deletion until lifted.")
@@ -227,6 +235,31 @@ class DatabaseConfig(_Section):
     @classmethod
     def _tier(cls, v: str) -> str:
         budget.tier_max_connections(v)  # raises ValueError with the accepted forms
+        return v
+
+    @field_validator("edition")
+    @classmethod
+    def _edition(cls, v: str, info: ValidationInfo) -> str:
+        tier = info.data.get("tier")
+        if tier and budget.tier_edition(tier) != v:
+            offers = "only db-perf-optimized-N-<vCPUs> tiers" if v == "ENTERPRISE_PLUS" else \
+                "no db-perf-optimized tiers (they are ENTERPRISE_PLUS only)"
+            raise ValueError(f"{v} has {offers}: database.tier {tier} needs edition {budget.tier_edition(tier)}")
+        return v
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _log_days(cls, v: int, info: ValidationInfo) -> int:
+        edition = info.data.get("edition")
+        top = LOG_RETENTION_MAX_DAYS.get(edition or "", 35)
+        if v > top:
+            raise ValueError(f"the {edition} edition keeps 1-{top} days of transaction logs"
+                             + (" (35 needs database.edition = \"ENTERPRISE_PLUS\")" if top < 35 else ""))
+        backups = info.data.get("backup_retention")
+        if info.data.get("point_in_time_recovery") and backups is not None and backups <= v:
+            raise ValueError(f"{v} days of transaction logs need more retained backups than that "
+                             f"(Cloud SQL: backup retention must exceed log retention): set "
+                             f"database.backup_retention to {v + 1} or more, or lower log_retention_days")
         return v
 
     @field_validator("version")
@@ -262,8 +295,6 @@ class DatabaseConfig(_Section):
     def _checks(self) -> DatabaseConfig:
         if self.private_ip and not self.network:
             raise ValueError("private_ip needs network (projects/P/global/networks/NAME)")
-        if self.tier in budget.SHARED_CORE_TIERS and self.edition != "ENTERPRISE":
-            raise ValueError(f"{self.tier} exists only in the ENTERPRISE edition")
         return self
 
     @property

@@ -116,7 +116,7 @@ def test_fresh_up_creates_everything_with_the_expected_fields(fake_gcp):
     assert s["deletionProtectionEnabled"] is True
     b = s["backupConfiguration"]
     assert b["enabled"] and b["startTime"] == "03:00" and b["pointInTimeRecoveryEnabled"]
-    assert b["transactionLogRetentionDays"] == 7 and b["backupRetentionSettings"]["retainedBackups"] == 7
+    assert b["transactionLogRetentionDays"] == 7 and b["backupRetentionSettings"]["retainedBackups"] == 8
     assert s["maintenanceWindow"]["day"] == 7 and s["maintenanceWindow"]["hour"] == 4
     assert s["ipConfiguration"]["sslMode"] == "ENCRYPTED_ONLY"
     assert not s["ipConfiguration"].get("authorizedNetworks")

@@ -191,3 +191,49 @@ def test_deleted_instance_name_stays_reserved(fake_gcp, sql):
     with pytest.raises(HttpError) as info:
         sql.instances().insert(project=P, body=body).execute()
     assert info.value.status_code == 409 and b"one week" in info.value.content
+
+
+def _settings(**backup) -> dict:
+    body = json.loads(json.dumps(BODY))
+    body["databaseVersion"] = "POSTGRES_15"
+    body["settings"]["backupConfiguration"].update(backup)
+    return body
+
+
+@pytest.mark.parametrize("backup, edition_tier, message", [
+    # Google's texts (Terraform provider and module issues quote them).
+    ({"transactionLogRetentionDays": 7, "backupRetentionSettings": {"retainedBackups": 7}}, None,
+     "Invalid request: backup retention should be > transaction log retention."),
+    ({"transactionLogRetentionDays": 14, "backupRetentionSettings": {"retainedBackups": 15}}, None,
+     "Invalid request: The number of transaction log retention days must be between 1 and 7."),
+    ({"transactionLogRetentionDays": 36, "backupRetentionSettings": {"retainedBackups": 40}},
+     ("ENTERPRISE_PLUS", "db-perf-optimized-N-2"),
+     "Invalid request: The number of transaction log retention days must be between 1 and 35."),
+    ({"backupRetentionSettings": {"retainedBackups": 366}}, None,
+     "Invalid request: The number of retained backups must be between 1 and 365."),
+    ({}, ("ENTERPRISE_PLUS", "db-f1-micro"),
+     "Invalid request: Invalid Tier (db-f1-micro) for (ENTERPRISE_PLUS) Edition. Use sql tiers list to see "
+     "the list of valid tiers."),
+    ({}, ("ENTERPRISE", "db-perf-optimized-N-2"),
+     "Invalid request: Invalid Tier (db-perf-optimized-N-2) for (ENTERPRISE) Edition. Use sql tiers list to "
+     "see the list of valid tiers."),
+])
+def test_cloud_sql_refuses_what_each_edition_refuses(sql, fake_gcp, backup, edition_tier, message):
+    body = _settings(**backup)
+    if edition_tier:
+        body["settings"]["edition"], body["settings"]["tier"] = edition_tier
+    with pytest.raises(HttpError) as info:
+        sql.instances().insert(project=P, body=body).execute()
+    assert info.value.status_code == 400
+    assert json.loads(info.value.content)["error"]["message"] == message
+    assert fake_gcp.state("sqladmin") == {}
+
+
+def test_enterprise_plus_keeps_up_to_35_days_and_a_patch_is_checked_too(sql):
+    body = _settings(transactionLogRetentionDays=35, backupRetentionSettings={"retainedBackups": 36})
+    body["settings"].update(edition="ENTERPRISE_PLUS", tier="db-perf-optimized-N-2")
+    wait(sql, sql.instances().insert(project=P, body=body).execute())
+    with pytest.raises(HttpError) as info:
+        sql.instances().patch(project=P, instance="mlflow-db", body={"settings": {
+            "backupConfiguration": {"backupRetentionSettings": {"retainedBackups": 35}}}}).execute()
+    assert "backup retention should be > transaction log retention" in str(info.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlflow_gcp import budget
 from mlflow_gcp import config as config_mod
 
 PRICES_AS_OF = "2025-06"
@@ -66,8 +67,8 @@ class Estimate:
 def _sql_hourly(tier: str, edition: str) -> float:
     if tier in SQL_SHARED_CORE_HOURLY:
         return SQL_SHARED_CORE_HOURLY[tier]
-    _, _, cpus, mem_mb = tier.split("-")
-    return int(cpus) * SQL_VCPU_HOURLY[edition] + int(mem_mb) / 1024 * SQL_GB_RAM_HOURLY[edition]
+    cpus, mem_mb = budget.tier_shape(tier)
+    return cpus * SQL_VCPU_HOURLY[edition] + mem_mb / 1024 * SQL_GB_RAM_HOURLY[edition]
 
 
 def _gib(memory: str) -> float:

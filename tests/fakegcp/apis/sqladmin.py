@@ -30,14 +30,21 @@ _TIER = re.compile(r"db-(f1-micro|g1-small|custom-\d+-\d+|n1-(standard|highmem)-
                    r"perf-optimized-N-\d+|(standard|highmem|lightweight)-\d+)")
 
 
-def _validate_settings(version: str, s: dict) -> None:
-    """What Cloud SQL refuses in settings the deploy sets (checked on insert and after patch)."""
+# Transaction log days each edition keeps (Cloud SQL: 1-7, PostgreSQL Enterprise Plus 1-35).
+_LOG_DAYS = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
+
+
+def _validate_settings(version: str, s: dict, given: dict | None = None) -> None:
+    """What Cloud SQL refuses in settings the deploy sets (checked on insert and after patch);
+    `given` is what the request itself set (the retention rule is checked when it sets either)."""
     if not _TIER.fullmatch(s.get("tier") or ""):
         raise _err(400, f"Invalid request: Invalid Tier ({s.get('tier')}) for (SECOND_GEN) "
                    "Edition. Use sql tiers list to see the list of valid tiers.", "invalid")
-    if s.get("tier") in ("db-f1-micro", "db-g1-small") and s.get("edition") == "ENTERPRISE_PLUS":
-        raise _err(400, "Invalid request: shared-core tiers are not available in the "
-                   "ENTERPRISE_PLUS edition.", "invalid")
+    edition = s.get("edition") or "ENTERPRISE"
+    # Enterprise Plus has only its perf-optimized machines, which Enterprise lacks.
+    if (edition == "ENTERPRISE_PLUS") != s["tier"].startswith("db-perf-optimized-"):
+        raise _err(400, f"Invalid request: Invalid Tier ({s['tier']}) for ({edition}) Edition. Use "
+                   "sql tiers list to see the list of valid tiers.", "invalid")
     backup = s.get("backupConfiguration") or {}
     start = backup.get("startTime")
     if start and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", start):
@@ -49,8 +56,20 @@ def _validate_settings(version: str, s: dict) -> None:
         raise _err(400, "Invalid request: binary logging is only supported for MySQL; use "
                    "pointInTimeRecoveryEnabled.", "invalid")
     days = backup.get("transactionLogRetentionDays")
-    if days is not None and not 1 <= int(days) <= 35:
-        raise _err(400, "Invalid request: transactionLogRetentionDays must be 1-35.", "invalid")
+    top = _LOG_DAYS.get(edition, 7) if version.startswith("POSTGRES") else 7
+    if days is not None and not 1 <= int(days) <= top:
+        raise _err(400, "Invalid request: The number of transaction log retention days must be "
+                   f"between 1 and {top}.", "invalid")
+    kept = (backup.get("backupRetentionSettings") or {}).get("retainedBackups")
+    if kept is not None and not 1 <= int(kept) <= 365:
+        raise _err(400, "Invalid request: The number of retained backups must be between 1 and 365.",
+                   "invalid")
+    asked = (given or {}).get("backupConfiguration") or {}
+    if (backup.get("pointInTimeRecoveryEnabled") and days is not None and kept is not None
+            and ("transactionLogRetentionDays" in asked or "backupRetentionSettings" in asked)
+            and int(kept) <= int(days)):
+        raise _err(400, "Invalid request: backup retention should be > transaction log retention.",
+                   "invalid")
     window = s.get("maintenanceWindow") or {}
     if not 0 <= int(window.get("hour", 0)) <= 23 or not 0 <= int(window.get("day", 0)) <= 7:
         raise _err(400, "Invalid request: maintenance window day must be 1-7 and hour 0-23.", "invalid")
@@ -210,7 +229,7 @@ class SqlAdmin(SqlData, ApiModule):
         version = body.get("databaseVersion") or "MYSQL_8_0"
         region = body.get("region") or "us-central1"
         merged = deep_merge(_default_settings(settings["tier"]), settings)
-        _validate_settings(version, merged)
+        _validate_settings(version, merged, settings)
         number = project_number(project)
         inst = {
             "kind": "sql#instance",
@@ -289,7 +308,7 @@ class SqlAdmin(SqlData, ApiModule):
             new_settings = deep_merge(_default_settings(settings.get("tier") or inst["settings"]["tier"]), settings)
         else:
             new_settings = deep_merge(copy.deepcopy(inst["settings"]), settings)
-        _validate_settings(body.get("databaseVersion") or inst["databaseVersion"], new_settings)
+        _validate_settings(body.get("databaseVersion") or inst["databaseVersion"], new_settings, settings)
         new_settings["settingsVersion"] = str(int(inst["settings"]["settingsVersion"]) + 1)
         inst["settings"] = new_settings
         for field in ("databaseVersion", "userLabels"):
