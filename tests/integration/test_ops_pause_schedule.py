@@ -73,8 +73,9 @@ def test_schedule_set_show_clear(deployed, fake_gcp, capsys):
     assert code == 0, out
     assert "59 h a week" in out
     jobs = fake_gcp.state("cloudscheduler")
-    pause = jobs[f"projects/{PROJECT}/locations/{REGION}/jobs/mlflow-tracking-db-pause"]
-    resume = jobs[f"projects/{PROJECT}/locations/{REGION}/jobs/mlflow-tracking-db-resume"]
+    # Cloud Scheduler has no europe-west9 (the deployment's region): the nearest of its family.
+    pause = jobs[f"projects/{PROJECT}/locations/europe-west1/jobs/mlflow-tracking-db-pause"]
+    resume = jobs[f"projects/{PROJECT}/locations/europe-west1/jobs/mlflow-tracking-db-resume"]
     assert (pause["schedule"], pause["timeZone"]) == ("0 20 * * 5", "Europe/Paris")
     assert resume["schedule"] == "0 7 * * 1"
     target = pause["httpTarget"]

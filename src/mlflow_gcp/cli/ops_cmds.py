@@ -254,6 +254,9 @@ def schedule_set(cfg_source, pause_at: str, resume_at: str, time_zone: str) -> N
     hours = schedule.paused_hours_per_week(p, r)
     click.echo(("No changes: " if not changes else "") + f"paused {p} -> {r} ({time_zone}): {hours:.0f} h a week, "
                f"about ${schedule.monthly_saving(ctx.cfg, hours):.2f} a month saved on the instance.")
+    note = schedule.backups_note(p, r)
+    if note:
+        click.echo(f"Warning: {note}.", err=True)
 
 
 @schedule_group.command("show")
@@ -276,6 +279,10 @@ def schedule_show(cfg_source, as_json: bool) -> None:
         if "paused_hours_per_week" in data:
             click.echo(f"paused {data['paused_hours_per_week']:.0f} h a week: about "
                        f"${data['monthly_saving_usd']:.2f} a month saved")
+        if data.get("region"):
+            click.echo(f"jobs in {data['region']}")
+        if data.get("backups_note"):
+            click.echo(f"Warning: {data['backups_note']}.")
 
 
 @schedule_group.command("clear")

@@ -17,6 +17,32 @@ def _jobs(clients):
     return clients.api("cloudscheduler").projects().locations().jobs()
 
 
+def list_locations(clients) -> list[str]:
+    """The regions that host Cloud Scheduler for this project (not every Google Cloud region)."""
+    api = clients.api("cloudscheduler").projects().locations()
+    out: list[str] = []
+    token = None
+    while True:
+        page = clients.execute(api.list(name=f"projects/{clients.project}", pageToken=token),
+                               "listing Cloud Scheduler locations")
+        out += [loc.get("locationId") for loc in page.get("locations") or [] if loc.get("locationId")]
+        token = page.get("nextPageToken")
+        if not token:
+            return out
+
+
+def list_jobs(clients, region: str) -> list[dict]:
+    out: list[dict] = []
+    token = None
+    while True:
+        page = clients.execute(_jobs(clients).list(parent=location(clients, region), pageToken=token),
+                               f"listing Cloud Scheduler jobs in {region}")
+        out += page.get("jobs") or []
+        token = page.get("nextPageToken")
+        if not token:
+            return out
+
+
 def get_job(clients, region: str, job_id: str) -> dict | None:
     try:
         return clients.execute(_jobs(clients).get(name=job_name(clients, region, job_id)),

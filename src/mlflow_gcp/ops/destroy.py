@@ -28,6 +28,14 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
             out.deleted.append(what)
             ctx.say(f"deleted {what}")
 
+    # The schedule first: its jobs would otherwise go on stopping and starting an instance of this
+    # name, today's while it is deleted and a future deployment's after.
+    from mlflow_gcp.ops import schedule
+
+    gone, kept = schedule.remove_all(ctx)
+    for what in gone:
+        done(True, what)
+    out.kept += kept
     # Read before every delete: a second destroy makes no write at all.
     if run.get_service_raw(clients, cfg.region, cfg.service.name) is not None:
         done(run.delete_service(clients, cfg.region, cfg.service.name, progress=ctx.progress),
