@@ -7,8 +7,14 @@ MLflow finds `GcpRequestAuthProvider` through the `mlflow.request_auth_provider`
 calls `get_auth()` for every request; the `requests` auth object it returns adds a Google ID token
 whose audience is the server's URL (see `tokens` for where tokens come from and the settings).
 
+- Tokens go only to the service: the origin of the MLflow tracking URI (`MLFLOW_TRACKING_URI` or
+  `mlflow.set_tracking_uri`) and those listed in `MLFLOW_GCP_TOKEN_ORIGINS`. Only when none is
+  configured does a token go to the origin the caller addressed (`MlflowClient(tracking_uri=...)`,
+  plain `requests`). A redirect never carries one elsewhere: requests drops the header on a
+  cross-origin redirect, and the retry below happens only where the token was sent.
 - An `Authorization` header the caller set is left alone (and never retried).
-- On a 401 the token is refreshed once and the request sent again (rewinding a file body).
+- On a 401 from the origin the token was sent to, the token is refreshed once and the request
+  sent again (rewinding a file body).
 - Tokens come from one process-wide cache, so a session of any length keeps working.
 
 `GcpAuth` also works with plain `requests`: `requests.get(url, auth=GcpAuth())`.
@@ -19,6 +25,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 import urllib.parse
 
 import requests.auth
@@ -29,6 +36,9 @@ log = logging.getLogger(__name__)
 
 AUTHORIZATION = "Authorization"
 PROVIDER_NAME = "gcp"
+TOKEN_ORIGINS_ENV = "MLFLOW_GCP_TOKEN_ORIGINS"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_warned_origins: set[str] = set()
 
 
 def audience_for(url: str) -> str:
@@ -39,10 +49,61 @@ def audience_for(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def origin_of(url: str | None) -> str | None:
+    """scheme://host[:port] of an http(s) URL, normalised (lower case, no default port)."""
+    if not url:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
+        return None
+    scheme = parts.scheme.lower()
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None or port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _mlflow_tracking_uri() -> str | None:
+    """MLflow's tracking URI when MLflow is already loaded (set_tracking_uri or its env)."""
+    mlflow = sys.modules.get("mlflow")
+    get = getattr(mlflow, "get_tracking_uri", None)
+    if get is None:
+        return None
+    try:
+        return str(get())
+    except Exception:  # noqa: BLE001 -- a half-imported MLflow must not break the request
+        return None
+
+
+def service_origins(env=None) -> set[str]:
+    """The origins that may receive tokens; empty when nothing names the service."""
+    env = os.environ if env is None else env
+    found = set()
+    for raw in env.get(TOKEN_ORIGINS_ENV, "").split(","):
+        if raw.strip():
+            origin = origin_of(raw)
+            if origin is None:
+                raise tokens.TokenError(f"{TOKEN_ORIGINS_ENV}: {raw.strip()!r} is not an "
+                                        "http(s) URL", hint="e.g. https://mlflow.example.com")
+            found.add(origin)
+    for uri in (env.get("MLFLOW_TRACKING_URI"), _mlflow_tracking_uri()):
+        if origin := origin_of(uri):
+            found.add(origin)
+    return found
+
+
 class GcpAuth(requests.auth.AuthBase):
-    def __init__(self, cache: tokens.TokenCache | None = None, audience: str | None = None):
+    """`origins`: where tokens may go, besides the configured ones (see the module docstring)."""
+
+    def __init__(self, cache: tokens.TokenCache | None = None, audience: str | None = None,
+                 origins: tuple[str, ...] = ()):
         self._cache = cache
         self.audience = audience
+        self.origins = {o for o in map(origin_of, origins) if o}
 
     @property
     def cache(self) -> tokens.TokenCache:
@@ -51,8 +112,18 @@ class GcpAuth(requests.auth.AuthBase):
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if AUTHORIZATION in request.headers:
             return request
+        origin = origin_of(request.url)
+        allowed = self.origins | service_origins()
+        if allowed and origin not in allowed:
+            if origin not in _warned_origins:
+                _warned_origins.add(origin)
+                log.warning("not sending a Google ID token to %s: the service is %s (list "
+                            "other origins in %s)", origin, ", ".join(sorted(allowed)),
+                            TOKEN_ORIGINS_ENV)
+            return request
         audience = self.audience or audience_for(request.url)
-        request.headers[AUTHORIZATION] = f"Bearer {self.cache.get(audience)}"
+        sent = f"Bearer {self.cache.get(audience)}"
+        request.headers[AUTHORIZATION] = sent
         # Where a file body starts, so a retry can send it again (requests' digest auth does so).
         body_pos = None
         if hasattr(request.body, "tell"):
@@ -62,6 +133,12 @@ class GcpAuth(requests.auth.AuthBase):
                 body_pos = None
 
         def retry_on_401(response: requests.Response, **send_kwargs) -> requests.Response:
+            # requests copies this hook onto redirected requests: a 401 from where a redirect led
+            # (another origin, or a request that no longer carries our token) is not ours to
+            # answer with a token.
+            if (response.status_code != 401 or origin_of(response.request.url) != origin
+                    or response.request.headers.get(AUTHORIZATION) != sent):
+                return response
             return self._retry(response, audience, body_pos, send_kwargs)
 
         request.register_hook("response", retry_on_401)
@@ -69,8 +146,6 @@ class GcpAuth(requests.auth.AuthBase):
 
     def _retry(self, response: requests.Response, audience: str, body_pos: int | None,
                send_kwargs: dict) -> requests.Response:
-        if response.status_code != 401:
-            return response
         sent = response.request
         rejected = sent.headers.get(AUTHORIZATION, "").removeprefix("Bearer ")
         log.debug("401 from %s: refreshing the ID token and retrying once", audience)
