@@ -27,24 +27,36 @@ ARTIFACTS_DIR = Path(__file__).resolve().parents[2] / "test-artifacts"
 MIB = 1024 * 1024
 
 
-def _start_ui(stack, **env) -> tuple[subprocess.Popen, str]:
+FIRST_LINE = re.compile(r"at (http://127\.0\.0\.1:\d+)/\?token=([\w-]{43}) \(Ctrl-C to stop\)$")
+
+
+def _start_ui(stack, **env) -> tuple[subprocess.Popen, str, str]:
+    """`mlflow-gcp ui --no-browser`: the process, its address, and the address that logs in."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow_gcp", "ui", "--no-browser", "--port", "0",
          "--url", stack.front.url],
         env=clean_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    line = proc.stdout.readline()
-    match = re.search(r"at (http://127\.0\.0\.1:\d+) \(Ctrl-C to stop\)", line)
+    line = proc.stdout.readline().strip()
+    match = FIRST_LINE.search(line)
     if not match:
         proc.kill()
         raise AssertionError(f"unexpected first line {line!r}; stderr: {proc.stderr.read()}")
-    return proc, match.group(1)
+    assert proc.stdout.readline().startswith("Open that address in your browser;")
+    return proc, match.group(1), f"{match.group(1)}/?token={match.group(2)}"
 
 
-def _stop_ui(proc: subprocess.Popen) -> tuple[int, str]:
+def logged_in(proxy: UiProxy) -> requests.Session:
+    """A client holding the session cookie, as a browser that opened the printed address."""
+    session = requests.Session()
+    assert session.get(proxy.login_url, timeout=30).status_code == 200
+    return session
+
+
+def _stop_ui(proc: subprocess.Popen) -> tuple[int, str, str]:
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    out, _ = proc.communicate(timeout=30)
-    return proc.returncode, out
+    out, err = proc.communicate(timeout=30)
+    return proc.returncode, out, err
 
 
 def test_the_ui_shows_the_logged_experiment_in_headless_chromium(stack, plugin, tmp_path):
@@ -62,11 +74,11 @@ def test_the_ui_shows_the_logged_experiment_in_headless_chromium(stack, plugin, 
     client.set_terminated(run.info.run_id)
     logged = stack.front.count()
 
-    ui, ui_url = _start_ui(stack, MLFLOW_GCP_CREDENTIALS_FILE=str(stack.key_file))
+    ui, ui_url, login_url = _start_ui(stack, MLFLOW_GCP_CREDENTIALS_FILE=str(stack.key_file))
     browser = None
     try:
         browser = Browser(chromium, tmp_path / "chromium-profile")
-        browser.navigate(f"{ui_url}/#/experiments")
+        browser.navigate(f"{login_url}#/experiments")
         try:
             page = browser.wait_for_text(name)
         finally:
@@ -82,8 +94,9 @@ def test_the_ui_shows_the_logged_experiment_in_headless_chromium(stack, plugin, 
     finally:
         if browser is not None:
             browser.close()
-        code, out = _stop_ui(ui)
+        code, out, err = _stop_ui(ui)
     assert code == 0 and "Stopped." in out
+    assert login_url.split("=")[1] not in out + err  # printed once, on the first line only
 
     from_browser = stack.front.log[logged:]
     assert len(from_browser) > 5  # the page, its scripts and its API calls all crossed the front
@@ -100,13 +113,14 @@ def test_the_proxy_streams_large_bodies_both_ways_in_bounded_memory(stack, plugi
     proxy = UiProxy(stack.front.url, 0, cache=plugin).start()
     path = f"{uuid.uuid4().hex}/weights.bin"
     url = f"{proxy.url}/api/2.0/mlflow-artifacts/artifacts/{path}"
+    http = logged_in(proxy)
     try:
         tracemalloc.start()
         with open(big, "rb") as body:
-            put = requests.put(url, data=body, timeout=300)
+            put = http.put(url, data=body, timeout=300)
         assert put.status_code == 200, put.text
         got = hashlib.sha256()
-        with requests.get(url, stream=True, timeout=300) as resp:
+        with http.get(url, stream=True, timeout=300) as resp:
             assert resp.status_code == 200
             for piece in resp.iter_content(64 * 1024):
                 got.update(piece)
@@ -125,14 +139,15 @@ def test_the_proxy_streams_large_bodies_both_ways_in_bounded_memory(stack, plugi
 def test_the_proxy_keeps_working_past_token_expiry(stack, plugin):
     proxy = UiProxy(stack.front.url, 0, cache=plugin).start()
     url = f"{proxy.url}/api/2.0/mlflow/experiments/search?max_results=1"
+    http = logged_in(proxy)
     try:
-        assert requests.get(url, timeout=30).status_code == 200
+        assert http.get(url, timeout=30).status_code == 200
         stack.clock.advance(3700)  # an hour later, for the proxy and the front
-        assert requests.get(url, timeout=30).status_code == 200
+        assert http.get(url, timeout=30).status_code == 200
         # Now the front runs ahead of the proxy's clock: a 401, retried with a new token.
         plugin.clock = lambda: stack.clock() - 7200
         stack.clock.advance(3700)
-        assert requests.get(url, timeout=30).status_code == 200
+        assert http.get(url, timeout=30).status_code == 200
     finally:
         proxy.shutdown()
     assert plugin.fetches == 3
@@ -180,12 +195,22 @@ def test_ui_opens_the_browser_unless_told_not_to(stack, tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        ui_url = re.search(r"at (http://127\.0\.0\.1:\d+) ", proc.stdout.readline()).group(1)
+        first, second = proc.stdout.readline().strip(), proc.stdout.readline()
+        match = FIRST_LINE.search(first)
+        login_url = f"{match.group(1)}/?token={match.group(2)}"
+        assert second.startswith("Opening it in your browser;")
         for _ in range(100):
             if seen.exists() and seen.read_text().strip():
                 break
             time.sleep(0.1)
+        # The browser gets a file only this user can read, not the secret on its command line.
+        (opened,) = seen.read_text().split()
+        assert opened.startswith("file:///") and login_url not in opened
+        page = Path(opened.removeprefix("file://"))
+        assert page.stat().st_mode & 0o777 == 0o600
+        assert page.parent.stat().st_mode & 0o777 == 0o700
+        assert f'content="0;url={login_url}"' in page.read_text()
     finally:
-        code, _ = _stop_ui(proc)
-    assert seen.read_text().split() == [ui_url]
+        code, _, _ = _stop_ui(proc)
     assert code == 0
+    assert not page.parent.exists()  # removed when the proxy stops

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import click
 
@@ -12,6 +15,7 @@ from mlflow_gcp.cli.options import config_options
 
 SHELLS = ("sh", "fish", "powershell")
 URL_HELP = "Service URL (default: the deployed Cloud Run service of the configuration)."
+SECRET_NOTE = "the address lets any browser in as you: keep it to yourself."
 
 
 def _default_shell() -> str:
@@ -68,15 +72,41 @@ def ui_cmd(url: str | None, port: int, no_browser: bool, cfg_source) -> None:
     service = endpoint.service_url(cfg_source, url)
     proxy = UiProxy(service, port)
     proxy.check_token()  # no credentials: say so now, not in the browser
-    click.echo(f"MLflow UI of {service} at {proxy.url} (Ctrl-C to stop)")
-    if not no_browser:
+    # The address with the secret is the way in (the proxy refuses any browser without it), so
+    # it is printed either way: to open by hand, or in another browser than the default one.
+    click.echo(f"MLflow UI of {service} at {proxy.login_url} (Ctrl-C to stop)")
+    opener = None
+    if no_browser:
+        click.echo(f"Open that address in your browser; {SECRET_NOTE}")
+    else:
         import webbrowser
 
-        threading.Timer(0.5, webbrowser.open, args=(proxy.url,)).start()
+        opener = write_opener(proxy.login_url)
+        click.echo(f"Opening it in your browser; {SECRET_NOTE}")
+        threading.Timer(0.5, webbrowser.open, args=(opener.as_uri(),)).start()
     try:
         proxy.serve_forever()
     except KeyboardInterrupt:
         click.echo("Stopped.")
+    finally:
+        if opener is not None:
+            shutil.rmtree(opener.parent, ignore_errors=True)
+
+
+def write_opener(login_url: str) -> Path:
+    """A page only this user can read that sends the browser to `login_url`: opening the URL
+    itself would put the secret on the browser's command line, which `ps` shows to every user
+    of the machine (Jupyter opens such a file for the same reason)."""
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-gcp-ui-"))  # mode 0700
+    page = folder / "open.html"
+    fd = os.open(page, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(
+            '<!doctype html><meta charset=utf-8><meta name="referrer" content="no-referrer">'
+            f'<meta http-equiv="refresh" content="0;url={login_url}">'
+            f'<title>mlflow-gcp ui</title><a href="{login_url}">Open the MLflow UI</a>\n'
+        )
+    return page
 
 
 commands = [env_cmd, ui_cmd]

@@ -4,19 +4,22 @@ The browser talks to http://127.0.0.1:PORT; every request goes on to the service
 Google ID token (from `tokens`, so the same sources and cache as the plugin) and the service's own
 Host. Bodies stream through in 64 KiB pieces both ways, so a multi-gigabyte artifact download
 needs no memory; nothing is decompressed or rewritten except `Location` headers that point at the
-service. Listening on 127.0.0.1 only matters: anyone who can reach the port acts as you.
+service. Anything the proxy forwards acts as you, so it listens on a loopback address and
+`proxy_guard` lets in only your own browser's tabs of this proxy, holding this run's secret.
 """
 
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import logging
 import os
+import socket
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from mlflow_gcp.client import tokens
+from mlflow_gcp.client import proxy_guard, tokens
 from mlflow_gcp.errors import MlflowGcpError
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host",
 }
+# Authorization is ours to set; Expect: 100-continue was answered by us already; Content-Length
+# is set again from the body we send.
+SKIPPED_UPSTREAM = {"authorization", "content-length", "expect"} | proxy_guard.BROWSER_ONLY_HEADERS
 INVOKER_HINT = (
     "the service refused your identity: it needs roles/run.invoker on the service "
     "(mlflow-gcp access grant user:YOU@example.com)"
@@ -62,7 +68,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _ProxyServer
 
     def log_message(self, fmt, *args) -> None:
-        log.debug("%s " + fmt, self.address_string(), *args)
+        # The request line of the login request holds the secret.
+        log.debug("%s %s", self.address_string(), proxy_guard.redact(fmt % args))
 
     # One upstream connection per browser connection, reused for requests without a body (the
     # UI's many GETs), which saves a TLS handshake each; a stale one is replaced transparently.
@@ -74,16 +81,53 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
 
     def _error(self, status: int, message: str) -> None:
-        body = message.encode() + b"\n"
+        self._answer(status, message.encode() + b"\n", "text/plain; charset=utf-8")
+
+    def _answer(self, status: int, body: bytes, content_type: str,
+                headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def _admit(self, proxy: UiProxy) -> bool:
+        """Answer here (and return False) a request that must not reach the service."""
+        guard = proxy.guard
+        refusal = guard.refusal(self.command, self.path, self.headers)
+        if refusal is None:
+            login = guard.login(self.command, self.path)
+            if isinstance(login, proxy_guard.Login):
+                self._answer(200, login.page(), "text/html; charset=utf-8", {
+                    "Set-Cookie": login.cookie, "Referrer-Policy": "no-referrer",
+                })
+                return False
+            refusal = login
+        if refusal is None and not guard.has_session(self.headers):
+            refusal = guard.session_refusal(self.headers)
+        if refusal is None:
+            return True
+        log.info("refused %s %s: %s", self.command, proxy_guard.redact(self.path), refusal)
+        self._discard_body()
+        self._error(403, refusal)
+        return False
+
+    def _discard_body(self) -> None:
+        """Read a refused request's body, so the connection stays in step; close if unbounded."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower() or length > CHUNK:
+            self.close_connection = True
+        elif length:
+            self.rfile.read(length)
+
     def _proxy(self) -> None:
         proxy = self.server.proxy
+        if not self._admit(proxy):
+            return
         try:
             token = proxy.cache.get(proxy.audience)
         except MlflowGcpError as err:
@@ -143,8 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
         up = proxy.upstream
         conn.putrequest(self.command, up.prefix + self.path, skip_accept_encoding=True)
         for name, value in self.headers.items():
-            # Expect: 100-continue was answered by us already; the body follows at once.
-            if name.lower() not in HOP_BY_HOP | {"authorization", "content-length", "expect"}:
+            if name.lower() not in HOP_BY_HOP | SKIPPED_UPSTREAM:
                 conn.putheader(name, value)
         conn.putheader("Authorization", f"Bearer {token}")
         if chunked:
@@ -206,23 +249,41 @@ class _ProxyServer(ThreadingHTTPServer):
     proxy: UiProxy
 
 
+class _ProxyServer6(_ProxyServer):
+    address_family = socket.AF_INET6
+
+
 class UiProxy:
-    """Serve `upstream` on http://127.0.0.1:`port` (0 picks a free port), adding ID tokens."""
+    """Serve `upstream` on http://127.0.0.1:`port` (0 picks a free port), adding ID tokens.
+
+    `login_url` (the URL with `?token=`) lets a browser in; `token` defaults to a new secret."""
 
     def __init__(self, upstream_url: str, port: int = 5000, *,
                  cache: tokens.TokenCache | None = None, audience: str | None = None,
-                 bind: str = "127.0.0.1"):
+                 bind: str = "127.0.0.1", token: str | None = None):
         self.upstream = Upstream(upstream_url)
         self.cache = cache or tokens.default_cache()
         self.audience = audience or tokens_audience(self.upstream)
         try:
-            self._httpd = _ProxyServer((bind, port), _Handler)
+            loopback = ipaddress.ip_address(bind).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ProxyError(f"the proxy listens on a loopback address only, not {bind!r}",
+                             hint="anyone who reaches it acts as you")
+        server_class = _ProxyServer6 if ":" in bind else _ProxyServer
+        try:
+            self._httpd = server_class((bind, port), _Handler)
         except OSError as err:
             raise ProxyError(f"cannot listen on {bind}:{port}: {err.strerror}",
                              hint="pass another --port") from err
         self._httpd.proxy = self
         self.port = self._httpd.server_address[1]
-        self.url = f"http://{bind}:{self.port}"
+        host = f"[{bind}]" if ":" in bind else bind
+        self.url = f"http://{host}:{self.port}"
+        self.token = token or proxy_guard.new_token()
+        self.guard = proxy_guard.Guard(bind, self.port, self.token)
+        self.login_url = f"{self.url}/?{proxy_guard.TOKEN_PARAM}={self.token}"
         self._thread: threading.Thread | None = None
 
     def check_token(self) -> None:
