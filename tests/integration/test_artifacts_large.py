@@ -149,14 +149,16 @@ def test_the_ui_proxy_streams_a_large_artifact_in_bounded_memory(proxied, proxie
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        match = re.search(r"at (http://127\.0\.0\.1:\d+) ", proc.stdout.readline())
+        match = re.search(r"at (http://127\.0\.0\.1:\d+)(/\?token=\S+) ", proc.stdout.readline())
         assert match, proc.stderr.read() if proc.poll() is not None else "no address line"
+        browser = requests.Session()  # one that opened the printed address: it holds the cookie
+        assert browser.get(match.group(1) + match.group(2), timeout=30).status_code == 200
         # The path the UI's artifact view fetches for a proxied run.
         tail = large["artifact_uri"].removeprefix("mlflow-artifacts:/")
         url = f"{match.group(1)}/ajax-api/2.0/mlflow-artifacts/artifacts/{tail}/data/large.bin"
         digest, size = hashlib.sha256(), 0
         with TreePeak(proc.pid) as ui_mem, TreePeak(proxied.server.proc.pid, watch_dir=proxied.server_tmp) as srv:
-            with requests.get(url, stream=True, timeout=120) as resp:
+            with browser.get(url, stream=True, timeout=120) as resp:
                 assert resp.status_code == 200, resp.text[:300]
                 for block in resp.iter_content(1 << 20):
                     digest.update(block)
