@@ -33,9 +33,16 @@ DEFAULT_CONFIG_FILE = "mlflow-gcp.toml"
 CONFIG_ENV = "MLFLOW_GCP_CONFIG"
 ENV_PREFIX = "MLFLOW_GCP_"
 
-# The MLflow release the image ships; 3.17.0 is the oldest without known server CVEs.
+# The MLflow release the image ships (constraints.txt, the Dockerfile's ARG default); 3.17.0 is the
+# oldest without known server CVEs.
 MLFLOW_VERSION = "3.17.2"
 MIN_MLFLOW_VERSION = (3, 17, 0)
+# service.mlflow_version stays in the lock's minor series. The server reaches into MLflow internals
+# (server/fastpath.py, store.py, app.py, migrate.py, artifacts_*.py): mlflow/server (UI bundle
+# aside) and mlflow/store are byte for byte the same in 3.17.0, 3.17.1 and 3.17.2, with the same
+# dependencies, while 3.18.0 rewrites handlers.py, sqlalchemy_store.py and the models, adds three
+# migrations and a dependency the lock lacks. A new minor comes with a new mlflow-gcp release.
+SUPPORTED_MLFLOW_SERIES = tuple(int(x) for x in MLFLOW_VERSION.split(".")[:2])
 
 _PROJECT_RE = re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]+-[a-z]+[0-9]+$")
@@ -129,8 +136,15 @@ class ServiceConfig(_Section):
         m = _VERSION_RE.match(v)
         if not m:
             raise ValueError("expected a release such as 3.17.2")
-        if tuple(int(x) for x in m.groups()) < MIN_MLFLOW_VERSION:
+        version = tuple(int(x) for x in m.groups())
+        if version < MIN_MLFLOW_VERSION:
             raise ValueError("MLflow below 3.17.0 has known server vulnerabilities")
+        if version[:2] != SUPPORTED_MLFLOW_SERIES:
+            series = ".".join(map(str, SUPPORTED_MLFLOW_SERIES))
+            raise ValueError(
+                f"this mlflow-gcp runs MLflow {series}.x only (its server relies on MLflow internals checked "
+                f"for that series); for MLflow {v}, install the mlflow-gcp release that supports it and run "
+                "`mlflow-gcp up`")
         return v
 
     @field_validator("cpu")

@@ -27,9 +27,11 @@ def workdir(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def deployed(fake_gcp, workdir, capsys):
-    """`init` + `up` through the CLI; the fake's log cleared; returns the loaded Config."""
-    assert cli_main.main(["init", "--project", PROJECT, "--set", f"access.members={MEMBER}"]) == 0
+def deployed(fake_gcp, workdir, capsys, request):
+    """`init` + `up` through the CLI; the fake's log cleared; returns the loaded Config. A test
+    module's DEPLOY_SETTINGS (["section.key=value", ...]) are passed to init as --set."""
+    extra = [arg for setting in getattr(request.module, "DEPLOY_SETTINGS", ()) for arg in ("--set", setting)]
+    assert cli_main.main(["init", "--project", PROJECT, "--set", f"access.members={MEMBER}", *extra]) == 0
     assert cli_main.main(["up", "--yes"]) == 0
     capsys.readouterr()
     fake_gcp.clear_log()

@@ -17,7 +17,11 @@ from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server 
 from tests.integration.ops_support import PROJECT, SERVICE, deployed, run_cli, workdir, writes  # noqa: F401
 from tests.support.cloudrun_front import CloudRunFront
 
-NEW = "3.17.3"
+# Deployed with the previous patch release, upgraded to the one the test's real MLflow server runs,
+# so the smoke test's /version check can pass.
+OLD = "3.17.1"
+NEW = config.MLFLOW_VERSION
+DEPLOY_SETTINGS = [f"service.mlflow_version={OLD}"]
 JOB = f"projects/{PROJECT}/locations/europe-west9/jobs/mlflow-tracking-migrate"
 
 
@@ -70,7 +74,7 @@ def test_a_failed_rollout_sends_traffic_back(deployed, fake_gcp, capsys):
     svc = fake_gcp.state("run")[SERVICE]
     assert svc["traffic"] == [{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION", "revision": before, "percent": 100}]
     assert _job_image(fake_gcp) == old_image
-    assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == config.MLFLOW_VERSION
+    assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == OLD
     assert history.read(Path("mlflow-gcp.toml"))[-1]["outcome"] == "rolled back"
     # While traffic is pinned, changes that need a new revision are refused with the way out.
     code, _, err = run_cli(capsys, "scale", "--max-instances", "5")
@@ -80,7 +84,22 @@ def test_a_failed_rollout_sends_traffic_back(deployed, fake_gcp, capsys):
 def test_a_bad_version_is_refused_before_any_call(deployed, fake_gcp, capsys):
     code, _, err = run_cli(capsys, "upgrade", "--mlflow-version", "2.9.2", "--yes")
     assert code == 2 and "known server vulnerabilities" in err
+    # A release of another series: our server's use of MLflow internals was never checked against it.
+    code, _, err = run_cli(capsys, "upgrade", "--mlflow-version", "3.18.0", "--yes")
+    assert code == 2 and "runs MLflow 3.17.x only" in err and "install the mlflow-gcp release" in err
     assert fake_gcp.mutating_requests() == []
+
+
+def test_the_build_gets_the_version_from_the_uploaded_dockerfile(deployed, fake_gcp, capsys):
+    # The fake's Cloud Build unpacks the tarball the tool uploaded and refuses a --build-arg its
+    # Dockerfile does not declare; the build body must pass the version the tag names.
+    code, _, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")
+    assert code == 0, err
+    (build,) = [r.body for r in fake_gcp.requests if r.method_id == "cloudbuild.projects.builds.create"]
+    args = build["steps"][0]["args"]
+    assert args[args.index("--build-arg") + 1] == f"MLFLOW_VERSION={NEW}"
+    assert f"mlflow-gcp:{NEW}-" in args[args.index("-t") + 1]
+    assert [b["status"] for b in fake_gcp.state("cloudbuild").values()] == ["SUCCESS", "SUCCESS"]  # up's, then ours
 
 
 @pytest.fixture
@@ -110,12 +129,24 @@ def test_a_healthy_new_revision_keeps_the_traffic(wired, fake_gcp, capsys):
     assert code == 0, err
     after = _ready_revision(fake_gcp)
     assert f"revision {after} serves all traffic" in out and "NOT verified" not in out + err
-    assert "healthy: /health and the MLflow API answer 200" in out
+    healthy = f"healthy: /health and the MLflow API answer 200, /version is {NEW}"
+    assert healthy in out
     assert "Warning" not in err
-    assert wired.front.count(200) >= 2
+    assert wired.front.count(200) >= 3
     last = history.read(Path("mlflow-gcp.toml"))[-1]
-    assert (last["outcome"], last["revision"], last["health"]) == (
-        "upgraded", after, "healthy: /health and the MLflow API answer 200")
+    assert (last["outcome"], last["revision"], last["health"]) == ("upgraded", after, healthy)
+
+
+def test_a_revision_serving_another_mlflow_is_rolled_back(wired, fake_gcp, capsys):
+    # The bug this guards: an image tagged 3.17.3 that still ran 3.17.2 passed the smoke test and
+    # 3.17.3 went into the config. The real server behind the front runs 3.17.2 whatever the tag says.
+    before = _ready_revision(fake_gcp)
+    code, out, err = run_cli(capsys, "upgrade", "--mlflow-version", "3.17.3", "--yes", "--url", wired.front.url)
+    assert code == 1
+    assert f"/version says MLflow '{NEW}', not 3.17.3" in err and f"all traffic is on {before}" in err
+    assert fake_gcp.state("run")[SERVICE]["traffic"][0]["revision"] == before
+    assert config.load("mlflow-gcp.toml", env={}).service.mlflow_version == OLD
+    assert history.read(Path("mlflow-gcp.toml"))[-1]["outcome"] == "rolled back"
 
 
 def test_without_an_id_token_the_new_revision_is_not_verified(wired, fake_gcp, capsys, monkeypatch, tmp_path):
@@ -165,7 +196,7 @@ def test_a_failed_migration_rolls_nothing_out(deployed, fake_gcp, capsys):
     fake_gcp.fail_next_operation(api="run", target_regex=r"jobs/.* Execution", message="relation does not exist")
     code, _, err = run_cli(capsys, "upgrade", "--mlflow-version", NEW, "--yes")
     assert code == 1
-    assert "the schema migration to MLflow 3.17.3 failed, nothing was rolled out" in err
+    assert f"the schema migration to MLflow {NEW} failed, nothing was rolled out" in err
     assert "mlflow-gcp backup restore" in err
     assert "run.projects.locations.services.patch" not in writes(fake_gcp)
     assert (_ready_revision(fake_gcp), _image(fake_gcp), _job_image(fake_gcp)) == (before, old_image, old_image)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from mlflow_gcp import config
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
@@ -63,7 +65,34 @@ def test_image_shape():
     user = [rest for kw, rest in ins if kw == "USER"]
     assert user and user[-1].split(":")[0] not in ("root", "0")
     run = " ".join(rest for kw, rest in ins if kw == "RUN")
-    assert "pip install --no-cache-dir -c constraints.txt ." in run
+    assert "pip install --no-cache-dir -c /tmp/constraints.txt ." in run
+
+
+def _pins(text: str) -> dict[str, str]:
+    return dict(line.split("==", 1) for line in text.splitlines() if "==" in line)
+
+
+def test_mlflow_version_arg_defaults_to_the_lock():
+    # desired.build always passes --build-arg MLFLOW_VERSION; without this ARG docker drops it.
+    args = [rest for kw, rest in instructions() if kw == "ARG"]
+    assert f"MLFLOW_VERSION={config.MLFLOW_VERSION}" in args
+    pins = _pins((ROOT / "constraints.txt").read_text())
+    assert {pins[p] for p in ("mlflow", "mlflow-skinny", "mlflow-tracing")} == {config.MLFLOW_VERSION}
+
+
+def test_the_pin_rewrite_moves_mlflow_packages_together_and_nothing_else(tmp_path):
+    # The Dockerfile's own sed, run as the RUN line runs it (sh, MLFLOW_VERSION from the ARG).
+    run = next(rest for kw, rest in instructions() if kw == "RUN")
+    rewrite = run.split(" && ")[0].strip()
+    assert rewrite.startswith("sed ") and rewrite.endswith("> /tmp/constraints.txt")
+    shutil.copy(ROOT / "constraints.txt", tmp_path / "constraints.txt")
+    out = subprocess.run(["sh", "-c", rewrite.replace("/tmp/constraints.txt", "rewritten.txt")], cwd=tmp_path,
+                         env={"MLFLOW_VERSION": "3.17.1", "PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    before, after = _pins((ROOT / "constraints.txt").read_text()), _pins((tmp_path / "rewritten.txt").read_text())
+    changed = {name: after[name] for name in before if after[name] != before[name]}
+    assert changed == {"mlflow": "3.17.1", "mlflow-skinny": "3.17.1", "mlflow-tracing": "3.17.1"}
+    assert after.keys() == before.keys()
 
 
 def test_everything_copied_exists_and_survives_dockerignore():

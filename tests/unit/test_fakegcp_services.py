@@ -8,6 +8,9 @@ import google_crc32c
 import pytest
 from googleapiclient.errors import HttpError
 
+from mlflow_gcp import config, image_source
+from mlflow_gcp.plan import desired
+from tests.fakegcp.apis import build_source
 from tests.fakegcp.core.api import project_number
 from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server, gcp_client  # noqa: F401
 
@@ -68,7 +71,7 @@ def test_repository_build_and_image(fake_gcp, gcp_client):
     fake_gcp.api("storage").reset()
     st = gcp_client("storage", "v1")
     st.buckets().insert(project=P, body={"name": "src-bkt-svc"}).execute()
-    fake_gcp.api("storage").put_object("src-bkt-svc", "source.tgz", b"tgz")
+    fake_gcp.api("storage").put_object("src-bkt-svc", "source.tgz", image_source.packed()[0])
     image = f"{R}-docker.pkg.dev/{P}/mlflow/server:v1"
     cb = gcp_client("cloudbuild", "v1").projects()
     op = cb.builds().create(projectId=P, body={
@@ -93,6 +96,61 @@ def test_repository_build_and_image(fake_gcp, gcp_client):
     with pytest.raises(HttpError) as info:
         cb.builds().create(projectId=P, body={"steps": []}).execute()
     assert info.value.status_code == 400
+
+
+def _build_of(fake_gcp, gcp_client, source: bytes) -> dict:
+    """The tool's own build body (its serviceAccount left out) run on `source`; the finished Build."""
+    fake_gcp.api("storage").reset()
+    gcp_client("storage", "v1").buckets().insert(project=P, body={"name": "src-bkt-svc"}).execute()
+    fake_gcp.api("storage").put_object("src-bkt-svc", "source.tgz", source)
+    body = desired.build(config.from_dict({"project": P}), "src-bkt-svc", "source.tgz")
+    body.pop("serviceAccount")
+    op = gcp_client("cloudbuild", "v1").projects().builds().create(projectId=P, body=body).execute()
+    done = gcp_client("cloudbuild", "v1").operations().get(name=op["name"]).execute()
+    return done.get("response") or done["metadata"]["build"]
+
+
+def _context(tmp_path, dockerfile: str | None) -> bytes:
+    root = tmp_path / "ctx"
+    (root / "src").mkdir(parents=True)
+    for name in ("pyproject.toml", "constraints.txt", "README.md"):
+        (root / name).write_bytes((image_source.source_root() / name).read_bytes())
+    if dockerfile is not None:
+        (root / "Dockerfile").write_text(dockerfile)
+    return image_source.source_tarball(root)
+
+
+# The Dockerfile before upgrade's version became real: no ARG, so the build-arg was dropped.
+UNDECLARED = "FROM python:3.11-slim\nCOPY . .\nRUN pip install --no-cache-dir -c constraints.txt .\n"
+
+
+def test_a_build_arg_the_dockerfile_does_not_declare_fails_the_build(fake_gcp, gcp_client, tmp_path):
+    build = _build_of(fake_gcp, gcp_client, _context(tmp_path, UNDECLARED))
+    assert build["status"] == "FAILURE" and build["failureInfo"]["type"] == "USER_BUILD_STEP"
+    assert "build-args [MLFLOW_VERSION] were not consumed" in build["statusDetail"]
+    assert "results" not in build and fake_gcp.api("artifactregistry").state == {}
+    # Declared (before FROM, lower-case keyword, a continued line), the same source builds.
+    declared = "arg BASE=python:3.11-slim \\\n    MLFLOW_VERSION\n" + UNDECLARED
+    assert _build_of(fake_gcp, gcp_client, _context(tmp_path / "b", declared))["status"] == "SUCCESS"
+
+
+def test_the_checkout_builds_and_a_broken_source_does_not(fake_gcp, gcp_client, tmp_path):
+    assert _build_of(fake_gcp, gcp_client, image_source.packed()[0])["status"] == "SUCCESS"
+    build = _build_of(fake_gcp, gcp_client, b"not a tarball")
+    assert build["status"] == "FAILURE" and build["failureInfo"]["type"] == "FETCH_SOURCE_FAILED"
+    build = _build_of(fake_gcp, gcp_client, _context(tmp_path, None))
+    assert build["status"] == "FAILURE" and "open ./Dockerfile: no such file or directory" in build["statusDetail"]
+
+
+def test_declared_args_and_proxy_args():
+    text = "ARG A=1 B\nFROM x\n# ARG C\nRUN echo ARG D\n  Arg E=\"x y\"\n"
+    assert build_source.declared_args(text) == {"A", "B", "E"}
+    files = {"Dockerfile": b"FROM x\n"}
+    build_source.check_steps([{"name": "gcr.io/cloud-builders/docker",
+                               "args": ["build", "--build-arg", "HTTPS_PROXY=http://p", "."]}], files)
+    with pytest.raises(build_source.StepFailed, match=r"\[NOPE\]"):
+        build_source.check_steps([{"name": "gcr.io/cloud-builders/docker",
+                                   "args": ["build", "--build-arg=NOPE=1", "."]}], files)
 
 
 def test_logging_entries_list_with_filter(fake_gcp, gcp_client):

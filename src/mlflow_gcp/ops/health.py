@@ -14,7 +14,9 @@ class Health:
     message: str
 
 
-def check(url: str, *, emulated: bool) -> Health:
+def check(url: str, *, emulated: bool, version: str | None = None) -> Health:
+    """/health and an MLflow API call; with `version`, also MLflow's /version, which must name it
+    (an image tagged with one MLflow that runs another once passed every other check)."""
     if emulated:
         return Health(None, "health check skipped: MLFLOW_GCP_API_ROOT points at an emulator")
     try:
@@ -38,10 +40,17 @@ def check(url: str, *, emulated: bool) -> Health:
             f"{url}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
             headers=headers, timeout=HEALTH_TIMEOUT_SECONDS,
         )
+        served = requests.get(f"{url}/version", headers=headers, timeout=HEALTH_TIMEOUT_SECONDS) if version else None
     except requests.RequestException as err:
         return Health(False, f"health check failed: {err.__class__.__name__}")
     if health.status_code != 200:
         return Health(False, f"health check failed: /health answered {health.status_code}")
     if api.status_code != 200:
         return Health(False, f"health check failed: the MLflow API answered {api.status_code}")
-    return Health(True, "healthy: /health and the MLflow API answer 200")
+    if served is None:
+        return Health(True, "healthy: /health and the MLflow API answer 200")
+    if served.status_code != 200:
+        return Health(False, f"health check failed: /version answered {served.status_code}")
+    if served.text.strip() != version:
+        return Health(False, f"health check failed: /version says MLflow {served.text.strip()[:40]!r}, not {version}")
+    return Health(True, f"healthy: /health and the MLflow API answer 200, /version is {version}")

@@ -36,14 +36,15 @@ def require_running(ctx, doing: str) -> dict:
     return inst
 
 
-def probe(ctx, url: str | None, service_uri: str | None) -> health.Health:
+def probe(ctx, url: str | None, service_uri: str | None, *, version: str | None = None) -> health.Health:
     """Health with an ID token: of `url` when given (a custom domain, or a local stand-in),
-    else of the service's own URL (skipped under API emulation, where it does not exist)."""
+    else of the service's own URL (skipped under API emulation, where it does not exist); with
+    `version`, the MLflow version served must be that one."""
     if url:
-        return health.check(url.rstrip("/"), emulated=False)
+        return health.check(url.rstrip("/"), emulated=False, version=version)
     if not service_uri:
         return health.Health(None, "health check skipped: the service has no URL yet")
-    return health.check(service_uri, emulated=ctx.clients.emulated)
+    return health.check(service_uri, emulated=ctx.clients.emulated, version=version)
 
 
 def save_settings(config_file: Path, changes: dict[tuple[str, ...], object]) -> bool:

@@ -4,7 +4,8 @@ Order matters: the backup comes before the migration (a schema migration cannot 
 migration runs once as the Cloud Run job before any instance of the new version starts (the server
 refuses an out-of-date schema and never migrates itself), and the previous revision stays
 deployed so that traffic can go back to it in one API call when the new one fails its rollout or
-its smoke test (/health and an authenticated MLflow API call, with an ID token).
+its smoke test (/health, an authenticated MLflow API call and MLflow's /version, which must name
+the version asked for, all with an ID token).
 
 A smoke test that could not run (no ID token, or an emulated API without --url) is not a pass:
 the new revision keeps the traffic (nothing says it is broken) but the result says its health was
@@ -132,7 +133,8 @@ def upgrade(ctx, version: str, *, url: str | None = None, config_file=None) -> U
         return _rollback(ctx, result, old_image, "the new revision did not become ready")
 
     say(f"[5/{TOTAL}] smoke test of {revision}")
-    checked = live.probe(ctx, url, after.get("uri"))
+    # The image's tag names the version asked for; only the revision itself can say what it runs.
+    checked = live.probe(ctx, url, after.get("uri"), version=version)
     result.health = checked.message
     if checked.ok is False:
         return _rollback(ctx, result, old_image, checked.message)

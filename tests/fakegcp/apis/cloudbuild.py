@@ -10,7 +10,11 @@ caller is refused actAs, as Cloud Run refuses it here too), and the build must n
 go (logsBucket, options.defaultLogsBucketBehavior REGIONAL_USER_OWNED_BUCKET, or options.logging
 CLOUD_LOGGING_ONLY / NONE), else 400 with Google's message; while it runs, the account needs to
 read the source object (bucket or project role) and push to the repository (repository or project
-role), else the build fails as on Google (FETCH_SOURCE_FAILED, or a push step denied)."""
+role), else the build fails as on Google (FETCH_SOURCE_FAILED, or a push step denied).
+
+The source is the tarball really uploaded: a `docker build` step runs against the Dockerfile in it,
+and fails when the archive does not unpack, the Dockerfile is missing, or a --build-arg names no
+ARG of the Dockerfile (build_source.py: docker only warns and drops the value; we refuse)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import re
 
 from ..core.api import ApiModule, Operation, Request, handles, new_id, now, project_number
 from ..core.errors import GcpError, invalid_argument
+from . import build_source
 
 
 class CloudBuild(ApiModule):
@@ -79,6 +84,10 @@ class CloudBuild(ApiModule):
                 op.error = GcpError(403, f"{account} does not have storage.objects.get access to the Google Cloud "
                                     f"Storage object. Permission 'storage.objects.get' denied on resource (or it may "
                                     f"not exist).", "PERMISSION_DENIED")
+            if op.error is None and source:
+                failed = self._run_steps(steps, source)
+                if failed is not None:
+                    missing, op.error = failed.fetch, GcpError(400, failed.message, "FAILED_PRECONDITION")
             denied = [uri for uri in build.get("images") or [] if account and not self._may_push(project, account, uri)]
             if op.error is None and denied:
                 op.error = GcpError(403, f"denied: Permission 'artifactregistry.repositories.uploadArtifacts' denied "
@@ -110,6 +119,14 @@ class CloudBuild(ApiModule):
             op.metadata = metadata()
         self.ops[op_name] = op
         return op.lro()
+
+    def _run_steps(self, steps: list[dict], source: dict) -> build_source.StepFailed | None:
+        data = self.fake.modules["storage"].data.get((source.get("bucket"), source.get("object")), b"")
+        try:
+            build_source.check_steps(steps, build_source.unpack(data))
+        except build_source.StepFailed as failed:
+            return failed
+        return None
 
     def _check_account(self, project: str, body: dict) -> str | None:
         """The email of the build's user-specified account, checked as at create; None without one."""
