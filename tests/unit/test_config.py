@@ -103,6 +103,8 @@ def test_env_values_are_parsed_like_file_values():
         ('project = "acme-ml-prod"\n[access]\nmembers = ["bob@x.com"]', "access.members"),
         ('project = "acme-ml-prod"\n[databse]\ntier = "db-g1-small"', "databse"),
         ('project = "acme-ml-prod"\n[service]\nmlflow_version = "2.9.2"', "service.mlflow_version"),
+        # Another series than the lock's: the server's use of MLflow internals was not checked there.
+        ('project = "acme-ml-prod"\n[service]\nmlflow_version = "3.18.0"', "service.mlflow_version"),
         ('project = "acme-ml-prod"\n[service]\nmemory = "1GB"', "service.memory"),
         # One image kept would leave nothing to roll back to.
         ('project = "acme-ml-prod"\n[service]\nimages_kept = 1', "service.images_kept"),
