@@ -20,8 +20,8 @@ SA = "trainer@test-project.iam.gserviceaccount.com"
 
 
 class Recorder(BackgroundServer):
-    """Records each request's Authorization. /away redirects to `elsewhere`; /here redirects to
-    its own /private; /private answers 401 to its first request and 200 afterwards;
+    """Records each request's Authorization. /away and /api/... redirect to `elsewhere`; /here
+    redirects to its own /private, which answers 401 to its first request and 200 afterwards;
     anything else answers `status`."""
 
     def __init__(self, status: int = 401, elsewhere: str = ""):
@@ -32,7 +32,7 @@ class Recorder(BackgroundServer):
             owner = self.server.owner
             given = self.headers.get("Authorization")
             owner.seen.append((self.path, given))
-            if self.path == "/away":
+            if self.path == "/away" or self.path.startswith("/api/"):
                 return self.send_body(302, b"", headers={"Location": f"{owner.elsewhere}/x"})
             if self.path == "/here":
                 return self.send_body(302, b"", headers={"Location": "/private"})
@@ -76,6 +76,22 @@ def test_a_redirect_to_another_host_that_answers_401_gets_no_token(cache, env, h
     assert other.seen == [("/x", None)]  # neither the redirect nor a retry carried the token
     assert service.seen[0][1].startswith("Bearer ")
     assert cache.fetches == 1  # and no token was refreshed for someone else's 401
+
+
+def test_mlflows_own_client_sends_no_token_where_the_service_redirects_it(cache, env, hosts):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    service, other = hosts
+    env.setenv("MLFLOW_TRACKING_URI", service.url)
+    env.setenv("MLFLOW_TRACKING_AUTH", "gcp")
+    env.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    env.setattr(tokens, "_default_cache", cache)
+    with pytest.raises(MlflowException, match="401"):
+        MlflowClient().get_experiment("0")
+    assert service.seen[0][1].startswith("Bearer ")  # the plugin was in use
+    assert [auth_header for _, auth_header in other.seen] == [None]
+    assert cache.fetches == 1
 
 
 def test_a_same_origin_redirect_still_gets_its_401_retry(cache, env, hosts):

@@ -22,6 +22,7 @@ whose audience is the server's URL (see `tokens` for where tokens come from and 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -49,6 +50,7 @@ def audience_for(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request, for the same few URLs
 def origin_of(url: str | None) -> str | None:
     """scheme://host[:port] of an http(s) URL, normalised (lower case, no default port)."""
     if not url:
