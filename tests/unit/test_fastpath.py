@@ -21,7 +21,7 @@ def test_plain_batch_becomes_metric_fields_as_protobuf_parses_them():
                 params=[], tags=[])
     run_id, fields = fastpath.parse_log_batch(doc)
     assert run_id == "r1"
-    assert fields[:2] == [("a", 1.0, T, 3), ("b", 0.5, T, 0)]
+    assert fields[:2] == [("a", 1.0, T, 3, None), ("b", 0.5, T, 0, None)]
     assert type(fields[0][1]) is float
     assert fields[2][1] != fields[2][1] and fields[3][1] == float("-inf")
 
@@ -54,9 +54,35 @@ def test_plain_log_metric_and_what_is_left_to_mlflow():
     plain = {"run_id": "r1", "key": "loss", "value": 2, "timestamp": T, "step": 4}
     assert fastpath.parse_log_metric(plain) == ("r1", ("loss", 2.0, T, 4))
     assert fastpath.parse_log_metric({**plain, "value": "Infinity"})[1][1] == float("inf")
-    for other in ({**plain, "model_id": "m"}, {**plain, "run_uuid": "r1"}, {**plain, "value": "2"},
-                  {k: v for k, v in plain.items() if k != "run_id"}, {**plain, "dataset_name": "d"}):
+    # MLflow's client sends the deprecated run_uuid beside run_id; its handler uses run_id.
+    assert fastpath.parse_log_metric({"run_uuid": "r1", **plain}) == ("r1", ("loss", 2.0, T, 4))
+    for other in ({**plain, "model_id": "m"}, {**plain, "run_uuid": "r2"}, {**plain, "run_uuid": 1},
+                  {**plain, "value": "2"}, {k: v for k, v in plain.items() if k != "run_id"},
+                  {"run_uuid": "r1", **{k: v for k, v in plain.items() if k != "run_id"}},
+                  {**plain, "dataset_name": "d"}, {**plain, "run_id": "r1", "metrics": []}):
         assert fastpath.parse_log_metric(other) is None
+
+
+def test_a_metrics_own_run_id_is_kept_when_it_is_the_batchs():
+    # mlflow.log_metrics puts the run id in every metric; MLflow's handler keeps it on the Metric.
+    run_id, fields = fastpath.parse_log_batch(batch({"key": "a", "value": 1, "timestamp": T, "run_id": "r1"},
+                                                    {"key": "b", "value": 2, "timestamp": T}))
+    assert fields == [("a", 1.0, T, 0, "r1"), ("b", 2.0, T, 0, None)]
+    for other in ("r2", "", 7, None):
+        assert fastpath.parse_log_batch(batch({"key": "a", "value": 1, "timestamp": T, "run_id": other})) is None
+
+
+@pytest.mark.parametrize(("headers", "taken"), [
+    ([(b"content-type", b"application/json")], True),
+    ([(b"content-type", b"application/json; charset=utf-8")], True),
+    ([(b"content-type", b"text/plain")], False),
+    ([], False),
+    ([(b"content-type", b"application/json"), (b"content-type", b"application/json")], False),
+    ([(b"content-type", b"application/json"), (b"origin", b"http://localhost:5000")], False),
+])
+def test_plain_request_decides_on_headers_as_well(headers, taken):
+    body = b'{"run_id": "r1", "metrics": [{"key": "a", "value": 1, "timestamp": 5}]}'
+    assert (fastpath.plain_request("log_batch", headers, body) is not None) is taken
 
 
 def test_routes_come_from_mlflows_url_map(monkeypatch):

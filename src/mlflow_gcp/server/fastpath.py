@@ -7,11 +7,15 @@ CPU than the database work; on one Cloud Run vCPU that caps ingest. Here a reque
 exactly the plain shape MLflow's client sends (a run id, metrics with key, value, timestamp and
 optional step; no params, tags, model or dataset fields) is turned into the very `Metric`
 entities MLflow's handler builds and handed to the same `store.log_batch` / `store.log_metric`
-in a worker thread, and answered `{}` as MLflow does.
+in a worker thread, and answered `{}` as MLflow does. The shapes are those MLflow's own client
+sends, recorded from it in tests/integration/test_client_bodies.py: log-metric carries `run_uuid`
+beside `run_id` (the same id), and `mlflow.log_metrics` puts the run id in every metric.
+When the store raises MLflow's error, it is answered as MLflow's handler answers it (status,
+JSON body, error log line), so a failed write is not run a second time.
 
 Everything else goes to MLflow's app unchanged, body replayed: any other shape or type (strings
-for numbers, NaN, extra fields), an Origin header (CORS), a wrong content type, and every request
-the store refuses or fails (MLflow then runs the same call and answers with its own error; the
+for numbers, NaN, extra fields, ids that disagree), an Origin header (CORS), a wrong content type,
+and a store failure other than MLflow's error (MLflow then runs the same call and answers; the
 store call is transactional and idempotent for metrics, so running it again changes nothing).
 MLflow's own ASGI security middleware (Host and CORS checks, security headers), configured by
 MLflow's `init_fastapi_security`, wraps the fast handler, so the checks are the same code. The
@@ -29,7 +33,7 @@ import sys
 MAX_BODY = 1 << 20  # larger bodies (1,000 metrics are ~100 KB) are MLflow's to judge
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 _EXACT_FLOAT = 1 << 53  # ints converted to double without rounding questions
-_METRIC_FIELDS = frozenset(("key", "value", "timestamp", "step"))
+_METRIC_FIELDS = frozenset(("key", "value", "timestamp", "step", "run_id"))
 
 
 def _int64(x) -> bool:
@@ -49,14 +53,18 @@ def _double(x) -> float | None:
     return _SPECIAL.get(x) if type(x) is str else None
 
 
-def _metric_fields(m) -> tuple[str, float, int, int] | None:
-    """(key, value, timestamp, step) as MLflow's protobuf parse yields them, or None."""
+def _metric_fields(m, run_id: str) -> tuple[str, float, int, int, str | None] | None:
+    """(key, value, timestamp, step, run id) as MLflow's protobuf parse yields them, or None.
+    A metric's own run id (`mlflow.log_metrics` sends it) is accepted when it is `run_id`."""
     if type(m) is not dict or not m.keys() <= _METRIC_FIELDS:
         return None
     key, value, ts, step = m.get("key"), _double(m.get("value")), m.get("timestamp"), m.get("step", 0)
     if type(key) is not str or not key or value is None or not _int64(ts) or not _int64(step):
         return None
-    return key, value, ts, step
+    own = m.get("run_id")
+    if "run_id" in m and own != run_id:
+        return None
+    return key, value, ts, step, own
 
 
 def parse_log_batch(doc) -> tuple[str, list[tuple]] | None:
@@ -70,7 +78,7 @@ def parse_log_batch(doc) -> tuple[str, list[tuple]] | None:
         return None
     out = []
     for m in metrics:
-        fields = _metric_fields(m)
+        fields = _metric_fields(m, run_id)
         if fields is None:
             return None
         out.append(fields)
@@ -78,14 +86,36 @@ def parse_log_batch(doc) -> tuple[str, list[tuple]] | None:
 
 
 def parse_log_metric(doc) -> tuple[str, tuple] | None:
-    """(run_id, metric fields) for a plain LogMetric body, else None."""
+    """(run_id, metric fields) for a plain LogMetric body, else None. MLflow's client sends the
+    deprecated `run_uuid` beside `run_id`; MLflow's handler then uses `run_id`. Accepted only
+    when both are the same id (anything else is not what a client sends: MLflow's to judge)."""
     if type(doc) is not dict or "run_id" not in doc:
         return None
     run_id = doc["run_id"]
-    fields = _metric_fields({k: v for k, v in doc.items() if k != "run_id"})
-    if type(run_id) is not str or not run_id or fields is None:
+    if type(run_id) is not str or not run_id or doc.get("run_uuid", run_id) != run_id:
         return None
-    return run_id, fields
+    fields = _metric_fields({k: v for k, v in doc.items() if k not in ("run_id", "run_uuid")}, run_id)
+    if fields is None:
+        return None
+    return run_id, fields[:4]
+
+
+def plain_request(kind: str, headers, body: bytes) -> tuple[object, tuple] | None:
+    """(JSON document, parsed fields) when a `kind` request ("log_batch" | "log_metric") with
+    these (lower-case name, value) byte headers and this body is answered here, else None."""
+    types = [value for name, value in headers if name == b"content-type"]
+    # MLflow's content type rule (server/validation.py): the part before ";" exactly. Repeated
+    # content types and any Origin (CORS) are MLflow's to judge.
+    if len(types) != 1 or types[0].split(b";")[0] != b"application/json":
+        return None
+    if any(name == b"origin" for name, _ in headers):
+        return None
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    parsed = parse_log_batch(doc) if kind == "log_batch" else parse_log_metric(doc)
+    return None if parsed is None else (doc, parsed)
 
 
 class _Recorder:
@@ -131,30 +161,23 @@ class FastWrites:
 
     async def _answer(self, scope, body: bytes, send) -> bool:
         """True when answered here; False leaves the request to MLflow."""
-        types = [value for name, value in scope["headers"] if name == b"content-type"]
-        # MLflow's content type rule (server/validation.py): the part before ";" exactly. Repeated
-        # content types and any Origin (CORS) are MLflow's to judge.
-        if len(types) != 1 or types[0].split(b";")[0] != b"application/json":
-            return False
-        if any(name == b"origin" for name, _ in scope["headers"]):
-            return False
-        try:
-            doc = json.loads(body)
-        except ValueError:
-            return False
         kind = self.paths[scope["path"]]
-        parsed = parse_log_batch(doc) if kind == "log_batch" else parse_log_metric(doc)
-        if parsed is None:
+        plain = plain_request(kind, scope["headers"], body)
+        if plain is None:
             return False
+        doc, parsed = plain
         import anyio
+        from mlflow.exceptions import MlflowException
 
         try:
             await anyio.to_thread.run_sync(self._write, kind, doc, parsed)
-        except Exception:  # MLflow runs it again and answers with its own error
+        except MlflowException as err:  # MLflow's handler would answer this error: so do we
+            status, body = _mlflow_error_answer(err, kind)
+            await _send_json(send, status, body)
+            return True
+        except Exception:  # MLflow runs it again and answers
             return False
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"{}"})
+        await _send_json(send, 200, b"{}")
         return True
 
     def _write(self, kind: str, doc: dict, parsed) -> None:
@@ -166,10 +189,34 @@ class FastWrites:
         run_id, fields = parsed
         if kind == "log_batch":
             _validate_batch_log_api_req(doc)
-            store.log_batch(run_id=run_id, metrics=[Metric(*f) for f in fields], params=[], tags=[])
+            metrics = [Metric(key, value, ts, step, run_id=own) for key, value, ts, step, own in fields]
+            store.log_batch(run_id=run_id, metrics=metrics, params=[], tags=[])
         else:
             # As MLflow's _log_metric: the metric carries the run id, the other ids are None.
             store.log_metric(run_id, Metric(*fields, None, None, None, run_id))
+
+
+async def _send_json(send, status: int, body: bytes) -> None:
+    # The headers Flask gives MLflow's JSON answers (the differential test compares them).
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _mlflow_error_answer(err, kind: str) -> tuple[int, bytes]:
+    """Status and body of MLflow's handler for `err` (its `catch_mlflow_exception`), with the
+    error line it logs for a 5xx."""
+    import logging
+
+    status = err.get_http_status_code()
+    if status >= 500:
+        logger = logging.getLogger("mlflow.server.handlers")
+        debug = logger.isEnabledFor(logging.DEBUG)
+        message = f"Error in _{kind}: {err}"
+        if not debug:
+            message += ". Set MLFLOW_LOGGING_LEVEL=DEBUG for traceback."
+        logger.error(message, exc_info=err if debug else None)
+    return status, err.serialize_as_json().encode()
 
 
 def _replay(body: bytes, more: bool, receive):

@@ -10,6 +10,15 @@ a row only when the new (step, timestamp, value) is strictly greater, as MLflow'
 (PostgreSQL compares row values lexicographically, like Python tuples). Everything else,
 validation, the run check and its error messages included, is MLflow's own code.
 
+Same behaviour under contention and errors (issue 13): the statements run through SQLAlchemy
+(`exec_driver_sql`), so a PostgreSQL error becomes the SQLAlchemy error MLflow's session handling
+turns into MLflow's MlflowException and code (a statement timeout or a lost connection:
+TEMPORARILY_UNAVAILABLE; a constraint violation: BAD_REQUEST), a dead connection is invalidated,
+and MLflow's `_log_metrics` retries a deadlock as it does for its own statements. Rows are written
+in one order (metrics by primary key, latest_metrics by key), so two batches over the same keys
+wait for each other instead of deadlocking. tests/integration/test_store_faults.py injects each
+failure on real PostgreSQL into both stores and compares.
+
 Registered as the `postgresql` tracking store (entry point `mlflow.tracking_store`), but used only
 where MLFLOW_GCP_BULK_STORE=1, which our launcher sets for its workers: stock `mlflow server`
 in the same environment (the benchmark, the differential test) keeps MLflow's store.
@@ -18,23 +27,51 @@ tests/integration/test_differential.py compares the answers with stock MLflow.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import threading
 
 BULK_ENV = "MLFLOW_GCP_BULK_STORE"
 COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
+# A params INSERT that lost a race on the params primary key is run again (MLflow's single
+# log_param and _set_tags recover the same way): by then the other writer has committed.
+PARAM_ATTEMPTS = 3
 
 
-@contextlib.contextmanager
-def _cursor(session):
-    """A DB-API cursor on the session's connection, inside its transaction."""
-    cursor = session.connection().connection.dbapi_connection.cursor()
+def _execute(session, statement: str, params=None):
+    """`statement` in the session's transaction, through SQLAlchemy: a driver error comes out as
+    the SQLAlchemy error MLflow's ManagedSessionMaker translates, as for MLflow's own queries."""
+    return session.connection().exec_driver_sql(statement, params)
+
+
+def _insert_rows(session, head: str, tail: str, rows: list[tuple]) -> None:
+    """`head VALUES (..),(..) tail` as one statement. The VALUES are rendered by psycopg2 on the
+    client, as its execute_values does (an executemany is a round trip per row; SQLAlchemy
+    compiling 6,000 bind parameters costs more than the database work), and the statement runs
+    through SQLAlchemy (`_execute`). An error names the statement, not its 1,000 rows."""
+    from psycopg2.extensions import encodings
+    from sqlalchemy.exc import DBAPIError
+
+    connection = session.connection()
+    raw = connection.connection.dbapi_connection
+    cursor = raw.cursor()
     try:
-        yield cursor
+        template = "(" + ",".join(["%s"] * len(rows[0])) + ")"
+        values = b",".join([cursor.mogrify(template, row) for row in rows])
     finally:
         cursor.close()
+    try:
+        connection.exec_driver_sql(f"{head} VALUES {values.decode(encodings[raw.encoding])} {tail}")
+    except DBAPIError as err:
+        err.statement = f"{head} VALUES <{len(rows)} rows> {tail}"
+        raise
+
+
+def _lost_race_on(err, table: str) -> bool:
+    """True for MLflow's wrapping of a unique violation on `table`'s key."""
+    orig = getattr(getattr(err, "__cause__", None), "orig", None)
+    diag = getattr(orig, "diag", None)
+    return getattr(orig, "pgcode", None) == "23505" and getattr(diag, "table_name", None) == table
 
 
 def build_store(store_uri: str, artifact_uri: str | None = None, **_):
@@ -71,25 +108,25 @@ def _bulk_class():
 
 def _make_class():
     from mlflow.entities import LifecycleStage
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
     from mlflow.store.tracking.dbmodels.models import SqlInput, SqlLatestMetric, SqlMetric, SqlRun
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.utils import validation
     from mlflow.utils.validation import _validate_metric
 
-    if not hasattr(SqlAlchemyStore, "_log_metrics_once"):
-        # MLflow restructured its metric path: keep its store rather than guess.
+    if not all(hasattr(SqlAlchemyStore, name) for name in ("_log_metrics_once", "_run_with_deadlock_retry")):
+        # MLflow restructured its metric path or its deadlock retry: keep its store rather than guess.
         return SqlAlchemyStore
-
-    from psycopg2.extras import execute_values
 
     light_search = None
     try:  # the data loading search_runs replaces; without these pieces, MLflow's search runs
         from mlflow.entities import Metric, Param, Run, RunData, RunTag
-        from mlflow.store.tracking.dbmodels.models import SqlRun, _get_run_name_from_tags
-        from sqlalchemy.orm import noload
+        from mlflow.store.tracking.dbmodels.models import _get_run_name_from_tags
+        from sqlalchemy.orm import lazyload
 
         if callable(getattr(SqlAlchemyStore, "_search_runs", None)):
-            light_search = [noload(SqlRun.latest_metrics), noload(SqlRun.params), noload(SqlRun.tags)]
+            light_search = _light_search_options(SqlRun, lazyload)
     except ImportError:
         pass
     data_queries = (
@@ -100,13 +137,14 @@ def _make_class():
     )
 
     names = ", ".join(f'"{c}"' for c in COLUMNS)
-    insert_metrics = f'INSERT INTO {SqlMetric.__tablename__} ({names}) VALUES %s ON CONFLICT DO NOTHING'
+    insert_metrics = (f"INSERT INTO {SqlMetric.__tablename__} ({names})", "ON CONFLICT DO NOTHING")
     latest = SqlLatestMetric.__tablename__
     upsert_latest = (
-        f'INSERT INTO {latest} ({names}) VALUES %s ON CONFLICT ("key", "run_uuid") DO UPDATE SET '
+        f"INSERT INTO {latest} ({names})",
+        'ON CONFLICT ("key", "run_uuid") DO UPDATE SET '
         '"value" = EXCLUDED."value", "timestamp" = EXCLUDED."timestamp", "step" = EXCLUDED."step", '
         '"is_nan" = EXCLUDED."is_nan" WHERE (EXCLUDED."step", EXCLUDED."timestamp", EXCLUDED."value") > '
-        f'({latest}."step", {latest}."timestamp", {latest}."value")'
+        f'({latest}."step", {latest}."timestamp", {latest}."value")',
     )
 
     batch_checks = [getattr(validation, name, None) for name in (
@@ -133,34 +171,48 @@ def _make_class():
                 metrics, params, tags = validate_data(metrics, params, tags)
                 validate_limits(metrics, params, tags)
                 validate_unique(params)
-                self._log_metrics(run_id, metrics)
+                try:
+                    self._log_metrics(run_id, metrics)
+                except MlflowException:
+                    raise
+                except Exception as err:  # as MLflow's log_batch wraps whatever its writes raise
+                    raise MlflowException(err, INTERNAL_ERROR) from err
+
+        def _log_params(self, run_id, params):
+            # MLflow's own code. Two batches logging the same new keys at once both read "absent"
+            # and insert; the later one fails on the params key (stock: BAD_REQUEST, or a
+            # deadlock: TEMPORARILY_UNAVAILABLE). Run again, it sees the committed params and
+            # answers as MLflow does when they were logged first: same value skipped, another
+            # value MLflow's "Changing param values" error.
+            for attempt in range(PARAM_ATTEMPTS):
+                try:
+                    return self._run_with_deadlock_retry(super()._log_params, run_id, params)
+                except MlflowException as err:
+                    if attempt + 1 == PARAM_ATTEMPTS or not _lost_race_on(err, "params"):
+                        raise
 
         # Runs with no dataset inputs or logged-model outputs (most) get MLflow's empty answer
         # after one plain EXISTS query instead of its ORM join; any row found, and MLflow's own
         # query builds the answer. search_runs asks both for every page of runs.
         def _get_run_inputs(self, session, run_uuids):
-            with _cursor(session) as cursor:
-                cursor.execute(any_run_input, (list(run_uuids),))
-                if cursor.fetchone() is None:
-                    return [[] for _ in run_uuids]
+            if _execute(session, any_run_input, (list(run_uuids),)).first() is None:
+                return [[] for _ in run_uuids]
             return super()._get_run_inputs(session, run_uuids)
 
         def _get_model_outputs_bulk(self, run_ids, session):
-            with _cursor(session) as cursor:
-                cursor.execute(any_run_output, (list(run_ids),))
-                if cursor.fetchone() is None:
-                    return {run_id: [] for run_id in run_ids}
+            if _execute(session, any_run_output, (list(run_ids),)).first() is None:
+                return {run_id: [] for run_id in run_ids}
             return super()._get_model_outputs_bulk(run_ids=run_ids, session=session)
 
-        def _check_run_for_metrics(self, session, cursor, run_id):
+        def _check_run_for_metrics(self, session, run_id):
             """MLflow's run check, with one plain query in the usual case (the run exists and is
             active); otherwise MLflow's own code raises its own error."""
-            cursor.execute(run_state, (run_id,))
-            row = cursor.fetchone()
+            row = _execute(session, run_state, (run_id,)).first()
             if row is None or row[0] != LifecycleStage.ACTIVE:
                 self._check_run_is_active(self._get_run(run_uuid=run_id, session=session))
 
         def _log_metrics_once(self, run_id, metrics):
+            # MLflow's _log_metrics calls this and retries it on a deadlock.
             rows = []
             seen = set()
             single = len(metrics) == 1
@@ -171,32 +223,25 @@ def _make_class():
                     continue
                 seen.add(metric)
                 is_nan, value = self.sanitize_metric_value(metric.value)
-                rows.append({"run_uuid": run_id, "key": metric.key, "value": value,
-                             "timestamp": metric.timestamp, "step": metric.step, "is_nan": is_nan})
-            with self.ManagedSessionMaker(read_only=False) as session, _cursor(session) as cursor:
-                self._check_run_for_metrics(session, cursor, run_id)
+                rows.append((metric.key, value, metric.timestamp, metric.step, is_nan, run_id))
+            with self.ManagedSessionMaker(read_only=False) as session:
+                self._check_run_for_metrics(session, run_id)
                 if rows:
-                    self._write_metric_rows(cursor, rows)
+                    self._write_metric_rows(session, rows)
 
-        def _write_metric_rows(self, cursor, rows):
+        def _write_metric_rows(self, session, rows):
             # Per key, the first of the greatest (step, timestamp, value): MLflow's loop
             # replaces its candidate only on strictly greater.
-            latest: dict[str, dict] = {}
+            latest: dict[str, tuple] = {}
             for row in rows:
-                best = latest.get(row["key"])
-                if best is None or (row["step"], row["timestamp"], row["value"]) > (
-                    best["step"], best["timestamp"], best["value"]
-                ):
-                    latest[row["key"]] = row
-            # One multi-row VALUES statement each, built by psycopg2 in C (an executemany is a
-            # round trip per row; SQLAlchemy compiling 600 bind parameters costs more than
-            # the database work). 1,000 metrics, MLflow's batch limit, make one statement.
-            execute_values(cursor, insert_metrics, [tuple(r[c] for c in COLUMNS) for r in rows],
-                           page_size=len(rows))
-            # Sorted keys: concurrent batches lock latest_metrics rows in one order.
-            execute_values(cursor, upsert_latest,
-                           [tuple(latest[k][c] for c in COLUMNS) for k in sorted(latest)],
-                           page_size=len(latest))
+                best = latest.get(row[0])
+                if best is None or (row[3], row[2], row[1]) > (best[3], best[2], best[1]):
+                    latest[row[0]] = row
+            # One order for every writer (metrics by their primary key, latest rows by key): two
+            # batches over the same keys then wait for each other instead of deadlocking.
+            # 1,000 metrics, MLflow's batch limit, make one statement each.
+            _insert_rows(session, *insert_metrics, sorted(rows, key=_metric_pk))
+            _insert_rows(session, *upsert_latest, [latest[k] for k in sorted(latest)])
 
         # search_runs: MLflow builds the query (filters, ordering, paging, inputs) and loads the
         # runs; their metrics, params and tags, which MLflow hydrates as ~25 ORM objects per
@@ -221,10 +266,9 @@ def _make_class():
                     return runs
                 ids = [run.info.run_id for run in runs]
                 data = {rid: ([], [], []) for rid in ids}
-                with self.ManagedSessionMaker() as session, _cursor(session) as cursor:
+                with self.ManagedSessionMaker() as session:
                     for slot, query in enumerate(data_queries):
-                        cursor.execute(query, (ids,))
-                        for row in cursor.fetchall():
+                        for row in _execute(session, query, (ids,)):
                             data[row[0]][slot].append(row)
                 out = []
                 for run in runs:
@@ -241,3 +285,32 @@ def _make_class():
                 return out
 
     return BulkPostgresStore
+
+
+def _metric_pk(row: tuple) -> tuple:
+    """A metrics row's primary key (key, timestamp, step, run_uuid, value, is_nan)."""
+    key, value, timestamp, step, is_nan, run_uuid = row
+    return key, timestamp, step, run_uuid, value, is_nan
+
+
+_RUN_DATA = ("latest_metrics", "params", "tags")
+
+
+def _empty_run_data(run, _context) -> None:
+    if getattr(_SEARCHING, "on", False):
+        from sqlalchemy.orm.attributes import set_committed_value
+
+        for name in _RUN_DATA:
+            set_committed_value(run, name, [])
+
+
+def _light_search_options(run_model, lazyload) -> list:
+    """Loader options under which the runs our search loads carry empty metrics, params and tags
+    (filled afterwards by three plain queries) without a query per run. SQLAlchemy 2.1 deprecates
+    `noload`: here the relationships stay lazy, and a run built from its row during our search
+    gets them set as loaded and empty (SQLAlchemy's `load` event)."""
+    from sqlalchemy import event
+
+    if not event.contains(run_model, "load", _empty_run_data):
+        event.listen(run_model, "load", _empty_run_data)
+    return [lazyload(getattr(run_model, name)) for name in _RUN_DATA]

@@ -1,0 +1,315 @@
+"""Real PostgreSQL failures during a metric write give the same error through our bulk store as
+through MLflow's own SqlAlchemyStore, and the same HTTP answer from our server as from stock
+`mlflow server`: a statement timeout, a backend terminated mid-statement, a deadlock (retried as
+MLflow retries it, and one that outlasts the retries), a unique violation, and the run deleted
+while the write is under way. tests/support/pgfaults.py injects them.
+
+Each write is made three ways: log_metric, a metrics-only log_batch (our store's own
+transaction; over HTTP our fast path) and a log_batch with a tag (MLflow's log_batch around our
+metric statements).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+import requests
+
+from mlflow_gcp.server import store as store_mod
+
+from tests.support import pgfaults
+from tests.support.stock_server import stock_server
+
+pytestmark = pytest.mark.slow
+
+T0 = 1_700_000_000_000
+KINDS = ["log_metric", "log_batch", "log_batch_tag"]
+
+
+@dataclass
+class Target:
+    """Somewhere metric writes go: a store object, or a server over HTTP."""
+
+    name: str
+    dbname: str
+    admin: object  # MLflow's SqlAlchemyStore on the same database: creates, deletes, reads runs
+    write: Callable[[str, str, str, float, int], tuple]  # (kind, run, key, value, step) -> outcome
+    experiment_id: str = field(default="")
+    store: object = None  # the store written to, when not over HTTP
+
+    def new_run(self) -> str:
+        return self.admin.create_run(self.experiment_id, "u", T0, [], "faults").info.run_id
+
+    def latest(self, run_id: str) -> dict:
+        return self.admin.get_run(run_id).data.metrics
+
+
+def store_writer(store):
+    from mlflow.entities import Metric, RunTag
+    from mlflow.exceptions import MlflowException
+
+    def write(kind, run_id, key, value, step):
+        try:
+            if kind == "log_metric":  # the Metric MLflow's handler builds
+                store.log_metric(run_id, Metric(key, value, T0 + step, step, None, None, None, run_id))
+            else:
+                tags = [RunTag("phase", "fault")] if kind == "log_batch_tag" else []
+                store.log_batch(run_id, [Metric(key, value, T0 + step, step)], [], tags)
+        except MlflowException as err:
+            return type(err).__name__, err.error_code, err.message
+        except Exception as err:  # a plain exception is itself the failure under test
+            return type(err).__name__, None, str(err)
+        return ("ok",)
+
+    return write
+
+
+def http_writer(url: str):
+    session = requests.Session()
+
+    def write(kind, run_id, key, value, step):
+        # The bodies MLflow's client sends (tests/unit/test_client_bodies.py).
+        if kind == "log_metric":
+            path, body = "log-metric", {"run_uuid": run_id, "key": key, "value": value, "timestamp": T0 + step,
+                                        "step": step, "run_id": run_id}
+        else:
+            body = {"run_id": run_id, "metrics": [{"key": key, "value": value, "timestamp": T0 + step, "step": step}]}
+            if kind == "log_batch_tag":
+                body["tags"] = [{"key": "phase", "value": "fault"}]
+            path = "log-batch"
+        resp = session.post(f"{url}/api/2.0/mlflow/runs/{path}", data=json.dumps(body),
+                            headers={"Content-Type": "application/json"}, timeout=120)
+        if resp.status_code == 200:
+            return ("ok",)
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = {"error_code": None, "message": resp.text}
+        return resp.status_code, answer.get("error_code"), answer.get("message", "")
+
+    return write
+
+
+def new_target_db(new_database, prefix: str):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    uri = new_database(prefix)
+    admin = SqlAlchemyStore(uri, "/tmp/mlflow-gcp-faults-artifacts")  # creates MLflow's schema
+    pgfaults.install(uri.rsplit("/", 1)[1])
+    return uri, admin
+
+
+@pytest.fixture(scope="module")
+def stores(new_database):
+    """Both stores on one database with the faults installed."""
+    uri, admin = new_target_db(new_database, "mlflow_gcp_faults")
+    bulk = store_mod._bulk_class()(uri, "/tmp/mlflow-gcp-faults-artifacts")
+    assert type(bulk).__name__ == "BulkPostgresStore"
+    exp = admin.create_experiment("faults")
+    dbname = uri.rsplit("/", 1)[1]
+    return {"mlflow": Target("mlflow", dbname, admin, store_writer(admin), exp, admin),
+            "bulk": Target("bulk", dbname, admin, store_writer(bulk), exp, bulk)}
+
+
+@pytest.fixture(scope="module")
+def servers(new_database, start_server, tmp_path_factory):
+    """Stock `mlflow server` and ours, each on a database of its own with the faults installed
+    (after the schema exists: each server creates it)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    tmp = tmp_path_factory.mktemp("faults")
+    stock_db, ours_db = new_database("mlflow_gcp_faults_stock"), new_database("mlflow_gcp_faults_ours")
+    with stock_server(stock_db, tmp) as stock:
+        ours = start_server({"DB_URI": ours_db, "ARTIFACT_ROOT": str(tmp / "ours-artifacts")})
+        stock_url = stock.wait()
+        targets = {}
+        for name, url, uri in (("stock", stock_url, stock_db), ("ours", ours.url, ours_db)):
+            admin = SqlAlchemyStore(uri, str(tmp / "artifacts"))
+            pgfaults.install(uri.rsplit("/", 1)[1])
+            targets[name] = Target(name, uri.rsplit("/", 1)[1], admin, http_writer(url), admin.create_experiment("faults"))
+        yield targets
+    assert "tracking store: BulkPostgresStore" in ours.output()
+
+
+# ---------------------------------------------------------------- the faults
+
+
+def statement_timeout(t: Target, kind: str) -> tuple:
+    return t.write(kind, t.new_run(), "fault.timeout", 1.0, 0)
+
+
+def terminated_backend(t: Target, kind: str) -> tuple:
+    run_id = t.new_run()
+    blocker = pgfaults.Blocker(t.dbname)
+    try:
+        join = pgfaults.in_thread(lambda: t.write(kind, run_id, "fault.wait", 1.0, 0))
+        blocker.terminate(blocker.waiter())
+    finally:
+        blocker.release()
+    outcome, error = join()
+    assert error is None, error
+    # The dead connection was not handed out again: the next write works.
+    assert t.write(kind, run_id, "after", 2.0, 1) == ("ok",)
+    return outcome
+
+
+def _deadlock(t: Target, kind: str, rounds: int) -> tuple:
+    run_id = t.new_run()
+    assert t.write("log_metric", run_id, "fault.deadlock", 0.0, 0) == ("ok",)
+    before = pgfaults.deadlocks(t.dbname)
+    locker = pgfaults.Deadlocker(t.dbname, run_id, "fault.deadlock")
+    try:
+        join = pgfaults.in_thread(lambda: t.write(kind, run_id, "fault.deadlock", 5.0, 1))
+        for _ in range(rounds):
+            locker.cycle(("fault.deadlock", 5.0, T0 + 1, 1, False, run_id))
+    finally:
+        locker.release()
+    outcome, error = join()
+    assert error is None, error
+    assert _wait_for(lambda: pgfaults.deadlocks(t.dbname) >= before + rounds), "PostgreSQL saw no deadlock"
+    stored = t.latest(run_id)["fault.deadlock"]
+    return outcome + (("stored", stored),)
+
+
+def deadlock_retried(t: Target, kind: str) -> tuple:
+    return _deadlock(t, kind, 1)
+
+
+def deadlock_every_retry(t: Target, kind: str) -> tuple:
+    return _deadlock(t, kind, 3)  # MLflow's first try and its 2 retries
+
+
+def unique_violation(t: Target, kind: str) -> tuple:
+    run_id = t.new_run()
+    assert t.write(kind, run_id, "fault.unique.a", 7.0, 0) == ("ok",)
+    return t.write(kind, run_id, "fault.unique.b", 7.0, 0)
+
+
+def _run_removed_meanwhile(t: Target, kind: str, remove) -> tuple:
+    run_id = t.new_run()
+    blocker = pgfaults.Blocker(t.dbname)
+    try:
+        join = pgfaults.in_thread(lambda: t.write(kind, run_id, "fault.wait", 1.0, 0))
+        blocker.waiter()
+        remove(run_id)  # the write is inside its INSERT, past MLflow's run check
+    finally:
+        blocker.release()
+    outcome, error = join()
+    assert error is None, error
+    return outcome
+
+
+def run_garbage_collected_meanwhile(t: Target, kind: str) -> tuple:
+    return _run_removed_meanwhile(t, kind, t.admin._hard_delete_run)  # what `mlflow gc` does
+
+
+def run_deleted_meanwhile(t: Target, kind: str) -> tuple:
+    return _run_removed_meanwhile(t, kind, t.admin.delete_run)
+
+
+def _wait_for(check, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout  # pg_stat counters are published with a short delay
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+# fault -> (the exception type and MLflow error code, or "ok"; a word the message must hold)
+EXPECTED = {
+    statement_timeout: (("MlflowException", "TEMPORARILY_UNAVAILABLE"), "statement timeout"),
+    terminated_backend: (("MlflowException", "TEMPORARILY_UNAVAILABLE"), "terminat"),
+    deadlock_retried: (("ok",), None),
+    deadlock_every_retry: (("MlflowException", "TEMPORARILY_UNAVAILABLE"), "deadlock"),
+    unique_violation: (("MlflowException", "BAD_REQUEST"), "fault_unique"),
+    run_garbage_collected_meanwhile: (("MlflowException", "BAD_REQUEST"), "foreign key"),
+    # The metric is written (the run was active when checked); a tag in the batch is then refused.
+    run_deleted_meanwhile: ({"log_batch_tag": ("MlflowException", "INVALID_PARAMETER_VALUE")}, "active"),
+}
+HTTP_STATUS = {"TEMPORARILY_UNAVAILABLE": 503, "BAD_REQUEST": 400, "INVALID_PARAMETER_VALUE": 400}
+
+
+def expected(fault, kind: str) -> tuple[tuple, str | None]:
+    want, word = EXPECTED[fault]
+    if isinstance(want, dict):  # per kind; the others succeed
+        return (want[kind], word) if kind in want else (("ok",), None)
+    return want, word
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(EXPECTED), ids=lambda f: f.__name__)
+def test_bulk_store_fails_as_mlflows_store_does(stores, fault, kind):
+    want, word = expected(fault, kind)
+    outcomes = {name: fault(target, kind) for name, target in stores.items()}
+    for name, outcome in outcomes.items():
+        assert outcome[:len(want)] == want, f"{name}: {outcome}"
+        if word:
+            assert word in outcome[2], f"{name}: {outcome}"
+    assert outcomes["bulk"][:2] == outcomes["mlflow"][:2]
+    if fault in (deadlock_retried, deadlock_every_retry):
+        assert outcomes["bulk"][-1] == outcomes["mlflow"][-1]  # what the run holds afterwards
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fault", list(EXPECTED), ids=lambda f: f.__name__)
+def test_our_server_answers_faults_as_stock_does(servers, fault, kind):
+    want, word = expected(fault, kind)
+    answers = {name: fault(target, kind) for name, target in servers.items()}
+    expected_status = ("ok",) if want == ("ok",) else (HTTP_STATUS[want[1]], want[1])
+    for name, answer in answers.items():
+        assert answer[:len(expected_status)] == expected_status, f"{name}: {answer}"
+    assert answers["ours"][:2] == answers["stock"][:2]
+
+
+def test_any_other_error_of_a_metrics_only_batch_is_mlflows_internal_error(stores, monkeypatch):
+    # MLflow's test_log_batch_internal_error, for both stores: log_batch wraps whatever its
+    # writes raise in MlflowException(INTERNAL_ERROR).
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    def broken(*_args, **_kwargs):
+        raise Exception("Some internal error")
+
+    monkeypatch.setattr(SqlAlchemyStore, "_log_metrics", broken)
+    for target in stores.values():
+        outcome = target.write("log_batch", target.new_run(), "m", 1.0, 0)
+        assert outcome == ("MlflowException", "INTERNAL_ERROR", "Some internal error"), target.name
+
+
+def test_search_loads_run_data_in_bulk_with_no_query_per_run(stores):
+    # The runs a search loads get their metrics, params and tags from three queries whatever
+    # their number (server/store.py; SQLAlchemy's deprecated `noload` no longer needed).
+    from mlflow.entities import Metric, Param, RunTag, ViewType
+    from sqlalchemy import event
+
+    bulk, admin = stores["bulk"].store, stores["mlflow"].admin
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement)
+
+    def search(experiment_id):
+        statements.clear()
+        runs = bulk.search_runs([experiment_id], "", ViewType.ACTIVE_ONLY, max_results=100)
+        return runs, len(statements)
+
+    event.listen(bulk.engine, "before_cursor_execute", count)
+    try:
+        counts, found = [], []
+        for size in (2, 9):
+            exp = admin.create_experiment(f"search-{size}")
+            for n in range(size):
+                run_id = admin.create_run(exp, "u", T0 + n, [RunTag("n", str(n))], f"run-{n}").info.run_id
+                admin.log_batch(run_id, [Metric("m", n / 2, T0, 0)], [Param("p", str(n))], [RunTag("t", "x")])
+            runs, queries = search(exp)
+            assert [r.to_dictionary() for r in runs] == [r.to_dictionary() for r in admin.search_runs([exp], "", ViewType.ACTIVE_ONLY, max_results=100)]
+            counts.append(queries)
+            found.append(len(runs))
+    finally:
+        event.remove(bulk.engine, "before_cursor_execute", count)
+    assert found == [2, 9]
+    assert counts[0] == counts[1], counts
