@@ -97,5 +97,12 @@ class OperationFailed(GcpError):
     """A long-running operation finished with an error or ran out of time."""
 
 
+class OrgPolicyDenied(GcpError):
+    """An organization policy forbids the call (400/412 FAILED_PRECONDITION naming a constraint);
+    `constraint` is its name, e.g. iam.allowedPolicyMemberDomains. No retry or role helps."""
+
+    constraint: str = ""
+
+
 class Conflict(GcpError):
     """An existing resource with our name differs from what we would create."""

@@ -19,7 +19,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .apis import ALL_APIS
 from .core import discovery
 from .core.api import ApiModule, Request, project_number
-from .core.errors import GcpError, invalid_argument, service_disabled
+from .core.errors import GcpError, invalid_argument, org_policy_violation, service_disabled
+
+# Organization policies that organizations created since 2024 enforce by default ("secure by
+# default"); FakeGcp(org_policies=NEW_ORG_POLICIES) or fake.enforce_org_policy(name) turns them on.
+DOMAIN_RESTRICTED_SHARING = "iam.allowedPolicyMemberDomains"
+NO_SERVICE_ACCOUNT_KEYS = "iam.disableServiceAccountKeyCreation"
+NEW_ORG_POLICIES = (DOMAIN_RESTRICTED_SHARING, NO_SERVICE_ACCOUNT_KEYS)
 from .core.snapshot import normalize
 from .core.faults import READ_VERBS, Fault, Faults, Latency, RecordedRequest
 
@@ -32,7 +38,7 @@ class FakeGcp:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, op_polls: int = 1,
-                 services_enabled: bool = True):
+                 services_enabled: bool = True, org_policies: tuple[str, ...] = ()):
         self.host = host
         self.port = port
         self.op_polls = op_polls
@@ -46,6 +52,8 @@ class FakeGcp:
         # Opt-in: accepted mutations leave Admin Activity audit entries in the fake logging.
         self.audit_logs = False
         self.globally_disabled: set[str] = set()
+        self._org_policies_initially = tuple(org_policies)
+        self.org_policies: set[str] = set(org_policies)  # enforced constraints (see NEW_ORG_POLICIES)
         self.modules: dict[str, ApiModule] = {cls.name: cls(self) for cls in ALL_APIS}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -100,6 +108,7 @@ class FakeGcp:
             self.denied_permissions.clear()
             self.audit_logs = False
             self.globally_disabled.clear()
+            self.org_policies = set(self._org_policies_initially)
             for module in self.modules.values():
                 module.reset()
 
@@ -228,8 +237,23 @@ class FakeGcp:
                 for binding in policy.get("bindings", []):
                     binding["members"] = sorted(new if m == old else m for m in binding["members"])
 
+    def enforce_org_policy(self, *constraints: str) -> None:
+        """Enforce organization policy constraints from now on: DOMAIN_RESTRICTED_SHARING (no
+        allUsers / allAuthenticatedUsers in any IAM policy), NO_SERVICE_ACCOUNT_KEYS (keys.create
+        refused), both as a new organization has them."""
+        unknown = set(constraints) - set(NEW_ORG_POLICIES)
+        if unknown:
+            raise ValueError(f"the fake knows only {NEW_ORG_POLICIES}, not {sorted(unknown)}")
+        self.org_policies.update(constraints)
+
     def check_member(self, member: str) -> None:
-        """Refuse an IAM member naming a user-managed service account the fake's IAM lacks."""
+        """Refuse an IAM member naming a user-managed service account the fake's IAM lacks, and
+        the public principals under domain-restricted sharing."""
+        if member in ("allUsers", "allAuthenticatedUsers") and DOMAIN_RESTRICTED_SHARING in self.org_policies:
+            raise org_policy_violation(
+                "One or more users named in the policy do not belong to a permitted customer,  "
+                "perhaps due to an organization policy.", DOMAIN_RESTRICTED_SHARING,
+                f"User {member} is not in permitted organization.", f"orgpolicy:configvalue={member}")
         kind, _, email = member.partition(":")
         if kind != "serviceAccount" or not email.endswith(".iam.gserviceaccount.com"):
             return

@@ -378,10 +378,11 @@ def test_public_needs_the_flag_and_then_warns(fake_gcp, tmp_path, monkeypatch, c
     monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     assert cli_main.main(["up", "--yes", "--project", PROJECT, "--set", "access.mode=public", "--allow-public"]) == 0
     assert "anyone on the internet" in capsys.readouterr().err
-    assert "allUsers" in json.dumps(fake_gcp.modules["run"].iam.policies)
-    # Back to private: the public binding goes.
-    assert cli_main.main(["up", "--yes", "--project", PROJECT]) == 0
+    assert fake_gcp.state("run")[SERVICE]["invokerIamDisabled"] is True
     assert "allUsers" not in json.dumps(fake_gcp.modules["run"].iam.policies)
+    # Back to private: the invoker check is on again.
+    assert cli_main.main(["up", "--yes", "--project", PROJECT]) == 0
+    assert fake_gcp.state("run")[SERVICE]["invokerIamDisabled"] is False
 
 
 def test_budget_error_names_the_knob():

@@ -96,17 +96,17 @@ def test_revoking_a_configured_member_warns_that_up_would_grant_it_again(deploye
 
 
 @pytest.mark.parametrize("member", ["allUsers", "allAuthenticatedUsers"])
-def test_public_members_are_refused_unless_the_config_says_public(deployed, gcp_client, capsys,
-                                                                  member):
-    assert _cli("access", "grant", member) == 2
+@pytest.mark.parametrize("mode", ["private", "public"])
+def test_public_members_are_never_granted(deployed, gcp_client, capsys, member, mode):
+    # Public is the invoker check off (access.mode = public, `up --allow-public`), which works
+    # under domain-restricted sharing, where Google refuses these members in any policy.
+    assert _cli("access", "grant", member, "--set", f"access.mode={mode}") == 2
     assert capsys.readouterr().err.strip() == (
-        f'Error: {member}: makes the server public; set access.mode = "public" first'
+        f'Error: {member}: is not granted: a public server is access.mode = "public" and `mlflow-gcp up '
+        "--allow-public` (Cloud Run's invoker check off, which domain-restricted sharing allows)"
     )
     assert deployed.requests == []  # refused before any API call
-    assert _cli("access", "grant", member, "--set", "access.mode=public") == 0
-    captured = capsys.readouterr()
-    assert f"Warning: {member} makes the server reachable by anyone" in captured.err
-    assert _invokers(gcp_client) == {member}
+    assert _invokers(gcp_client) == set()
 
 
 def test_bad_members_are_named(deployed, capsys):

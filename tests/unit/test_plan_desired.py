@@ -123,8 +123,13 @@ def test_private_by_default_public_only_when_configured():
     want, remove = desired.invoker_bindings(cfg(access={"members": ["user:ann@example.com"]}))
     assert want == [("roles/run.invoker", "user:ann@example.com")]
     assert ("roles/run.invoker", "allUsers") in remove and ("roles/run.invoker", "allAuthenticatedUsers") in remove
-    want, remove = desired.invoker_bindings(cfg(access={"mode": "public"}))
-    assert want == [("roles/run.invoker", "allUsers")] and remove == []
+    assert desired.service(cfg(), "img", [])["invokerIamDisabled"] is False
+    # Public is the service's invoker check off, never an allUsers binding (which domain-restricted
+    # sharing refuses); one left by an earlier version goes.
+    public = cfg(access={"mode": "public"})
+    want, remove = desired.invoker_bindings(public)
+    assert want == [] and ("roles/run.invoker", "allUsers") in remove
+    assert desired.service(public, "img", [])["invokerIamDisabled"] is True
 
 
 def test_server_account_is_least_privilege():

@@ -64,6 +64,8 @@ def _load(cfg_source, allow_public: bool):
 
     cfg = cfg_source.load()
     up_ops.check_config(cfg, allow_public)  # before any API call
+    if cfg.access.mode == "public":
+        click.echo(f"Warning: {up_ops.PUBLIC_WARNING}", err=True)
     return cfg
 
 
@@ -118,8 +120,6 @@ def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
     from mlflow_gcp.ops import up as up_ops
 
     cfg = _load(cfg_source, allow_public)
-    if cfg.access.mode == "public":
-        click.echo("Warning: access.mode = public: anyone on the internet can read and write this MLflow server.", err=True)
     ctx = _context(cfg)
     plan = up_ops.make_plan(ctx)
     if plan.empty:

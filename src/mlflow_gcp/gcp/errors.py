@@ -22,6 +22,7 @@ from mlflow_gcp.errors import (
     Conflict,
     GcpError,
     NotFound,
+    OrgPolicyDenied,
     PermissionDenied,
     RateLimited,
     Unavailable,
@@ -121,6 +122,30 @@ def _reasons(error: dict) -> tuple[set[str], dict]:
     return reasons, metadata
 
 
+# What each organization policy a new organization enforces means here (secure-by-default orgs).
+ORG_POLICY_HINTS = {
+    "iam.allowedPolicyMemberDomains":
+        "domain-restricted sharing allows only your organization's members in IAM policies; a public "
+        "server needs no allUsers binding: access.mode = \"public\" with `mlflow-gcp up --allow-public` "
+        "turns Cloud Run's invoker check off instead (invokerIamDisabled)",
+    "iam.disableServiceAccountKeyCreation":
+        "service-account keys are disabled in this organization; impersonate the account instead "
+        "(mlflow-gcp access create-sa NAME --impersonator user:YOU@example.com)",
+}
+
+
+def _constraint(error: dict) -> str | None:
+    """The organization policy constraint a PreconditionFailure names, without `constraints/`."""
+    for detail in error.get("details") or []:
+        if not isinstance(detail, dict):
+            continue
+        for violation in detail.get("violations") or []:
+            kind = str(violation.get("type") or "") if isinstance(violation, dict) else ""
+            if kind.startswith("constraints/"):
+                return kind.removeprefix("constraints/")
+    return None
+
+
 def api_of(uri: str) -> str:
     """The API a request URI belongs to, for real endpoints and for <root>/<api>/ emulation."""
     from urllib.parse import urlparse
@@ -181,6 +206,14 @@ def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
             hint = f"needs {role}; grant it with: {grant_command(project, role)}"
         exc = PermissionDenied(f"{what}: {missing} ({message})", hint=hint, status=status)
         exc.permission, exc.role = permission, role
+        return exc
+    constraint = _constraint(error) if status in (400, 412) else None
+    if constraint:
+        # iam.managed.* is the newer form of the same constraint.
+        name = constraint.replace("iam.managed.", "iam.")
+        exc = OrgPolicyDenied(f"{what}: refused by the organization policy {constraint} ({message})",
+                              hint=ORG_POLICY_HINTS.get(name), status=status)
+        exc.constraint = name
         return exc
     if status == 404:
         return NotFound(text, status=status)

@@ -2,7 +2,10 @@
 when artifacts.mode is direct), and service accounts for jobs.
 
 Every change is read, compare, write-only-if-changed (`iampolicy.ensure`), so granting twice
-writes once. `up` leaves members granted here alone (plan/invokers.py keeps its own record). allUsers / allAuthenticatedUsers are refused unless access.mode is public.
+writes once. `up` leaves members granted here alone (plan/invokers.py keeps its own record).
+allUsers / allAuthenticatedUsers are never granted: a public server is access.mode = "public",
+which turns Cloud Run's invoker check off (invokerIamDisabled) and works under domain-restricted
+sharing, where Google refuses those members in any IAM policy.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_gcp.config import PUBLIC_MEMBERS, Config
-from mlflow_gcp.errors import ConfigError, NotFound
+from mlflow_gcp.errors import ConfigError, GcpError, NotFound, OrgPolicyDenied
 from mlflow_gcp.gcp import iam, iampolicy, run, storage
 from mlflow_gcp.plan import invokers
 
@@ -26,7 +29,8 @@ TOKEN_CREATOR_ROLE = "roles/iam.serviceAccountTokenCreator"
 _MEMBER_RE = re.compile(r"^(user|group|serviceAccount|domain):[^\s:]+$")
 # Service account ids, as IAM takes them.
 _SA_ID_RE = re.compile(r"^[a-z]([a-z0-9-]{4,28}[a-z0-9])$")
-PUBLIC_WARNING = "{member} makes the server reachable by anyone on the internet"
+PUBLIC_REFUSAL = ('is not granted: a public server is access.mode = "public" and `mlflow-gcp up '
+                  '--allow-public` (Cloud Run\'s invoker check off, which domain-restricted sharing allows)')
 
 
 @dataclass
@@ -51,14 +55,11 @@ class Result:
 
 
 def check_members(cfg: Config, members: list[str]) -> list[str]:
-    """Valid members, or a ConfigError naming each bad one; warnings for public members."""
+    """Valid members, or a ConfigError naming each bad one (public members included)."""
     problems, warnings = [], []
     for m in members:
         if m in PUBLIC_MEMBERS:
-            if cfg.access.mode != "public":
-                problems.append((m, 'makes the server public; set access.mode = "public" first'))
-            else:
-                warnings.append(PUBLIC_WARNING.format(member=m))
+            problems.append((m, PUBLIC_REFUSAL))
         elif not _MEMBER_RE.match(m):
             problems.append((m, "expected user:EMAIL, group:EMAIL, serviceAccount:EMAIL or domain:DOMAIN"))
     if problems:
@@ -109,8 +110,7 @@ def grant(clients, cfg: Config, members: list[str]) -> Result:
     invokers.release(clients, cfg, members)
     result.changes += _ensure_service(clients, cfg, add=[(INVOKER_ROLE, m) for m in members])
     if _direct(cfg):
-        bucket_members = [m for m in members if m not in PUBLIC_MEMBERS]
-        result.changes += _ensure_bucket(clients, cfg, add=[(BUCKET_ROLE, m) for m in bucket_members])
+        result.changes += _ensure_bucket(clients, cfg, add=[(BUCKET_ROLE, m) for m in members])
     return result
 
 
@@ -138,8 +138,12 @@ def list_access(clients, cfg: Config) -> list[dict]:
     except NotFound as err:
         raise NotFound(f"Cloud Run service {cfg.service.name} is not deployed",
                        hint="run `mlflow-gcp up` first") from err
-    rows = [{"member": m, "role": INVOKER_ROLE, "resource": _service_resource(cfg)}
-            for m in sorted(iampolicy.members_of(policy, INVOKER_ROLE))]
+    rows = []
+    if (run.get_service_raw(clients, cfg.region, cfg.service.name) or {}).get("invokerIamDisabled"):
+        rows.append({"member": "anyone (public)", "role": "invoker check off (invokerIamDisabled)",
+                     "resource": _service_resource(cfg)})
+    rows += [{"member": m, "role": INVOKER_ROLE, "resource": _service_resource(cfg)}
+             for m in sorted(iampolicy.members_of(policy, INVOKER_ROLE))]
     if _direct(cfg):
         bucket = storage.get_iam_policy(clients, cfg.bucket_name)
         rows += [{"member": m, "role": BUCKET_ROLE, "resource": f"bucket {cfg.bucket_name}"}
@@ -183,7 +187,15 @@ def create_service_account(clients, cfg: Config, name: str, *, impersonators: li
         )
         result.changes += [Change("grant", r, m, f"service account {email}") for _, (r, m) in done]
     if key_path is not None:
-        key = iam.create_key(clients, email)
+        try:
+            key = iam.create_key(clients, email)
+        except OrgPolicyDenied as err:
+            raise GcpError(
+                f"no key written for {email}: the organization policy {err.constraint} forbids "
+                "service-account keys (the account exists and may use the server)",
+                hint=f"impersonate it instead: mlflow-gcp access create-sa {name} --impersonator "
+                     f"user:YOU@example.com, then export MLFLOW_GCP_IMPERSONATE_SERVICE_ACCOUNT={email}",
+            ) from err
         _write_secret_file(key_path, base64.b64decode(key["privateKeyData"]))
         result.warnings.append(
             f"wrote a service-account key to {key_path} (mode 0600): anyone with the file acts as "

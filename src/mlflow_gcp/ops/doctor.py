@@ -133,6 +133,8 @@ def _invoker(f: _Facts) -> Check:
     cfg = f.ctx.cfg
     if f.service is None:
         return Check("caller may invoke", WARN, "no service to check", "mlflow-gcp up")
+    if _invoker_check_off(f):
+        return Check("caller may invoke", PASS, "anyone may: Cloud Run's invoker check is off (public)")
     members = iampolicy.members_of(run.get_service_iam_policy(f.ctx.clients, cfg.region, cfg.service.name), INVOKER)
     email, why = f.token_email
     if email is None:
@@ -155,15 +157,22 @@ def _member(email: str) -> str:
     return f"serviceAccount:{email}" if email.endswith(".gserviceaccount.com") else f"user:{email}"
 
 
+def _invoker_check_off(f: _Facts) -> bool:
+    return bool(f.service and f.service.get("invokerIamDisabled"))  # the service as read
+
+
 def _public(f: _Facts) -> Check:
     cfg = f.ctx.cfg
     if f.service is None:
         return Check("no public access", WARN, "no service to check", "mlflow-gcp up")
     members = iampolicy.members_of(run.get_service_iam_policy(f.ctx.clients, cfg.region, cfg.service.name), INVOKER)
     public = sorted(set(PUBLIC_MEMBERS) & members)
+    if _invoker_check_off(f):
+        public.insert(0, "anyone (the invoker check is off: invokerIamDisabled)")
     if public and cfg.access.mode != "public":
         return Check("no public access", FAIL, f"{', '.join(public)} may invoke, but access.mode is private",
-                     "mlflow-gcp up (removes them)")
+                     "mlflow-gcp up (turns the invoker check back on)" if _invoker_check_off(f)
+                     else "mlflow-gcp up (removes them)")
     if public:
         return Check("no public access", WARN, "access.mode = public: anyone on the internet may use it")
     return Check("no public access", PASS, "only listed members may invoke")

@@ -13,6 +13,8 @@ from mlflow_gcp.plan.model import NONE, Action, Plan
 from mlflow_gcp.plan.steps import Context, Step, steps
 
 PUBLIC_HINT = "rerun with --allow-public to confirm that anyone on the internet may use it"
+PUBLIC_WARNING = ("access.mode = public: anyone on the internet can read and write this MLflow server "
+                  "(Cloud Run's invoker check is off: invokerIamDisabled)")
 
 
 def check_config(cfg: Config, allow_public: bool) -> None:

@@ -59,6 +59,7 @@ FIELD_LABELS = {
     "settings.backupConfiguration.backupRetentionSettings.retainedBackups": "database.backup_retention",
     "settings.maintenanceWindow.day": "database.maintenance_day",
     "settings.maintenanceWindow.hour": "database.maintenance_hour",
+    "invokerIamDisabled": "access.mode",
     "template.scaling.maxInstanceCount": "service.max_instances",
     "template.scaling.minInstanceCount": "service.min_instances",
     "template.maxInstanceRequestConcurrency": "service.concurrency",
@@ -285,7 +286,11 @@ def service(cfg: Config, image: str, hosts: list[str]) -> dict:
     }
     if cfg.database.private_ip:
         template["vpcAccess"] = _vpc_access(cfg)
-    return {"labels": cfg.all_labels, "ingress": "INGRESS_TRAFFIC_ALL", "template": template}
+    # Public means Cloud Run's invoker check off, which Google recommends over an allUsers binding
+    # and which domain-restricted sharing (on by default in new organizations) allows; false is
+    # sent too, so switching back to private turns the check on again.
+    return {"labels": cfg.all_labels, "ingress": "INGRESS_TRAFFIC_ALL",
+            "invokerIamDisabled": cfg.access.mode == "public", "template": template}
 
 
 def _vpc_access(cfg: Config) -> dict:
@@ -407,9 +412,8 @@ PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 
 
 def invoker_bindings(cfg: Config) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(bindings to have, bindings to remove) on the service."""
+    """(bindings to have, bindings to remove) on the service. Public members are never bound: a
+    public server has its invoker check off (`service` above), and an allUsers binding left by an
+    earlier version goes, public or not."""
     role = "roles/run.invoker"
-    want = [(role, m) for m in cfg.access.members]
-    if cfg.access.mode == "public":
-        return want + [(role, "allUsers")], []
-    return want, [(role, m) for m in PUBLIC_MEMBERS]
+    return [(role, m) for m in cfg.access.members], [(role, m) for m in PUBLIC_MEMBERS]

@@ -1,5 +1,6 @@
-"""Who may invoke the Cloud Run service: `access.members` (and allUsers when public) hold
-roles/run.invoker, and a member removed from `access.members` loses it at the next `up`.
+"""Who may invoke the Cloud Run service: `access.members` hold roles/run.invoker, and a member
+removed from `access.members` loses it at the next `up`. (A public server is not an allUsers
+binding but the service's invokerIamDisabled, set by the Service step.)
 
 `mlflow-gcp access grant` writes the same IAM policy, so the policy alone cannot tell which
 members the config granted. The service carries that record: the annotation RECORD_ANNOTATION

@@ -153,7 +153,8 @@ class Service(Step):
         raw = run.get_service_raw(ctx.clients, ctx.cfg.region, ctx.cfg.service.name)
         if raw is None:
             svc = ctx.cfg.service
-            return self.action(ctx, CREATE, detail=f"{svc.min_instances}..{svc.max_instances} instances, {ctx.cfg.access.mode}")
+            access = "public: Cloud Run's invoker check off" if ctx.cfg.access.mode == "public" else "private"
+            return self.action(ctx, CREATE, detail=f"{svc.min_instances}..{svc.max_instances} instances, {access}")
         changes = diff(self._want(ctx, raw), raw, labels=desired.FIELD_LABELS)
         if not ctx.applying:  # a plan shows what the budget step does before the database once
             first = ctx.facts.get("service_budget_first") or ()

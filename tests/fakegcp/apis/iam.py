@@ -8,7 +8,7 @@ import json
 import re
 
 from ..core.api import ApiModule, IamPolicies, Request, handles, now, paginate
-from ..core.errors import GcpError, invalid_argument, not_found
+from ..core.errors import GcpError, invalid_argument, not_found, org_policy_violation
 
 _ACCOUNT_ID = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 
@@ -123,6 +123,12 @@ class Iam(ApiModule):
     @handles("iam.projects.serviceAccounts.keys.create")
     def create_key(self, req: Request) -> dict:
         sa = self._lookup(req.get("name"))
+        if "iam.disableServiceAccountKeyCreation" in self.fake.org_policies:
+            email = sa["email"]
+            raise org_policy_violation(
+                "Key creation is not allowed on this service account.", "iam.disableServiceAccountKeyCreation",
+                "Key creation is not allowed on this service account.",
+                f"projects/{sa['projectId']}/serviceAccounts/{email}?configvalue={email.replace('@', '%40')}")
         key_id = hashlib.sha1(f"{sa['email']}/{len(self.keys)}/{now()}".encode()).hexdigest()
         key = {
             "name": f"projects/{sa['projectId']}/serviceAccounts/{sa['email']}/keys/{key_id}",

@@ -85,6 +85,15 @@ def failed_precondition(message: str, code: int = 400) -> GcpError:
     return GcpError(code, message, "FAILED_PRECONDITION", "failedPrecondition")
 
 
+def org_policy_violation(message: str, constraint: str, description: str, subject: str) -> GcpError:
+    """400 FAILED_PRECONDITION with the PreconditionFailure detail naming the constraint, as
+    Google answers a call an organization policy forbids."""
+    return GcpError(400, message, "FAILED_PRECONDITION", "failedPrecondition", [{
+        "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
+        "violations": [{"type": f"constraints/{constraint}", "subject": subject, "description": description}],
+    }])
+
+
 def not_found(what: str) -> GcpError:
     return GcpError(404, f"{what} not found.", "NOT_FOUND", "notFound")
 
