@@ -154,6 +154,25 @@ def test_the_proxy_keeps_working_past_token_expiry(stack, plugin):
     assert stack.front.count(401) == 1 and stack.front.count(200) == 3
 
 
+def test_mlflows_client_can_use_the_proxy_with_the_secret_as_its_token(stack, plugin, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    proxy = UiProxy(stack.front.url, 0, cache=plugin).start()
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH")  # the proxy signs; the client needs no plugin
+    try:
+        with pytest.raises(MlflowException, match="no session"):
+            MlflowClient(tracking_uri=proxy.url).search_experiments()
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", proxy.token)
+        name = f"via-proxy-{uuid.uuid4().hex[:6]}"
+        exp_id = MlflowClient(tracking_uri=proxy.url).create_experiment(name)
+    finally:
+        proxy.shutdown()
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN")
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "gcp")
+    assert MlflowClient(tracking_uri=stack.front.url).get_experiment(exp_id).name == name
+
+
 def test_ui_without_credentials_says_so_and_exits(stack):
     proc = subprocess.run(
         [sys.executable, "-m", "mlflow_gcp", "ui", "--no-browser", "--port", "0",

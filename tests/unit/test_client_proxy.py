@@ -209,3 +209,13 @@ def test_a_cross_site_form_post_is_not_a_navigation_the_guard_lets_through():
     headers = {"Host": "127.0.0.1:5000", "Sec-Fetch-Site": "cross-site",
                "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
     assert "refused a cross-site request" in guard.refusal("POST", "/", headers)
+
+
+def test_a_script_may_send_the_secret_as_a_bearer_token(proxy):
+    url = f"{proxy.url}/ajax-api/2.0/mlflow/runs/search"
+    seen = requests.get(url, headers={"Authorization": f"Bearer {proxy.token}"}, timeout=10)
+    # Let in, and the service gets the proxy's ID token, not the secret.
+    assert seen.status_code == 200 and proxy.token not in seen.text
+    assert tokens.jwt_claims(seen.json()["headers"]["Authorization"].removeprefix("Bearer "))
+    wrong = requests.get(url, headers={"Authorization": "Bearer not-the-secret"}, timeout=10)
+    assert wrong.status_code == 403 and wrong.text == proxy_guard.WRONG_TOKEN + "\n"

@@ -121,11 +121,23 @@ class Guard:
         return Login(cookie, location)
 
     def has_session(self, headers: Mapping[str, str]) -> bool:
-        value = cookies(headers.get("Cookie", "")).get(self.cookie_name)
-        return value is not None and hmac.compare_digest(value.encode(), self.token.encode())
+        """The session cookie, or the secret as `Authorization: Bearer`: what a script sends
+        (MLflow's client with MLFLOW_TRACKING_TOKEN); a page cannot set that header on a
+        cross-origin request without a preflight, which `refusal` refuses."""
+        return any(hmac.compare_digest(given.encode(), self.token.encode())
+                   for given in self._given(headers))
 
     def session_refusal(self, headers: Mapping[str, str]) -> str:
-        return WRONG_TOKEN if self.cookie_name in cookies(headers.get("Cookie", "")) else NO_SESSION
+        return WRONG_TOKEN if self._given(headers) else NO_SESSION
+
+    def _given(self, headers: Mapping[str, str]) -> list[str]:
+        found = []
+        scheme, _, value = (headers.get("Authorization") or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            found.append(value.strip())
+        if (cookie := cookies(headers.get("Cookie", "")).get(self.cookie_name)) is not None:
+            found.append(cookie)
+        return found
 
 
 def cookies(header: str) -> dict[str, str]:
