@@ -194,21 +194,21 @@ def test_an_ipv6_loopback_proxy_answers_as_its_bracketed_address():
       "Sec-Fetch-Dest": "iframe"}, "refused a cross-site request"),
 ])
 def test_guard_verdicts(headers, refused):
-    verdict = proxy_guard.Guard("127.0.0.1", 5000, "s3cret").refusal("GET", "/", headers)
+    verdict = proxy_guard.Guard("127.0.0.1", 5000, "s3cret").refusal("GET", headers)
     assert verdict == refused if refused is None else refused in verdict
 
 
 def test_guard_on_port_80_accepts_a_host_without_port():
     guard = proxy_guard.Guard("127.0.0.1", 80, "s3cret")
-    assert guard.refusal("GET", "/", {"Host": "localhost", "Origin": "http://localhost"}) is None
-    assert guard.refusal("POST", "/", {"Host": "127.0.0.1:80"}) is None
+    assert guard.refusal("GET", {"Host": "localhost", "Origin": "http://localhost"}) is None
+    assert guard.refusal("POST", {"Host": "127.0.0.1:80"}) is None
 
 
 def test_a_cross_site_form_post_is_not_a_navigation_the_guard_lets_through():
     guard = proxy_guard.Guard("127.0.0.1", 5000, "s3cret")
     headers = {"Host": "127.0.0.1:5000", "Sec-Fetch-Site": "cross-site",
                "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"}
-    assert "refused a cross-site request" in guard.refusal("POST", "/", headers)
+    assert "refused a cross-site request" in guard.refusal("POST", headers)
 
 
 def test_a_script_may_send_the_secret_as_a_bearer_token(proxy):

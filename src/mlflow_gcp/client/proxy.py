@@ -98,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _admit(self, proxy: UiProxy) -> bool:
         """Answer here (and return False) a request that must not reach the service."""
         guard = proxy.guard
-        refusal = guard.refusal(self.command, self.path, self.headers)
+        refusal = guard.refusal(self.command, self.headers)
         if refusal is None:
             login = guard.login(self.command, self.path)
             if isinstance(login, proxy_guard.Login):

@@ -91,7 +91,7 @@ class Guard:
         self.token = token
         self.cookie_name = f"{COOKIE_PREFIX}{port}"
 
-    def refusal(self, method: str, path: str, headers: Mapping[str, str]) -> str | None:
+    def refusal(self, method: str, headers: Mapping[str, str]) -> str | None:
         """Why this request is refused (one line for the 403 body), or None to go on."""
         host = (headers.get("Host") or "").strip().lower()
         if host not in self.hosts:
