@@ -78,6 +78,7 @@ def test_a_pause_over_36_hours_warns_that_backups_stop(deployed, fake_gcp, capsy
         "those days have no nightly backup: take one before a long pause (mlflow-gcp backup create) or "
         "resume within 36 h.")
     assert "59 h in a row" in run_cli(capsys, "schedule", "show")[1]
+    assert "  note:    the database stays stopped up to 59 h in a row" in run_cli(capsys, "status")[1]
     # Weeknights only: 11 h at most, nothing to warn about.
     code, out, err = run_cli(capsys, "schedule", "set", "--pause", "mon-thu 20:00", "--resume", "tue-fri 07:00")
     assert code == 0 and err == ""
@@ -89,6 +90,15 @@ def test_plan_warns_that_the_suggested_schedule_stops_backups_over_the_weekend(w
     assert code == 0
     assert "  Note: with it the database stays stopped up to 59 h in a row (from fri 20:00); Cloud SQL " \
            "takes no automated backup" in out
+
+
+def test_plan_warns_when_the_schedule_set_stops_backups(deployed, fake_gcp, capsys, scheduler_at_home):
+    run_cli(capsys, "schedule", "set", "--pause", "fri 20:00", "--resume", "mon 07:00")
+    code, out, _ = run_cli(capsys, "plan")
+    assert code == 0
+    assert "  Pause schedule: pause fri 20:00, resume mon 07:00 (UTC), about $2.69/month saved; see mlflow-gcp cost.\n" \
+           "  Note: the database stays stopped up to 59 h in a row (from fri 20:00); Cloud SQL takes no automated " \
+           "backup" in out
 
 
 def test_destroy_takes_the_schedule_its_account_and_binding_along(deployed, fake_gcp, capsys, scheduler_at_home):

@@ -107,7 +107,7 @@ def plan_cmd(cfg_source, as_json: bool, allow_public: bool) -> None:
     if not as_json:
         from mlflow_gcp.ops import schedule
 
-        click.echo(schedule.plan_line(cfg))
+        click.echo(schedule.plan_line(cfg, schedule.show(ctx, quiet=True)))
 
 
 @click.command("up")

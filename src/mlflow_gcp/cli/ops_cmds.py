@@ -70,6 +70,8 @@ def status_lines(d: dict) -> list[str]:
     if sched and "pause" in sched:
         out.append(f"Schedule:  pause {sched['pause']['when']}, resume {sched.get('resume', {}).get('when', '?')} "
                    f"({sched['pause']['time_zone']})")
+        if sched.get("backups_note"):
+            out.append(f"  note:    {sched['backups_note']}")
     bud = d["budget"]
     if "at_most" in bud:
         out.append(f"Connections: at most {bud['at_most']} of {bud['max_connections']} "

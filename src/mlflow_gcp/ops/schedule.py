@@ -378,8 +378,15 @@ def savings(cfg, current: dict | None) -> dict:
     return out
 
 
-def plan_line(cfg) -> str:
-    """One line for `plan`: what a pause schedule would save (no API call)."""
+def plan_line(cfg, current: dict | None = None) -> str:
+    """The lines for `plan`: what the schedule set (`show()`'s answer) saves and whether it halts
+    backups, or what a typical one would save."""
+    if current and current.get("monthly_saving_usd") is not None:
+        p, r = current["pause"], current["resume"]
+        note = current.get("backups_note")
+        return (f"  Pause schedule: pause {p['when']}, resume {r['when']} ({p['time_zone']}), about "
+                f"${current['monthly_saving_usd']:.2f}/month saved; see mlflow-gcp cost."
+                + (f"\n  Note: {note}." if note else ""))
     example = savings(cfg, None)["examples"][1]
     note = backups_note(parse_when("mon-fri 20:00", "pause"), parse_when("mon-fri 07:00", "resume"))
     return (f"  A pause schedule (mlflow-gcp schedule set --pause 'mon-fri 20:00' --resume 'mon-fri 07:00') "
