@@ -125,9 +125,10 @@ def _reasons(error: dict) -> tuple[set[str], dict]:
 # What each organization policy a new organization enforces means here (secure-by-default orgs).
 ORG_POLICY_HINTS = {
     "iam.allowedPolicyMemberDomains":
-        "domain-restricted sharing allows only your organization's members in IAM policies; a public "
-        "server needs no allUsers binding: access.mode = \"public\" with `mlflow-gcp up --allow-public` "
-        "turns Cloud Run's invoker check off instead (invokerIamDisabled)",
+        "domain-restricted sharing lets IAM policies name only members of your organization's "
+        "domains (no allUsers, no outside accounts: ask an organization admin for an exception); a "
+        "public server needs no allUsers binding: access.mode = \"public\" with `mlflow-gcp up "
+        "--allow-public` turns Cloud Run's invoker check off instead (invokerIamDisabled)",
     "iam.disableServiceAccountKeyCreation":
         "service-account keys are disabled in this organization; impersonate the account instead "
         "(mlflow-gcp access create-sa NAME --impersonator user:YOU@example.com)",
