@@ -114,6 +114,8 @@ def test_destroy_takes_the_schedule_its_account_and_binding_along(deployed, fake
     fake_gcp.clear_log()
     assert run_cli(capsys, "destroy", "--yes", "--confirm", PROJECT)[1].strip() == "Nothing to delete."
     assert fake_gcp.mutating_requests() == []
+    # With the account gone there is no reason to read every region's jobs.
+    assert not any(r.method_id == "cloudscheduler.projects.locations.jobs.list" for r in fake_gcp.requests)
 
 
 def test_destroy_keeps_the_scheduler_account_another_deployment_uses(deployed, fake_gcp, capsys, scheduler_at_home):

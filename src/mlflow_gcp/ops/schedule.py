@@ -331,9 +331,16 @@ def remove_all(ctx) -> tuple[list[str], list[str]]:
         for job_id in job_ids(ctx.cfg).values():
             if scheduler.get_job(clients, region, job_id) is not None and scheduler.delete_job(clients, region, job_id):
                 deleted.append(f"Cloud Scheduler job {job_id} ({region})")
+    except ApiDisabled:
+        pass  # never enabled (or disabled since): no job runs
+    # Its binding goes before it (a deleted account's binding can no longer be named); with no
+    # account there is nothing left, and no need to look through every region's jobs.
+    if iam.get_service_account(clients, email) is None:
+        return deleted, kept
+    try:
         others = _jobs_using(ctx, email)
     except ApiDisabled:
-        others = []  # no API, no job: nothing can use the account
+        others = []
     if others:
         kept.append(f"service account {email} and its {SCHEDULER_ROLE} binding: "
                     f"other schedules use it ({', '.join(others)})")
@@ -342,7 +349,7 @@ def remove_all(ctx) -> tuple[list[str], list[str]]:
                         lambda p: resourcemanager.set_iam_policy(clients, p),
                         remove=[(SCHEDULER_ROLE, f"serviceAccount:{email}")]):
         deleted.append(f"project role binding {SCHEDULER_ROLE} of {email}")
-    if iam.get_service_account(clients, email) is not None and iam.delete_service_account(clients, email):
+    if iam.delete_service_account(clients, email):
         deleted.append(f"service account {email}")
     return deleted, kept
 
