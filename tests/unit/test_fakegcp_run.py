@@ -165,6 +165,10 @@ def test_v1_knative_view_for_gcloud(run, gcp_client):
     assert svc["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:1")
     listed = v1.namespaces().services().list(parent=f"namespaces/{project_number(P)}").execute()
     assert [s["metadata"]["name"] for s in listed["items"]] == ["mlflow"]
+    assert "run.googleapis.com/invoker-iam-disabled" not in svc["metadata"]["annotations"]
+    wait(run, services(run).patch(name=NAME, body={**service_body(), "invokerIamDisabled": True}).execute())
+    svc = v1.namespaces().services().get(name=f"namespaces/{P}/services/mlflow").execute()
+    assert svc["metadata"]["annotations"]["run.googleapis.com/invoker-iam-disabled"] == "true"
 
 
 def test_failed_rollout_keeps_the_ready_revision_and_traffic_can_go_back(fake_gcp, run):

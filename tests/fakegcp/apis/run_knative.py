@@ -88,6 +88,9 @@ def knative_service(svc: dict) -> dict:
             "labels": {**(svc.get("labels") or {}), "cloud.googleapis.com/location": region},
             "annotations": {**(svc.get("annotations") or {}),
                             "run.googleapis.com/ingress": _INGRESS.get(svc.get("ingress"), "all"),
+                            # v2's invokerIamDisabled, as the v1 API shows it (gcloud reads this)
+                            **({"run.googleapis.com/invoker-iam-disabled": "true"}
+                               if svc.get("invokerIamDisabled") else {}),
                             "serving.knative.dev/creator": svc.get("creator", ""),
                             "serving.knative.dev/lastModifier": svc.get("lastModifier", "")},
         },
