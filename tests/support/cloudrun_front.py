@@ -9,7 +9,12 @@ What it does, as Cloud Run does for a private service:
 - a valid token whose `email` is not in `allowed_invokers` (when given): 403;
 - a request body over `max_body_bytes` (Cloud Run's HTTP/1 limit, 32 MiB) gets 413;
 - forwards everything else to `upstream_url` with `Host` set to the run.app host and the usual
-  X-Forwarded-* headers, streaming bodies both ways; the Authorization header is passed on.
+  X-Forwarded-* headers, streaming bodies both ways.
+
+Which token, and what the container gets (Google's service-to-service page): the token may come
+in `Authorization` or `X-Serverless-Authorization`; when both are present only the latter is
+checked, and `Authorization` then reaches the container untouched. Cloud Run removes the checked
+token's signature before passing it on, so the container cannot verify that one.
 
 It records every request (method, path, status, caller) in `log` for assertions.
 """
@@ -52,6 +57,16 @@ TOO_LARGE_PAGE = (
     b"<h1>Error: Request Entity Too Large</h1>"
     b"<h2>Your client issued a request that was too large.</h2></body></html>"
 )
+
+
+SERVERLESS = "X-Serverless-Authorization"
+
+
+def strip_signature(authorization: str) -> str:
+    """`Bearer h.p.s` -> `Bearer h.p.`: what Cloud Run leaves of the token it checked."""
+    scheme, _, token = authorization.partition(" ")
+    head, dot, _signature = token.rpartition(".")
+    return f"{scheme} {head}{dot}" if dot else authorization
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,8 @@ class CloudRunFront(BackgroundServer):
         def _handle(self) -> None:
             front: CloudRunFront = self.server.owner
             path = urllib.parse.urlsplit(self.path).path
-            status, reason, caller = front.check(self.headers.get("Authorization"))
+            checked = SERVERLESS if self.headers.get(SERVERLESS) else "Authorization"
+            status, reason, caller = front.check(self.headers.get(checked))
             length = self.headers.get("Content-Length")
             chunked = "chunked" in self.headers.get("Transfer-Encoding", "").lower()
             if status == 200 and length is not None and int(length) > front.max_body_bytes:
@@ -164,7 +180,8 @@ class CloudRunFront(BackgroundServer):
                 # Recorded before the body is relayed, so a client that has its answer also
                 # finds it in the log.
                 self._forward(front, length, chunked,
-                              lambda status: front._record(Seen(self.command, path, status, caller)))
+                              lambda status: front._record(Seen(self.command, path, status, caller)),
+                              checked)
             except _TooLarge:
                 front._record(Seen(self.command, path, 413, caller, "chunked body over the cap"))
                 return self._refuse(413, path, None, False)
@@ -208,7 +225,7 @@ class CloudRunFront(BackgroundServer):
                 self.rfile.readline()
 
         def _forward(self, front: CloudRunFront, length: str | None, chunked: bool,
-                     record: Callable[[int], None]) -> None:
+                     record: Callable[[int], None], checked: str) -> None:
             conn = http.client.HTTPConnection(*front.upstream, timeout=300)
             try:
                 conn.putrequest(self.command, self.path, skip_host=True,
@@ -216,6 +233,8 @@ class CloudRunFront(BackgroundServer):
                 conn.putheader("Host", front.host)
                 for name, value in self.headers.items():
                     if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                        if name.lower() == checked.lower():
+                            value = strip_signature(value)
                         conn.putheader(name, value)
                 conn.putheader("X-Forwarded-For", self.client_address[0])
                 conn.putheader("X-Forwarded-Proto", "https")

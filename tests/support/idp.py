@@ -35,6 +35,7 @@ GOOGLE_ISSUER = "https://accounts.google.com"
 # google-auth always addresses its assertion to Google's endpoint, whatever token_uri says.
 GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+CERTS_PATH = "/oauth2/v3/certs"
 
 
 def new_rsa_key() -> rsa.RSAPrivateKey:
@@ -57,6 +58,7 @@ class LocalIdentityProvider(BackgroundServer):
         self.issued: list[dict] = []  # claims of every ID token minted, in order
         self.refused: list[str] = []  # why each refused assertion was refused
         self.access_tokens: list[str] = []  # every metadata access token handed out, in order
+        self.certs_served = 0  # JWKS documents served (a verifier should cache them)
 
     @property
     def token_uri(self) -> str:
@@ -66,6 +68,24 @@ class LocalIdentityProvider(BackgroundServer):
     def certs(self) -> dict[str, rsa.RSAPublicKey]:
         """The public keys a verifier trusts, by key id (Google's published certs)."""
         return {self._signing_kid: self._signing_key.public_key()}
+
+    @property
+    def certs_url(self) -> str:
+        """Google's JWKS endpoint (https://www.googleapis.com/oauth2/v3/certs), served here."""
+        return f"{self.url}{CERTS_PATH}"
+
+    def jwks(self) -> dict:
+        keys = []
+        for kid, key in self.certs.items():
+            numbers = key.public_numbers()
+            keys.append({
+                "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid,
+                "n": jwt.b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+                "e": jwt.b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+            })
+        with self._lock:
+            self.certs_served += 1
+        return {"keys": keys}
 
     def issued_count(self) -> int:
         with self._lock:
@@ -142,6 +162,9 @@ class LocalIdentityProvider(BackgroundServer):
             url = urllib.parse.urlsplit(self.path)
             query = dict(urllib.parse.parse_qsl(url.query))
             flavor = {"Metadata-Flavor": "Google"}
+            if url.path == CERTS_PATH:  # public, like Google's; cached for an hour as Google says
+                return self.send_body(200, json.dumps(idp.jwks()).encode(), "application/json",
+                                      {"Cache-Control": "public, max-age=3600"})
             if url.path == "/":  # google-auth's "are we on Google Cloud?" ping
                 return self.send_body(200, b"", headers=flavor)
             if self.headers.get("Metadata-Flavor") != "Google":

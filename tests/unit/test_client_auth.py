@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 
 import pytest
@@ -67,3 +68,17 @@ def test_the_callers_authorization_header_is_left_alone():
     assert out.headers["Authorization"] == "Basic dXNlcjpwYXNz"
     assert out.hooks["response"] == []  # and no retry hook that could replace it
     assert cache.fetches == 0
+
+
+class _OneToken:
+    def fetch(self, audience: str):
+        return tokens.Token(value=f"id-token-for-{audience}", expiry=time.time() + 3600, source="test")
+
+
+def test_the_token_goes_in_both_headers_cloud_run_reads():
+    """Cloud Run checks X-Serverless-Authorization and strips that token's signature; the
+    Authorization copy reaches the server intact, for it to verify (server/identity.py)."""
+    request = requests.Request("POST", "https://x.run.app/api/2.0/mlflow/runs/create").prepare()
+    out = auth.GcpAuth(tokens.TokenCache(_OneToken))(request)
+    assert out.headers["Authorization"] == "Bearer id-token-for-https://x.run.app"
+    assert out.headers["X-Serverless-Authorization"] == out.headers["Authorization"]

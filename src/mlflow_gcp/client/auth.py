@@ -36,6 +36,17 @@ from mlflow_gcp.client import tokens, uploads
 log = logging.getLogger(__name__)
 
 AUTHORIZATION = "Authorization"
+# Cloud Run checks this header when present and removes the token's signature before passing it
+# to the container, leaving `Authorization` untouched: so the server (server/identity.py) gets an
+# intact, verifiable copy of the same token there.
+SERVERLESS_AUTHORIZATION = "X-Serverless-Authorization"
+
+
+def set_token(headers, token: str) -> None:
+    """The ID token in both headers Cloud Run reads (see SERVERLESS_AUTHORIZATION)."""
+    headers[AUTHORIZATION] = headers[SERVERLESS_AUTHORIZATION] = f"Bearer {token}"
+
+
 PROVIDER_NAME = "gcp"
 TOKEN_ORIGINS_ENV = "MLFLOW_GCP_TOKEN_ORIGINS"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -124,8 +135,9 @@ class GcpAuth(requests.auth.AuthBase):
                             TOKEN_ORIGINS_ENV)
             return request
         audience = self.audience or audience_for(request.url)
-        sent = f"Bearer {self.cache.get(audience)}"
-        request.headers[AUTHORIZATION] = sent
+        token = self.cache.get(audience)
+        set_token(request.headers, token)
+        sent = f"Bearer {token}"
         # Where a file body starts, so a retry can send it again (requests' digest auth does so).
         body_pos = None
         if hasattr(request.body, "tell"):
@@ -162,7 +174,7 @@ class GcpAuth(requests.auth.AuthBase):
         response.content  # noqa: B018 -- read the error body so the connection can be reused
         response.close()
         retry = sent.copy()
-        retry.headers[AUTHORIZATION] = f"Bearer {fresh}"
+        set_token(retry.headers, fresh)
         # The adapter sends without running hooks again, so this cannot loop.
         second = response.connection.send(retry, **send_kwargs)
         second.history.append(response)

@@ -30,9 +30,10 @@ HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host",
 }
-# Authorization is ours to set; Expect: 100-continue was answered by us already; Content-Length
-# is set again from the body we send.
-SKIPPED_UPSTREAM = {"authorization", "content-length", "expect"} | proxy_guard.BROWSER_ONLY_HEADERS
+# Authorization (both copies, see client/auth.py) is ours to set; Expect: 100-continue was
+# answered by us already; Content-Length is set again from the body we send.
+SKIPPED_UPSTREAM = ({"authorization", "x-serverless-authorization", "content-length", "expect"}
+                    | proxy_guard.BROWSER_ONLY_HEADERS)
 INVOKER_HINT = (
     "the service refused your identity: it needs roles/run.invoker on the service "
     "(mlflow-gcp access grant user:YOU@example.com)"
@@ -189,7 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in self.headers.items():
             if name.lower() not in HOP_BY_HOP | SKIPPED_UPSTREAM:
                 conn.putheader(name, value)
+        # Both headers, as the plugin sends them (client/auth.py SERVERLESS_AUTHORIZATION).
         conn.putheader("Authorization", f"Bearer {token}")
+        conn.putheader("X-Serverless-Authorization", f"Bearer {token}")
         if chunked:
             conn.putheader("Transfer-Encoding", "chunked")
             conn.endheaders()
