@@ -161,18 +161,15 @@ print("OK")
     assert out.stdout.strip().endswith("OK"), out.stderr[-3000:]
 
 
-def test_auth_module_stays_unavailable_as_without_the_shortcut():
-    # MLflow's basic-auth module cannot import without Flask-WTF (not a dependency here); the
-    # app records that once, so handlers get the same ImportError without re-running the module.
+def test_auth_module_stays_unavailable_without_permissions():
+    # Flask-WTF is installed (for access.permissions), so MLflow's basic-auth module imports; but
+    # with permissions off its app is not running, and search_runs, which only checks that the
+    # module imports, would filter experiments through it. The app makes the import fail at once
+    # (no module execution per request either).
     code = r"""
-import importlib.util
-assert importlib.util.find_spec("flask_wtf") is None
-try:
-    from mlflow.server import auth
-except ImportError:
-    pass
-else:
-    raise SystemExit("auth imported before")
+import importlib.util, os
+assert importlib.util.find_spec("flask_wtf") is not None
+os.environ.pop("MLFLOW_GCP_PERMISSIONS", None)
 from mlflow_gcp.server.app import create_app
 create_app()
 import sys

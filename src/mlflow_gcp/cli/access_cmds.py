@@ -13,6 +13,14 @@ def _clients(cfg):
     return for_config(cfg)
 
 
+def _echo_lines(lines: list[str], as_json: bool) -> None:
+    if as_json:
+        options.emit_json({"changes": lines})
+        return
+    for line in lines:
+        click.echo(line)
+
+
 def _render(result, as_json: bool) -> None:
     if as_json:
         options.emit_json({
@@ -32,17 +40,52 @@ def _render(result, as_json: bool) -> None:
 
 @click.group("access")
 def access_group() -> None:
-    """Grant, revoke and list who may use the server; service accounts for jobs."""
+    """Grant, revoke and list who may use the server; service accounts for jobs.
+
+    With --experiment NAME or --model NAME: who may do what inside MLflow (access.permissions),
+    through MLflow's permission API as an admin (access.admins)."""
+
+
+def _mlflow_options(fn):
+    fn = click.option("--url", default=None,
+                      help="The server's URL (default: the deployed service).")(fn)
+    fn = click.option("--model", default=None, metavar="NAME",
+                      help="A registered model's permission inside MLflow.")(fn)
+    return click.option("--experiment", default=None, metavar="NAME",
+                        help="An experiment's permission inside MLflow (not who may reach the server).")(fn)
+
+
+def _mlflow_api(cfg_source, url, experiment, model):
+    from mlflow_gcp.ops import endpoint, permissions
+
+    api = permissions.Api(endpoint.service_url(cfg_source, url))
+    return api, permissions.resolve(api, experiment, model)
 
 
 @access_group.command("grant")
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
+@_mlflow_options
+@click.option("--permission", default=None, metavar="LEVEL",
+              help="With --experiment/--model: READ, EDIT, MANAGE or NO_PERMISSIONS.")
 @options.config_options
 @options.json_option
-def grant_cmd(members, cfg_source, as_json: bool) -> None:
-    """Let MEMBERs use the server: user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN."""
-    from mlflow_gcp.ops import access
+def grant_cmd(members, experiment, model, url, permission, cfg_source, as_json: bool) -> None:
+    """Let MEMBERs use the server: user:EMAIL, group:EMAIL, serviceAccount:EMAIL, domain:DOMAIN.
 
+    With --experiment/--model and --permission: give MEMBERs that permission on it in MLflow."""
+    from mlflow_gcp.ops import access, permissions
+
+    if experiment or model:
+        if not permission:
+            raise click.UsageError("--permission is required with --experiment/--model")
+        permissions.check_permission(permission)
+        for m in members:
+            permissions.username(m)  # bad input: an error before any call
+        api, resource = _mlflow_api(cfg_source, url, experiment, model)
+        _echo_lines([permissions.grant(api, m, resource, permission) for m in members], as_json)
+        return
+    if permission or url:
+        raise click.UsageError("--permission and --url go with --experiment or --model")
     cfg = cfg_source.load()
     access.check_members(cfg, list(members))  # bad input: an error before any API call
     _render(access.grant(_clients(cfg), cfg, list(members)), as_json)
@@ -50,23 +93,37 @@ def grant_cmd(members, cfg_source, as_json: bool) -> None:
 
 @access_group.command("revoke")
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
+@_mlflow_options
 @options.config_options
 @options.json_option
-def revoke_cmd(members, cfg_source, as_json: bool) -> None:
-    """Stop MEMBERs from using the server."""
-    from mlflow_gcp.ops import access
+def revoke_cmd(members, experiment, model, url, cfg_source, as_json: bool) -> None:
+    """Stop MEMBERs from using the server (with --experiment/--model: remove their grant there,
+    leaving them the deployment's default permission)."""
+    from mlflow_gcp.ops import access, permissions
 
+    if experiment or model:
+        for m in members:
+            permissions.username(m)
+        api, resource = _mlflow_api(cfg_source, url, experiment, model)
+        _echo_lines([permissions.revoke(api, m, resource) for m in members], as_json)
+        return
     cfg = cfg_source.load()
     _render(access.revoke(_clients(cfg), cfg, list(members)), as_json)
 
 
 @access_group.command("list")
+@_mlflow_options
 @options.config_options
 @options.json_option
-def list_cmd(cfg_source, as_json: bool) -> None:
-    """Show who may use the server."""
-    from mlflow_gcp.ops import access
+def list_cmd(experiment, model, url, cfg_source, as_json: bool) -> None:
+    """Show who may use the server (with --experiment/--model: who may do what there)."""
+    from mlflow_gcp.ops import access, permissions
 
+    if experiment or model:
+        api, resource = _mlflow_api(cfg_source, url, experiment, model)
+        rows = [vars(r) for r in permissions.list_grants(api, resource)]
+        options.table(rows, ["member", "permission", "source"], as_json)
+        return
     cfg = cfg_source.load()
     rows = access.list_access(_clients(cfg), cfg)
     if not rows and not as_json:

@@ -124,11 +124,15 @@ def create_app():
     # mako (alembic's templates) imports pygments for its error pages when pygments is installed
     # (a test tool here): ~0.13 s of a worker's start for pages this server never renders.
     sys.modules.setdefault("mako.ext.pygmentplugin", None)
-    if importlib.util.find_spec("flask_wtf") is None:
-        # MLflow's basic-auth module refuses to import without Flask-WTF, and search_runs (among
-        # others) tries `from mlflow.server import auth` on every request and skips auth on
-        # ImportError: 1-2 ms of module execution each time. A None entry makes that attempt
-        # fail at once with the same ImportError.
+    from mlflow_gcp.server import caller, permissions
+
+    with_permissions = permissions.enabled()
+    if not with_permissions or importlib.util.find_spec("flask_wtf") is None:
+        # search_runs (among others) tries `from mlflow.server import auth` on every request:
+        # without Flask-WTF that import fails after 1-2 ms of module execution each time, and
+        # with it, search_runs would filter experiments through an auth app that is not running
+        # (MLflow checks only that the module imports). A None entry makes the import fail at
+        # once with the same ImportError, so MLflow skips its auth code.
         sys.modules.setdefault("mlflow.server.auth", None)
     from mlflow.server.fastapi_app import app
 
@@ -136,10 +140,26 @@ def create_app():
 
     from mlflow_gcp.server import artifacts_stream, fastpath
 
-    # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
-    app = artifacts_stream.wrap(app)
+    permit = None
+    if with_permissions:
+        from mlflow_gcp.server import identity
+
+        if identity.current() is None:
+            raise RuntimeError(
+                f"{permissions.PERMISSIONS_ENV}=1 needs the caller's identity: set "
+                f"{identity.AUDIENCES_ENV} (or, in local mode only, {identity.DEV_HEADER_ENV}=1)")
+        wait_for_schema()  # the permission store is migrated by the same step (server/migrate.py)
+        permissions.configure(os.environ.get("_MLFLOW_SERVER_FILE_STORE", ""))
+        app = permissions.build_app()
+        permit = permissions.FastPathCheck()
+    else:
+        # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
+        # (Not with permissions: it answers before MLflow's permission checks.)
+        app = artifacts_stream.wrap(app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).
-    app = fastpath.wrap(app)
+    app = fastpath.wrap(app, permit=permit)
+    # Who is calling (verified Google identity), attribution and the audit log.
+    app = caller.wrap(app)
     wait_for_schema()
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
     if limit > 0:

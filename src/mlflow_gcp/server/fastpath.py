@@ -131,9 +131,12 @@ class _Recorder:
 class FastWrites:
     """ASGI: POST log-batch / log-metric of the plain shape answered directly, else `app`."""
 
-    def __init__(self, app, paths: dict[str, str], guard):
+    def __init__(self, app, paths: dict[str, str], guard, permit=None):
         self.app = app
         self.paths = paths  # URL path -> "log_batch" | "log_metric"
+        # With permissions on: permit(caller email, run id) -> may this caller update the run.
+        # A refusal is MLflow's to answer (with its own 403), like any other fallback.
+        self.permit = permit
         self.guarded = guard(self._handle)  # MLflow's security middleware around the handler
 
     async def __call__(self, scope, receive, send):
@@ -170,6 +173,10 @@ class FastWrites:
         from mlflow.exceptions import MlflowException
 
         try:
+            if self.permit is not None:
+                caller = scope.get("mlflow_gcp.caller")  # set by server/caller.py
+                if not await anyio.to_thread.run_sync(self.permit, caller, parsed[0]):
+                    return False
             await anyio.to_thread.run_sync(self._write, kind, doc, parsed)
         except MlflowException as err:  # MLflow's handler would answer this error: so do we
             status, body = _mlflow_error_answer(err, kind)
@@ -265,7 +272,7 @@ def _security_guard():
     return guard
 
 
-def wrap(app):
+def wrap(app, permit=None):
     """`app` with the fast writes in front, or `app` itself where they cannot be exact."""
     try:
         paths = _routes()
@@ -275,4 +282,4 @@ def wrap(app):
         return app
     if not paths:
         return app
-    return FastWrites(app, paths, guard)
+    return FastWrites(app, paths, guard, permit)

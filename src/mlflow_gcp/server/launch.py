@@ -30,7 +30,7 @@ import time
 import uuid
 
 from mlflow_gcp.budget import Pool
-from mlflow_gcp.server import logs
+from mlflow_gcp.server import logs, permissions
 from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST, SCHEMA_READY_ENV
 from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
 from mlflow_gcp.server.pool import with_pool
@@ -400,6 +400,7 @@ def run(settings: Settings) -> int:
     # Not in TMPDIR, which belongs to MLflow's artifact spooling (tests check it ends empty).
     ready_dir = tempfile.mkdtemp(prefix="mlflow-gcp-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     env[SCHEMA_READY_ENV] = os.path.join(ready_dir, "schema-ready")
+    env.update(permissions.launch_env(settings.db_uri, pooled=settings.pool is not None))
     try:
         log.info("starting: %s", describe(argv))
         supervisor = Supervisor(argv, env, settings.log_format)

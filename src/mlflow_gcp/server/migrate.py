@@ -217,15 +217,28 @@ def prepare(settings: Settings, log: logging.Logger, *, mode: str | None = None)
             # Fast path, the usual restart: the schema is at the head, no need to import MLflow.
             head = head_revision_from_files()
             if head is not None and current_revision(engine) == head:
-                return f"schema is current ({head})"
+                return _with_permission_store(f"schema is current ({head})", engine, settings, log, mode)
             import mlflow  # noqa: F401  (configures its loggers on import; route them after)
 
             if log.handlers:
                 route_library_logs(log.handlers[0])
-            return migrate(engine, settings, log) if mode == "auto" else check(engine)
+            done = migrate(engine, settings, log) if mode == "auto" else check(engine)
+            return _with_permission_store(done, engine, settings, log, mode)
         except MlflowGcpError:
             raise
         except Exception as err:  # a failed migration: say what, keep the password out
             raise MlflowGcpError(f"schema migration failed: {_first_line(err)}") from err
     finally:
         engine.dispose()
+
+
+def _with_permission_store(done: str, engine, settings: Settings, log: logging.Logger, mode: str) -> str:
+    """The permission store (its own database) is migrated by the same step, when it is on."""
+    from mlflow_gcp.server import permissions
+
+    if not permissions.enabled():
+        return done
+    if mode != "auto":
+        return done + "; permission store not checked (DB_MIGRATE=never)"
+    with _exclusive(engine, settings, log):  # two instances starting on a new store
+        return f"{done}; {permissions.migrate(settings.db_uri)}"

@@ -1,0 +1,243 @@
+"""Per-experiment and per-model permissions: MLflow's own auth app, with Google identities.
+
+MLflow's basic-auth app (`mlflow.server.auth`) keeps users and their READ / EDIT / MANAGE /
+NO_PERMISSIONS grants on experiments, registered models and the rest in its own database, checks
+every request, gives the creator of an experiment or model MANAGE, and filters searches to what
+the user may read. Its `authorization_function` names the user of a request; ours
+(`authenticate`) answers with the caller's verified Google identity (server/identity.py) and
+creates that MLflow user on first sight, so MLflow's `default_permission` applies to it. Users
+listed in MLFLOW_GCP_ADMINS are MLflow admins (everything allowed, permission API included).
+Passwords are never used: each user gets a random one nobody knows.
+
+Settings (environment):
+  MLFLOW_GCP_PERMISSIONS         `1` turns this on (access.permissions in the config)
+  MLFLOW_GCP_ADMINS              comma list of admin emails (access.admins)
+  MLFLOW_GCP_DEFAULT_PERMISSION  READ (default), EDIT, MANAGE or NO_PERMISSIONS
+  AUTH_DB_URI                    the permission store; default: the tracking database's server,
+                                 database `<name>_permissions` (SQLite: `<file>-permissions.db`)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+PERMISSIONS_ENV = "MLFLOW_GCP_PERMISSIONS"
+ADMINS_ENV = "MLFLOW_GCP_ADMINS"
+DEFAULT_PERMISSION_ENV = "MLFLOW_GCP_DEFAULT_PERMISSION"
+AUTH_DB_URI_ENV = "AUTH_DB_URI"
+AUTH_CONFIG_ENV = "MLFLOW_AUTH_CONFIG_PATH"  # MLflow's
+PERMISSION_NAMES = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+AUTHORIZATION_FUNCTION = "mlflow_gcp.server.permissions:authenticate"
+# The admin MLflow bootstraps when its user table is empty, when no admin email is configured.
+FALLBACK_ADMIN = "mlflow-gcp-admin"
+DB_SUFFIX = "_permissions"
+# How long a worker trusts an EDIT decision on the fast metric path; a revoked grant stops
+# working there at most this much later (every other request is checked afresh by MLflow).
+FAST_PATH_TTL_SECONDS = 10.0
+
+
+class PermissionsConfigError(ValueError):
+    pass
+
+
+def enabled(env=os.environ) -> bool:
+    return env.get(PERMISSIONS_ENV, "").strip() == "1"
+
+
+def admins(env=os.environ) -> list[str]:
+    return [a.strip().lower() for a in env.get(ADMINS_ENV, "").split(",") if a.strip()]
+
+
+def default_permission(env=os.environ) -> str:
+    value = env.get(DEFAULT_PERMISSION_ENV, "").strip().upper() or "READ"
+    if value not in PERMISSION_NAMES:
+        raise PermissionsConfigError(
+            f"{DEFAULT_PERMISSION_ENV}: {value!r} is not one of {', '.join(PERMISSION_NAMES)}")
+    return value
+
+
+def auth_db_uri(db_uri: str, env=os.environ) -> str:
+    """The permission store's URI: AUTH_DB_URI, else a sibling of the tracking database."""
+    explicit = env.get(AUTH_DB_URI_ENV, "").strip()
+    if explicit:
+        return explicit
+    if db_uri.startswith("sqlite:"):
+        base = db_uri[:-3] if db_uri.endswith(".db") else db_uri
+        return f"{base}-permissions.db"
+    parts = urlsplit(db_uri)
+    name = parts.path.strip("/")
+    return urlunsplit(parts._replace(path=f"/{name}{DB_SUFFIX}"))
+
+
+def config_text(database_uri: str, env=os.environ) -> str:
+    """MLflow's auth config (basic_auth.ini) for this deployment."""
+    names = admins(env)
+    return "\n".join([
+        "[mlflow]",
+        f"default_permission = {default_permission(env)}",
+        f"database_uri = {database_uri}",
+        f"admin_username = {names[0] if names else FALLBACK_ADMIN}",
+        # Only used if that admin does not exist yet; nobody logs in with a password here.
+        f"admin_password = {secrets.token_urlsafe(24)}",
+        f"authorization_function = {AUTHORIZATION_FUNCTION}",
+        "",
+    ])
+
+
+def configure(db_uri: str, env=os.environ) -> str:
+    """Write the auth config for this process (once) and point MLflow at it; returns its path.
+    Must run before `mlflow.server.auth` is imported: it reads its config on import."""
+    if env.get(AUTH_CONFIG_ENV):
+        return env[AUTH_CONFIG_ENV]
+    fd, path = tempfile.mkstemp(prefix="mlflow-gcp-auth-", suffix=".ini")
+    with os.fdopen(fd, "w") as fh:  # mode 0600: it names the database (its password included)
+        fh.write(config_text(auth_db_uri(db_uri, env), env))
+    env[AUTH_CONFIG_ENV] = path
+    # MLflow's auth app protects its sign-up form with CSRF and wants a static secret; we serve
+    # no form that needs it across workers, so a per-process secret does.
+    env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    return path
+
+
+def launch_env(db_uri: str, pooled: bool, env=os.environ) -> dict[str, str]:
+    """What the supervisor adds to the workers' environment (nothing when this is off)."""
+    if not enabled(env):
+        return {}
+    from mlflow_gcp.server.pool import with_pool
+
+    uri = auth_db_uri(db_uri, env)
+    return {
+        # A small pool of its own per worker: a permission check is a few short queries.
+        AUTH_DB_URI_ENV: with_pool(uri, 1, 1) if pooled and not uri.startswith("sqlite") else uri,
+        # The schema step migrated the store and created the first admin (`migrate` below), so
+        # workers only open it, as under `mlflow server` (MLflow's own flag for that).
+        "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED": "true",
+        # One secret for all workers of this boot (MLflow's CSRF check on its sign-up form).
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32),
+    }
+
+
+def ensure_database(uri: str) -> bool:
+    """Create the permission store's PostgreSQL database when missing; True if created. (The
+    Cloud SQL user mlflow-gcp creates may create databases: cloudsqlsuperuser has CREATEDB.)"""
+    if uri.startswith("sqlite"):
+        return False
+    import sqlalchemy
+
+    name = urlsplit(uri).path.strip("/")
+    server = sqlalchemy.create_engine(urlunsplit(urlsplit(uri)._replace(path="/postgres")),
+                                      isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            found = conn.execute(sqlalchemy.text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                                 {"n": name}).scalar()
+            if not found:
+                conn.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+            return not found
+    finally:
+        server.dispose()
+
+
+def migrate(db_uri: str, env=os.environ) -> str:
+    """Create the permission store (database, schema, first admin) or upgrade it: the migration
+    job and the server's schema step. MLflow's own code does the schema and the admin."""
+    uri = auth_db_uri(db_uri, env)
+    created = ensure_database(uri)
+    configure(db_uri, env)
+    from mlflow.server import auth
+
+    auth.bootstrap_admin_user()
+    return "permission store created" if created else "permission store is current"
+
+
+# --- per request -----------------------------------------------------------------------------
+
+_known: dict[str, bool] = {}  # email -> is admin, for users this worker has seen
+_known_lock = threading.Lock()
+
+
+def _ensure_user(email: str) -> None:
+    """Create the MLflow user for `email` on first sight; keep its admin flag as configured."""
+    want_admin = email in admins()
+    if _known.get(email) is want_admin:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.server.auth import store
+
+    with _known_lock:
+        if not store.has_user(email):
+            try:
+                store.create_user(email, secrets.token_urlsafe(24), is_admin=want_admin)
+            except MlflowException:
+                pass  # another worker created it meanwhile
+        if store.get_user(email).is_admin is not want_admin:
+            store.update_user(email, is_admin=want_admin)
+        _known[email] = want_admin
+
+
+def authenticate():
+    """MLflow's authorization_function: the verified caller as a werkzeug Authorization."""
+    from flask import Response
+    from werkzeug.datastructures import Authorization
+
+    from mlflow_gcp.server import identity
+
+    email = identity.flask_caller()
+    if email is None:
+        return Response("A valid Google ID token is required.", status=401,
+                        headers={"WWW-Authenticate": "Bearer"})
+    _ensure_user(email)
+    return Authorization("basic", {"username": email, "password": ""})
+
+
+def build_app():
+    """MLflow's FastAPI app with its auth app on our authorization function."""
+    from mlflow.server import app as flask_app
+    from mlflow.server.auth import create_app as create_auth_app
+
+    return create_auth_app(flask_app)
+
+
+class FastPathCheck:
+    """EDIT on the run's experiment, for the fast metric path (which skips MLflow's checks).
+    Decisions are cached per worker for FAST_PATH_TTL_SECONDS."""
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
+
+    def __call__(self, email: str | None, run_id: str) -> bool:
+        if email is None:
+            return False
+        now = self.clock()
+        hit = self._cache.get((email, run_id))
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        allowed = self._decide(email, run_id)
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        self._cache[(email, run_id)] = (allowed, now + FAST_PATH_TTL_SECONDS)
+        return allowed
+
+    @staticmethod
+    def _decide(email: str, run_id: str) -> bool:
+        """MLflow's own decision for updating this run (the validator of runs/log-batch);
+        anything unexpected is False, and MLflow then decides on its own path."""
+        from mlflow.server import auth
+
+        try:
+            _ensure_user(email)
+            if auth.store.get_user(email).is_admin:
+                return True
+            resolved = auth._run_requirement(run_id, "update")
+            if resolved is None:
+                return False
+            anchor, requirements = resolved
+            return bool(auth.authorize(email, anchor, requirements))
+        except Exception:
+            return False

@@ -1,0 +1,219 @@
+"""Google identities all the way into MLflow: our server (PostgreSQL, permissions on) behind the
+Cloud Run front stand-in, the local identity provider issuing tokens for an admin, alice, bob and
+a service account, and the real MLflow client with our plugin."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from mlflow_gcp.cli.main import cli
+from mlflow_gcp.client import tokens
+
+from tests.conftest import _pg_connect
+from tests.support.cloudrun_front import CloudRunFront
+from tests.support.idp import LocalIdentityProvider
+
+pytestmark = pytest.mark.slow
+
+HOST = "mlflow-tracking-perm4x2k9a-ew.a.run.app"
+AUDIENCE = f"https://{HOST}"
+ADMIN, ALICE, BOB = "admin@acme.com", "alice@acme.com", "bob@acme.com"
+JOB = "nightly@acme-prod.iam.gserviceaccount.com"
+DENIED = "Permission denied"
+
+
+class Deployment:
+    def __init__(self, idp, server, front, keys):
+        self.idp, self.server, self.front, self.keys = idp, server, front, keys
+
+    def audit(self) -> list[dict]:
+        return [json.loads(line) for line in self.server.output().splitlines()
+                if line.startswith("{") and '"caller"' in line]
+
+
+@pytest.fixture(scope="module")
+def deployment(new_database, start_server, tmp_path_factory):
+    idp = LocalIdentityProvider().start()
+    db_uri = new_database("mlflow_perm")
+    server = start_server({
+        "DB_URI": db_uri,
+        "ARTIFACT_ROOT": str(tmp_path_factory.mktemp("artifacts")),
+        "ALLOWED_HOSTS": HOST,
+        "IDENTITY_AUDIENCES": AUDIENCE,
+        "IDENTITY_CERTS_URL": idp.certs_url,
+        "MLFLOW_GCP_PERMISSIONS": "1",
+        "MLFLOW_GCP_ADMINS": ADMIN,
+        "LOG_FORMAT": "json",
+    })
+    front = CloudRunFront(server.url, audience=AUDIENCE, certs=idp.certs, host=HOST).start()
+    keys_dir = tmp_path_factory.mktemp("keys")
+    keys = {who: idp.write_key_file(keys_dir / f"{who.split('@')[0]}.json", who)
+            for who in (ADMIN, ALICE, BOB, JOB)}
+    yield Deployment(idp, server, front, keys)
+    front.close()
+    idp.close()
+    server.stop()
+    conn = _pg_connect()
+    try:
+        with conn.cursor() as cur:  # the permission store's database, made by the server
+            cur.execute(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def as_user(deployment, monkeypatch):
+    """Switch this process's MLflow client (MLFLOW_TRACKING_AUTH=gcp) to another identity."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "gcp")
+    monkeypatch.setenv("MLFLOW_GCP_AUDIENCE", AUDIENCE)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+
+    def switch(email: str) -> MlflowClient:
+        monkeypatch.setenv("MLFLOW_GCP_CREDENTIALS_FILE", str(deployment.keys[email]))
+        monkeypatch.setattr(tokens, "_default_cache", tokens.TokenCache())
+        return MlflowClient(tracking_uri=deployment.front.url)
+
+    return switch
+
+
+@contextlib.contextmanager
+def refused():
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as info:
+        yield info
+    assert "403" in str(info.value) and DENIED in str(info.value), str(info.value)
+
+
+def access(*args: str) -> str:
+    result = CliRunner().invoke(cli, ["access", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_experiments_runs_and_models_follow_mlflow_permissions(deployment, as_user):
+    from mlflow.entities import Metric
+
+    name = f"alice-exp-{uuid.uuid4().hex[:6]}"
+    alice = as_user(ALICE)
+    exp_id = alice.create_experiment(name)
+    # MLflow's fluent API tags runs with the laptop's OS user; the server puts the caller there.
+    run = alice.create_run(exp_id, tags={"mlflow.user": "laptop-os-user"})
+    alice.log_batch(run.info.run_id, metrics=[Metric("loss", 0.5, 1, 0)])  # the fast path
+    alice.log_param(run.info.run_id, "lr", "0.1")
+    got = alice.get_run(run.info.run_id)
+    assert got.info.user_id == ALICE
+    assert got.data.tags["mlflow.user"] == ALICE
+    assert got.data.metrics == {"loss": 0.5}
+
+    bob = as_user(BOB)
+    assert bob.get_experiment(exp_id).name == name  # READ: the deployment's default
+    assert [r.info.run_id for r in bob.search_runs([exp_id])] == [run.info.run_id]
+    with refused():
+        bob.log_batch(run.info.run_id, metrics=[Metric("loss", 9.0, 2, 1)])  # fast path too
+    with refused():
+        bob.log_metric(run.info.run_id, "loss", 9.0, step=2)
+    with refused():
+        bob.create_run(exp_id)
+    with refused():
+        bob.delete_experiment(exp_id)
+    assert alice.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
+
+    # A forged identity header beside bob's valid token changes nothing.
+    forged = requests.post(
+        f"{deployment.front.url}/api/2.0/mlflow/experiments/delete", json={"experiment_id": exp_id},
+        headers={"Authorization": f"Bearer {deployment.idp.mint(BOB, AUDIENCE)}",
+                 "X-Serverless-Authorization": f"Bearer {deployment.idp.mint(BOB, AUDIENCE)}",
+                 "X-Mlflow-Gcp-Dev-User": ADMIN, "X-Goog-Authenticated-User-Email": ADMIN},
+        timeout=30)
+    assert forged.status_code == 403 and DENIED in forged.text
+
+    # The admin grants bob EDIT with the CLI (MLflow's permission API), and bob can log.
+    as_user(ADMIN)
+    front = ["--url", deployment.front.url]
+    assert access("grant", f"user:{BOB}", "--experiment", name, "--permission", "EDIT", *front) \
+        == f"grant EDIT on experiment {name} to user:{BOB}\n"
+    listed = json.loads(access("list", "--experiment", name, "--json", *front))
+    assert {"member": f"user:{ALICE}", "permission": "MANAGE", "source": "grant"} in listed
+    assert {"member": f"user:{BOB}", "permission": "EDIT", "source": "grant"} in listed
+    assert {"member": f"user:{ADMIN}", "permission": "MANAGE", "source": "admin"} in listed
+    bob = as_user(BOB)
+    bob.log_batch(run.info.run_id, metrics=[Metric("loss", 0.25, 3, 2)])
+    bob_run = bob.create_run(exp_id)
+    assert bob.get_run(bob_run.info.run_id).info.user_id == BOB
+    with refused():
+        bob.delete_experiment(exp_id)  # EDIT is not MANAGE
+    as_user(ADMIN)
+    access("revoke", f"user:{BOB}", "--experiment", name, *front)
+    bob = as_user(BOB)
+    with refused():
+        bob.log_metric(run.info.run_id, "loss", 1.0, step=4)
+
+    # Bob's own experiment is his to manage; alice may only read it.
+    own = bob.create_experiment(f"bob-exp-{uuid.uuid4().hex[:6]}")
+    with refused():
+        as_user(ALICE).delete_experiment(own)
+    as_user(BOB).delete_experiment(own)
+
+    # Registered models: the creator manages, others read; versions name their creator.
+    model = f"alice-model-{uuid.uuid4().hex[:6]}"
+    alice = as_user(ALICE)
+    alice.create_registered_model(model)
+    version = alice.create_model_version(model, f"runs:/{run.info.run_id}/model", run.info.run_id)
+    assert alice.get_model_version(model, version.version).tags["mlflow.user"] == ALICE
+    bob = as_user(BOB)
+    assert bob.get_registered_model(model).name == model
+    with refused():
+        bob.update_registered_model(model, description="bob was here")
+    with refused():
+        bob.delete_registered_model(model)
+    as_user(ADMIN)
+    access("grant", f"user:{BOB}", "--model", model, "--permission", "EDIT", *front)
+    as_user(BOB).update_registered_model(model, description="bob may")
+
+    # The admin can do everything.
+    admin = as_user(ADMIN)
+    admin.delete_registered_model(model)
+    admin.delete_experiment(exp_id)
+
+    # The audit log names the caller of every write, refused ones included.
+    lines = deployment.audit()
+    assert any(line["caller"] == BOB and line["path"].endswith("/experiments/delete")
+               and line["status"] == 403 and line["target"] == {"experiment_id": exp_id} for line in lines)
+    assert any(line["caller"] == ADMIN and line["path"].endswith("/experiments/delete")
+               and line["status"] == 200 and line["target"] == {"experiment_id": exp_id} for line in lines)
+    assert any(line["caller"] == ALICE and line["path"].endswith("/runs/log-batch") for line in lines)
+
+
+def test_a_service_account_job_is_its_own_mlflow_user(deployment, as_user):
+    job = as_user(JOB)
+    exp_id = job.create_experiment(f"nightly-{uuid.uuid4().hex[:6]}")
+    run = job.create_run(exp_id)
+    job.log_metric(run.info.run_id, "auc", 0.9)
+    assert job.get_run(run.info.run_id).info.user_id == JOB
+    with refused():
+        as_user(ALICE).log_metric(run.info.run_id, "auc", 0.1)
+
+
+def test_without_a_valid_token_the_server_itself_refuses(deployment):
+    """Straight to the server (as from inside the VPC, or a misconfigured front): a forged
+    identity header or a signature-stripped token is not an identity."""
+    url = f"{deployment.server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+    headers = {"Host": HOST}
+    assert requests.get(url, headers={**headers, "X-Mlflow-Gcp-Dev-User": ADMIN}, timeout=30).status_code == 401
+    token = deployment.idp.mint(ADMIN, AUDIENCE)
+    stripped = token.rsplit(".", 1)[0] + "."
+    got = requests.get(url, headers={**headers, "Authorization": f"Bearer {stripped}"}, timeout=30)
+    assert got.status_code == 401 and "no signature" in got.text
+    ok = requests.get(url, headers={**headers, "Authorization": f"Bearer {token}"}, timeout=30)
+    assert ok.status_code == 200
+    assert requests.get(f"{deployment.server.url}/health", timeout=30).status_code == 200
