@@ -105,6 +105,11 @@ def connections_per_instance(max_connections: int, max_instances: int) -> int:
     return max(0, (max_connections - RESERVED_CONNECTIONS) // max(1, max_instances))
 
 
+# With access.permissions, each worker also holds a pool of this many connections to the
+# permission store, its own database (server/permissions.py).
+PERMISSION_STORE_CONNECTIONS = 2
+
+
 def pool_for(connections: int, workers: int, engines: int = ENGINES_PER_WORKER) -> Pool:
     """Largest pool per engine such that workers x engines x pool fits in `connections`.
 
@@ -123,13 +128,15 @@ def pool_for(connections: int, workers: int, engines: int = ENGINES_PER_WORKER) 
     return Pool(pool_size=per_engine, max_overflow=0)
 
 
-def check(tier: str, max_instances: int, workers: int, engines: int = ENGINES_PER_WORKER) -> Pool:
-    """The pool that fits, or ValueError that names the knob to turn."""
+def check(tier: str, max_instances: int, workers: int, engines: int = ENGINES_PER_WORKER,
+          extra_per_worker: int = 0) -> Pool:
+    """The pool that fits, or ValueError that names the knob to turn. `extra_per_worker`:
+    connections each worker holds outside the pool (PERMISSION_STORE_CONNECTIONS)."""
     max_conn = tier_max_connections(tier)
     share = connections_per_instance(max_conn, max_instances)
-    need = workers * engines * MIN_POOL_CONNECTIONS
+    need = workers * (engines * MIN_POOL_CONNECTIONS + extra_per_worker)
     if share >= need:
-        return pool_for(share, workers, engines)
+        return pool_for(share - workers * extra_per_worker, workers, engines)
     fits_instances = (max_conn - RESERVED_CONNECTIONS) // need
     advice = [f"lower max_instances to {fits_instances}" if fits_instances >= 1 else None]
     if workers > 1:

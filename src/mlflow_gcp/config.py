@@ -207,6 +207,53 @@ class AccessConfig(_Section):
                 )
         return list(dict.fromkeys(v))
 
+    verify_identity: bool = Field(
+        True,
+        description="The server verifies each caller's Google ID token itself: runs and model "
+        "versions name the caller and the request log names who changed what (docs/access.md).",
+    )
+    permissions: bool = Field(
+        False,
+        description="Per-experiment and per-model permissions inside MLflow (MLflow's auth app, "
+        "Google identities as users); needs verify_identity.",
+    )
+    admins: list[str] = Field(
+        default_factory=list,
+        description="MLflow admins when permissions are on: user:EMAIL or serviceAccount:EMAIL.",
+    )
+    default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"] = Field(
+        "READ",
+        description="What a user may do with an experiment or model nobody granted them anything "
+        "on (creators get MANAGE on their own).",
+    )
+
+    @field_validator("admins", mode="before")
+    @classmethod
+    def _split_admins(cls, v: Any) -> Any:
+        return cls._split(v)
+
+    @field_validator("admins")
+    @classmethod
+    def _admins(cls, v: list[str]) -> list[str]:
+        emails = []
+        for m in v:
+            kind, _, email = m.partition(":")
+            if kind not in ("user", "serviceAccount") or "@" not in email or not _MEMBER_RE.match(m):
+                raise ValueError(f"{m!r} is not an identity; use user:EMAIL or serviceAccount:EMAIL")
+            emails.append(f"{kind}:{email.lower()}")
+        return list(dict.fromkeys(emails))
+
+    @model_validator(mode="after")
+    def _permissions_need_identity(self) -> "AccessConfig":
+        if self.permissions and not self.verify_identity:
+            raise ValueError("permissions = true needs verify_identity = true (permissions follow "
+                             "the verified caller)")
+        return self
+
+    @property
+    def admin_emails(self) -> list[str]:
+        return [m.split(":", 1)[1] for m in self.admins]
+
 
 class DatabaseConfig(_Section):
     instance: str = Field("mlflow-db", description="Cloud SQL instance name.")
@@ -476,8 +523,10 @@ class Config(_Section):
     def pool(self) -> budget.Pool:
         """Pool sizes that fit the tier; ConfigError naming the knob when none does."""
         try:
+            extra = budget.PERMISSION_STORE_CONNECTIONS if self.access.permissions else 0
             return budget.check(
-                self.database.tier, self.service.max_instances, self.service.workers
+                self.database.tier, self.service.max_instances, self.service.workers,
+                extra_per_worker=extra,
             )
         except ValueError as err:
             from mlflow_gcp.errors import BudgetError

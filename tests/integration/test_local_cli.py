@@ -205,3 +205,39 @@ def test_busy_port_is_one_line(tmp_path):
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1] == f"Error: port {port} on 127.0.0.1 is in use (pass --port)"
     assert not (tmp_path / "mlflow-data").exists() or not any((tmp_path / "mlflow-data").iterdir())
+
+
+def test_local_permissions_run_the_same_code_path_with_dev_identities(tmp_path):
+    port = local_mod.free_port()
+    proc, _ = start_local("--port", str(port), "--permissions", "--admin", "boss@example.com", cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    code = f"""
+import os, mlflow, requests
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+os.environ["MLFLOW_TRACKING_AUTH"] = "gcp"
+os.environ["MLFLOW_GCP_DEV_USER"] = "alice@example.com"
+mlflow.set_tracking_uri({url!r})
+exp = mlflow.set_experiment("alice-local").experiment_id
+with mlflow.start_run() as run:
+    mlflow.log_metric("loss", 0.5)
+print("USER=" + MlflowClient().get_run(run.info.run_id).info.user_id)
+os.environ["MLFLOW_GCP_DEV_USER"] = "bob@example.com"
+try:
+    MlflowClient().log_metric(run.info.run_id, "loss", 9.0)
+except MlflowException as err:
+    print("BOB=" + ("refused" if "Permission denied" in str(err) else str(err)))
+# A browser names nobody: it is the first admin.
+r = requests.post({url!r} + "/api/2.0/mlflow/experiments/delete", json={{"experiment_id": exp}})
+print("BROWSER=%s" % r.status_code)
+"""
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=clean_env(), capture_output=True,
+                             text=True, timeout=180)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = out.stdout.splitlines()
+        assert "USER=alice@example.com" in lines and "BOB=refused" in lines, out.stdout
+        assert "BROWSER=200" in lines, out.stdout
+        assert (tmp_path / "mlflow-data" / "mlflow-permissions.db").stat().st_size > 0
+    finally:
+        stop_and_check_tree(proc, signal.SIGINT)

@@ -217,3 +217,64 @@ def test_without_a_valid_token_the_server_itself_refuses(deployment):
     ok = requests.get(url, headers={**headers, "Authorization": f"Bearer {token}"}, timeout=30)
     assert ok.status_code == 200
     assert requests.get(f"{deployment.server.url}/health", timeout=30).status_code == 200
+
+
+def test_turning_permissions_on_keeps_experiments_with_their_users(new_database, start_server, tmp_path, monkeypatch):
+    """A deployment used without permissions (identities verified, so runs name their users)
+    turns them on: the user of an experiment's first run manages it, its other users edit it,
+    everyone reads it (the default permission)."""
+    from mlflow.tracking import MlflowClient
+
+    idp = LocalIdentityProvider().start()
+    db_uri = new_database("mlflow_perm_on")
+    env = {"DB_URI": db_uri, "ARTIFACT_ROOT": str(tmp_path / "artifacts"), "ALLOWED_HOSTS": HOST,
+           "IDENTITY_AUDIENCES": AUDIENCE, "IDENTITY_CERTS_URL": idp.certs_url}
+    keys = {who: idp.write_key_file(tmp_path / f"{who.split('@')[0]}.json", who) for who in (ALICE, BOB)}
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "gcp")
+    monkeypatch.setenv("MLFLOW_GCP_AUDIENCE", AUDIENCE)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+
+    def client(front, email):
+        monkeypatch.setenv("MLFLOW_GCP_CREDENTIALS_FILE", str(keys[email]))
+        monkeypatch.setattr(tokens, "_default_cache", tokens.TokenCache())
+        return MlflowClient(tracking_uri=front.url)
+
+    fronts = []
+    try:
+        before = start_server(env)
+        fronts.append(CloudRunFront(before.url, audience=AUDIENCE, certs=idp.certs, host=HOST).start())
+        alice = client(fronts[-1], ALICE)
+        shared = alice.create_experiment(f"shared-{uuid.uuid4().hex[:6]}")
+        first = alice.create_run(shared).info.run_id
+        bob = client(fronts[-1], BOB)
+        bob.create_run(shared)  # without permissions anyone may log anywhere
+        own = bob.create_experiment(f"bobs-{uuid.uuid4().hex[:6]}")
+        bob_run = bob.create_run(own).info.run_id
+        before.stop()
+
+        after = start_server({**env, "MLFLOW_GCP_PERMISSIONS": "1", "MLFLOW_GCP_ADMINS": ADMIN})
+        # alice MANAGE and bob EDIT on the shared experiment, bob MANAGE on his own
+        assert "3 grant(s) for existing experiments' users" in after.output()
+        fronts.append(CloudRunFront(after.url, audience=AUDIENCE, certs=idp.certs, host=HOST).start())
+        alice = client(fronts[-1], ALICE)
+        alice.log_metric(first, "loss", 0.1)
+        with refused():
+            alice.log_metric(bob_run, "loss", 0.1)  # bob's experiment: alice reads only
+        assert alice.get_run(bob_run).info.user_id == BOB
+        bob = client(fronts[-1], BOB)
+        bob.log_metric(bob_run, "loss", 0.2)
+        bob.log_metric(first, "loss", 0.3)  # he logged runs in the shared one: EDIT
+        with refused():
+            bob.delete_experiment(shared)  # but alice's first run makes her its manager
+        alice = client(fronts[-1], ALICE)
+        alice.delete_experiment(shared)
+    finally:
+        for front in fronts:
+            front.close()
+        idp.close()
+        conn = _pg_connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
+        finally:
+            conn.close()

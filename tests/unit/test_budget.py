@@ -40,3 +40,16 @@ def test_refusal_suggests_a_count_that_fits():
     fits = (25 - budget.RESERVED_CONNECTIONS) // (budget.ENGINES_PER_WORKER * budget.MIN_POOL_CONNECTIONS)
     assert f"lower max_instances to {fits}" in str(excinfo.value)
     budget.check("db-f1-micro", fits, 1)
+
+
+def test_the_permission_store_pool_is_part_of_the_budget():
+    from mlflow_gcp import config
+    from mlflow_gcp.errors import BudgetError
+
+    # db-f1-micro: 20 usable connections; 10 instances x (2 pool + 2 permission store) do not fit.
+    with pytest.raises(BudgetError, match="lower max_instances to 5"):
+        config.from_dict({"project": "acme-ml-prod", "access": {"permissions": True}}).pool()
+    fits = config.from_dict({"project": "acme-ml-prod", "access": {"permissions": True},
+                             "service": {"max_instances": 2}})
+    # 10 per instance: 2 for the permission store, the pool gets the other 8.
+    assert fits.connections_per_instance() == 10 and fits.pool().per_engine == 8

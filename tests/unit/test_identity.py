@@ -93,3 +93,16 @@ def test_identity_is_off_unless_configured():
     assert on.verifier.audiences == {SERVICE, identity.GCLOUD_CLIENT_ID}
     assert on.verifier.keys.url == identity.GOOGLE_CERTS_URL
     assert on.dev_header is False
+
+
+def test_in_local_mode_a_request_naming_nobody_is_the_browsers_user(idp):
+    local = identity.from_env({identity.DEV_HEADER_ENV: "1", identity.DEV_USER_ENV: "Admin@localhost"})
+    assert local.caller(_headers()).email == "admin@localhost"
+    assert local.caller(_headers(x_mlflow_gcp_dev_user="bob@example.com")).email == "bob@example.com"
+    with pytest.raises(identity.InvalidToken, match="malformed"):  # a bad token is not nobody
+        local.caller(_headers(authorization="Bearer forged"))
+
+
+def test_the_dev_header_is_refused_on_cloud_run():
+    with pytest.raises(RuntimeError, match="local mode only"):
+        identity.from_env({identity.DEV_HEADER_ENV: "1", "K_SERVICE": "mlflow-tracking"})

@@ -156,8 +156,35 @@ def _container_env(container: dict, password: str) -> dict[str, str]:
     return {**env, "PORT": str(container.get("ports", [{"containerPort": 8080}])[0]["containerPort"])}
 
 
-@pytest.mark.parametrize("settings", [{}, {"service": {"max_instances": 2, "workers": 3}, "artifacts": {"mode": "direct"}}])
+def test_the_service_verifies_identities_and_permissions_reach_service_and_job():
+    from mlflow_gcp.server import identity, permissions
+
+    host = "mlflow-tracking-123456.europe-west9.run.app"
+    plain = _container_env(desired.service(cfg(), "img", [host])["template"]["containers"][0], "pw")
+    assert identity.from_env(plain).verifier.audiences == {f"https://{host}", identity.GCLOUD_CLIENT_ID}
+    assert not permissions.enabled(plain)
+    off = cfg(access={"verify_identity": False})
+    assert identity.from_env(_container_env(desired.service(off, "img", [host])["template"]["containers"][0], "pw")) is None
+
+    c = cfg(access={"permissions": True, "admins": ["user:Ann@Example.com"], "default_permission": "EDIT"})
+    for container in (desired.service(c, "img", [host])["template"]["containers"][0],
+                      desired.job(c, "img")["template"]["template"]["containers"][0]):
+        env = _container_env(container, "pw")
+        assert permissions.enabled(env) and permissions.admins(env) == ["ann@example.com"]
+        assert permissions.default_permission(env) == "EDIT"
+
+
+def test_permissions_need_verified_identities_and_admins_are_identities():
+    with pytest.raises(config.ConfigError, match="needs verify_identity"):
+        cfg(access={"permissions": True, "verify_identity": False})
+    with pytest.raises(config.ConfigError, match="not an identity"):
+        cfg(access={"admins": ["group:ml@example.com"]})
+
+
+@pytest.mark.parametrize("settings", [{}, {"service": {"max_instances": 2, "workers": 3}, "artifacts": {"mode": "direct"}},
+                                      {"access": {"permissions": True}, "service": {"max_instances": 2}}])
 def test_the_server_accepts_the_environment_we_deploy(settings):
+    from mlflow_gcp.server import permissions
     from mlflow_gcp.server.env import settings_from_env
 
     c = cfg(**settings)
@@ -166,7 +193,8 @@ def test_the_server_accepts_the_environment_we_deploy(settings):
     assert served.allowed_hosts == (host,) and served.migrate == "never"
     assert served.workers == c.service.workers and served.artifact_mode == c.artifacts.mode
     assert "/cloudsql/" + c.instance_connection_name in served.db_uri
-    assert served.pool.per_engine * c.service.workers <= c.connections_per_instance()
+    auth_pool = permissions.AUTH_POOL_CONNECTIONS if c.access.permissions else 0
+    assert (served.pool.per_engine + auth_pool) * c.service.workers <= c.connections_per_instance()
     job = desired.job(c, "img")["template"]["template"]["containers"][0]
     migrating = settings_from_env(_container_env(job, "pw"), serving=False)
     assert migrating.db_uri == served.db_uri

@@ -39,7 +39,14 @@ from mlflow_gcp.server import local as local_mod
     f"there (default gs://{local_mod.EMULATOR_BUCKET}).",
 )
 @click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True)
-def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_emulator, workers):
+@click.option("--permissions", is_flag=True,
+              help="MLflow permissions as deployed with access.permissions; callers name themselves "
+              "with the X-Mlflow-Gcp-Dev-User header (MLFLOW_GCP_DEV_USER=EMAIL for the plugin).")
+@click.option("--admin", "admins", multiple=True, metavar="EMAIL",
+              help=f"An MLflow admin with --permissions (repeatable; default "
+              f"{local_mod.DEFAULT_LOCAL_ADMIN}); the first is the browser's user.")
+def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_emulator, workers,
+          permissions, admins):
     """Run the MLflow server locally, exactly as the container runs it.
 
     Embedded SQLite and a local artifacts folder by default; PostgreSQL and a GCS emulator for
@@ -55,7 +62,11 @@ def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_em
         artifacts_destination=artifacts_destination,
         gcs_emulator=gcs_emulator,
         workers=workers,
+        permissions=permissions,
+        admins=tuple(a.strip().lower() for a in admins),
     )
+    if admins and not permissions:
+        raise click.UsageError("--admin goes with --permissions")
     stack = local_mod.LocalStack(opts)
     try:
         click.echo("Starting the MLflow server (first start creates the database)...", err=True)

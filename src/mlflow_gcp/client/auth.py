@@ -36,6 +36,9 @@ from mlflow_gcp.client import tokens, uploads
 log = logging.getLogger(__name__)
 
 AUTHORIZATION = "Authorization"
+DEV_USER_ENV = "MLFLOW_GCP_DEV_USER"
+DEV_USER_HEADER = "X-Mlflow-Gcp-Dev-User"
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Cloud Run checks this header when present and removes the token's signature before passing it
 # to the container, leaving `Authorization` untouched: so the server (server/identity.py) gets an
 # intact, verifiable copy of the same token there.
@@ -124,6 +127,11 @@ class GcpAuth(requests.auth.AuthBase):
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         if AUTHORIZATION in request.headers:
+            return request
+        dev_user = os.environ.get(DEV_USER_ENV)
+        if dev_user and urllib.parse.urlsplit(request.url).hostname in _LOOPBACK:
+            # `mlflow-gcp local --permissions`: name the caller; only local mode accepts this.
+            request.headers[DEV_USER_HEADER] = dev_user
             return request
         origin = origin_of(request.url)
         allowed = self.origins | service_origins()

@@ -7,6 +7,8 @@ test checks every key of every body against them.
 from __future__ import annotations
 
 from mlflow_gcp.config import Config
+# The server's variable names, one source of truth (both modules are light: stdlib only).
+from mlflow_gcp.server import identity, permissions
 
 # Every API `up` calls, plus Logging (Cloud Run writes there) and IAM Credentials (the server signs
 # artifact URLs through signBlob).
@@ -253,9 +255,33 @@ def _mounts() -> list[dict]:
     return [{"name": CLOUDSQL_VOLUME, "mountPath": CLOUDSQL_MOUNT}]
 
 
+def _permissions_env(cfg: Config) -> list[dict]:
+    """MLflow permissions (server/permissions.py): the service checks them, the job migrates
+    their store (its own database in the same instance)."""
+    if not cfg.access.permissions:
+        return []
+    return [
+        {"name": permissions.PERMISSIONS_ENV, "value": "1"},
+        {"name": permissions.ADMINS_ENV, "value": ",".join(cfg.access.admin_emails)},
+        {"name": permissions.DEFAULT_PERMISSION_ENV, "value": cfg.access.default_permission},
+    ]
+
+
+def identity_audiences(hosts: list[str]) -> list[str]:
+    """The ID token audiences the server accepts: its URLs, and gcloud's client id (a user's
+    `gcloud auth print-identity-token` cannot name another; Cloud Run accepts it too)."""
+    return [f"https://{h}" for h in hosts if "*" not in h] + [identity.GCLOUD_CLIENT_ID]
+
+
+def _identity_env(cfg: Config, hosts: list[str]) -> list[dict]:
+    if not cfg.access.verify_identity:
+        return []
+    return [{"name": identity.AUDIENCES_ENV, "value": ",".join(identity_audiences(hosts))}]
+
+
 def service(cfg: Config, image: str, hosts: list[str]) -> dict:
     s = cfg.service
-    env = _db_env(cfg) + [
+    env = _db_env(cfg) + _identity_env(cfg, hosts) + _permissions_env(cfg) + [
         {"name": "ALLOWED_HOSTS", "value": ",".join(hosts)},
         {"name": "WORKERS", "value": str(s.workers)},
         {"name": "DB_CONNECTIONS", "value": str(cfg.connections_per_instance())},
@@ -299,7 +325,7 @@ def _vpc_access(cfg: Config) -> dict:
 
 
 def job(cfg: Config, image: str) -> dict:
-    env = _db_env(cfg) + [
+    env = _db_env(cfg) + _permissions_env(cfg) + [
         {"name": "WORKERS", "value": "1"},
         {"name": "DB_CONNECTIONS", "value": str(JOB_DB_CONNECTIONS)},
     ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from mlflow_gcp import budget
+from mlflow_gcp.server import permissions
 from mlflow_gcp.errors import ServerEnvError
 
 # name -> what it expects; the one table the error lines and the docs quote.
@@ -218,7 +219,7 @@ def _allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hosts))
 
 
-def _pool(env: Mapping[str, str], workers: int, db_kind: str) -> budget.Pool | None:
+def _pool(env: Mapping[str, str], workers: int, db_kind: str, serving: bool = True) -> budget.Pool | None:
     connections = _int(env, "DB_CONNECTIONS", None, 1)
     size = _int(env, "DB_POOL_SIZE", None, 1)
     overflow = _int(env, "DB_MAX_OVERFLOW", None, 0)
@@ -235,8 +236,12 @@ def _pool(env: Mapping[str, str], workers: int, db_kind: str) -> budget.Pool | N
                 "(one MLflow request can hold two connections)",
             )
         return pool
+    connections = connections or DEFAULT_DB_CONNECTIONS
+    if serving and permissions.enabled(env):
+        # The permission store's own small pool per worker comes out of the same budget.
+        connections -= workers * permissions.AUTH_POOL_CONNECTIONS
     try:
-        return budget.pool_for(connections or DEFAULT_DB_CONNECTIONS, workers)
+        return budget.pool_for(connections, workers)
     except ValueError as err:
         raise _fail("DB_CONNECTIONS", str(err)) from None
 
@@ -268,7 +273,7 @@ def settings_from_env(env: Mapping[str, str], *, serving: bool = True) -> Settin
         db_wait_seconds=_float(env, "DB_WAIT_SECONDS", DEFAULT_DB_WAIT_SECONDS),
         log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
     )
-    pool = _pool(env, workers, settings.db_kind)
+    pool = _pool(env, workers, settings.db_kind, serving)
     return Settings(**{**settings.__dict__, "pool": pool})
 
 

@@ -17,7 +17,9 @@ costs one dict lookup.
 Settings (environment, read once per worker):
   IDENTITY_AUDIENCES   comma list of accepted audiences (the service URLs); set -> identity on
   IDENTITY_CERTS_URL   Google's JWKS (default), or a local identity stand-in's
-  IDENTITY_DEV_HEADER  local mode only: `1` accepts `X-Mlflow-Gcp-Dev-User: EMAIL` without a token
+  IDENTITY_DEV_HEADER  local mode only: `1` accepts `X-Mlflow-Gcp-Dev-User: EMAIL` without a token,
+                       and a request naming nobody is IDENTITY_DEV_USER (the browser's user);
+                       refused on Cloud Run (K_SERVICE set)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ GCLOUD_CLIENT_ID = "32555940559.apps.googleusercontent.com"
 AUDIENCES_ENV = "IDENTITY_AUDIENCES"
 CERTS_URL_ENV = "IDENTITY_CERTS_URL"
 DEV_HEADER_ENV = "IDENTITY_DEV_HEADER"
+DEV_USER_ENV = "IDENTITY_DEV_USER"
 DEV_HEADER = "x-mlflow-gcp-dev-user"
 
 # Clock skew allowed between Google and this instance.
@@ -190,9 +193,10 @@ def _bearer(value: str | None) -> str | None:
 class Identity:
     """The caller of a request, from its headers; None when identity is off."""
 
-    def __init__(self, verifier: Verifier, dev_header: bool = False):
+    def __init__(self, verifier: Verifier, dev_header: bool = False, dev_user: str | None = None):
         self.verifier = verifier
         self.dev_header = dev_header
+        self.dev_user = dev_user.strip().lower() if dev_header and dev_user else None
 
     def caller(self, get_header: Callable[[str], str | None]) -> Caller:
         """The verified caller; InvalidToken when no header carries a valid token.
@@ -209,8 +213,9 @@ class Identity:
                 return self.verifier.verify(token)
             except InvalidToken as err:
                 problems.append(f"{name}: {err}")
-        if self.dev_header and (dev := (get_header(DEV_HEADER) or "").strip().lower()):
-            return Caller(email=dev, expires=float("inf"), dev=True)
+        if self.dev_header and not problems:
+            if dev := (get_header(DEV_HEADER) or "").strip().lower() or self.dev_user:
+                return Caller(email=dev, expires=float("inf"), dev=True)
         raise InvalidToken("; ".join(problems) or "no Google ID token (Authorization: Bearer ...)")
 
 
@@ -224,8 +229,11 @@ def from_env(env=os.environ) -> Identity | None:
     dev = env.get(DEV_HEADER_ENV, "").strip() == "1"
     if not audiences and not dev:
         return None
+    if dev and env.get("K_SERVICE"):  # Cloud Run sets K_SERVICE in every service container
+        raise RuntimeError(f"{DEV_HEADER_ENV}=1 is for local mode only; a deployed server "
+                           "takes identities from Google ID tokens alone")
     keys = KeySet(env.get(CERTS_URL_ENV, "").strip() or GOOGLE_CERTS_URL)
-    return Identity(Verifier(audiences, keys), dev_header=dev)
+    return Identity(Verifier(audiences, keys), dev_header=dev, dev_user=env.get(DEV_USER_ENV))
 
 
 def current() -> Identity | None:

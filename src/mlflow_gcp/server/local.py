@@ -29,6 +29,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 DEFAULT_DATA_DIR = "mlflow-data"
 EMULATOR_BUCKET = "mlflow-local"
+DEFAULT_LOCAL_ADMIN = "admin@localhost"
 EMULATOR_HINT = "pip install gcp-storage-emulator"
 # MLflow imports for several seconds and migrates an empty database on first start; 2 shared
 # cores under load have needed close to a minute.
@@ -48,6 +49,9 @@ class LocalOptions:
     artifacts_destination: str | None = None
     gcs_emulator: bool = False
     workers: int = 1
+    # MLflow permissions with identities from the dev header (or a local identity stand-in).
+    permissions: bool = False
+    admins: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -75,6 +79,16 @@ def local_env(opts: LocalOptions, emulator_host: str | None = None) -> dict[str,
     }
     if emulator_host:
         env["STORAGE_EMULATOR_HOST"] = emulator_host
+    if opts.permissions:
+        admins = list(opts.admins) or [DEFAULT_LOCAL_ADMIN]
+        env.update({
+            "MLFLOW_GCP_PERMISSIONS": "1",
+            "MLFLOW_GCP_ADMINS": ",".join(admins),
+            # Clients name themselves with X-Mlflow-Gcp-Dev-User (MLFLOW_GCP_DEV_USER for the
+            # plugin); a browser, which cannot, is the first admin.
+            "IDENTITY_DEV_HEADER": "1",
+            "IDENTITY_DEV_USER": admins[0],
+        })
     return env
 
 

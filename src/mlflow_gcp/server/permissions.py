@@ -26,6 +26,8 @@ import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
+from mlflow_gcp import budget
+
 PERMISSIONS_ENV = "MLFLOW_GCP_PERMISSIONS"
 ADMINS_ENV = "MLFLOW_GCP_ADMINS"
 DEFAULT_PERMISSION_ENV = "MLFLOW_GCP_DEFAULT_PERMISSION"
@@ -36,6 +38,9 @@ AUTHORIZATION_FUNCTION = "mlflow_gcp.server.permissions:authenticate"
 # The admin MLflow bootstraps when its user table is empty, when no admin email is configured.
 FALLBACK_ADMIN = "mlflow-gcp-admin"
 DB_SUFFIX = "_permissions"
+# Connections per worker for the permission store (pool 1 + overflow 1): taken out of the
+# instance's DB_CONNECTIONS budget (server/env.py).
+AUTH_POOL_CONNECTIONS = budget.PERMISSION_STORE_CONNECTIONS
 # How long a worker trusts an EDIT decision on the fast metric path; a revoked grant stops
 # working there at most this much later (every other request is checked afresh by MLflow).
 FAST_PATH_TTL_SECONDS = 10.0
@@ -113,7 +118,7 @@ def launch_env(db_uri: str, pooled: bool, env=os.environ) -> dict[str, str]:
     uri = auth_db_uri(db_uri, env)
     return {
         # A small pool of its own per worker: a permission check is a few short queries.
-        AUTH_DB_URI_ENV: with_pool(uri, 1, 1) if pooled and not uri.startswith("sqlite") else uri,
+        AUTH_DB_URI_ENV: with_pool(uri, 1, AUTH_POOL_CONNECTIONS - 1) if pooled and not uri.startswith("sqlite") else uri,
         # The schema step migrated the store and created the first admin (`migrate` below), so
         # workers only open it, as under `mlflow server` (MLflow's own flag for that).
         "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED": "true",
@@ -143,16 +148,61 @@ def ensure_database(uri: str) -> bool:
         server.dispose()
 
 
+def _has_users_table(uri: str) -> bool:
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        return sqlalchemy.inspect(engine).has_table("users")
+    finally:
+        engine.dispose()
+
+
 def migrate(db_uri: str, env=os.environ) -> str:
     """Create the permission store (database, schema, first admin) or upgrade it: the migration
-    job and the server's schema step. MLflow's own code does the schema and the admin."""
+    job and the server's schema step. MLflow's own code does the schema and the admin. A new
+    store (permissions just turned on) gets the grants that keep existing experiments usable."""
     uri = auth_db_uri(db_uri, env)
-    created = ensure_database(uri)
+    ensure_database(uri)
+    new = not _has_users_table(uri)
     configure(db_uri, env)
     from mlflow.server import auth
 
     auth.bootstrap_admin_user()
-    return "permission store created" if created else "permission store is current"
+    if not new:
+        return "permission store is current"
+    granted = grant_existing(db_uri, auth.store)
+    return f"permission store created; {granted} grant(s) for existing experiments' users"
+
+
+def grant_existing(db_uri: str, store) -> int:
+    """Permissions turned on for a deployment already in use: each experiment's users keep it.
+
+    Creators are inferred from runs' users (verified Google identities since the server names
+    them): the user of an experiment's first run gets MANAGE, the other users of its runs EDIT.
+    Everyone else gets the deployment's default permission (READ unless configured), so every
+    experiment stays readable by all; experiments without such runs are managed by admins."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_uri, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text(
+                "SELECT experiment_id, user_id FROM runs WHERE user_id LIKE '%@%' "
+                "AND lifecycle_stage = 'active' ORDER BY experiment_id, start_time, run_uuid"
+            )).all()
+    finally:
+        engine.dispose()
+    grants: dict[tuple[str, str], str] = {}
+    for experiment_id, user in rows:
+        key = (str(experiment_id), user.strip().lower())
+        first = not any(e == key[0] for e, _ in grants)
+        grants.setdefault(key, "MANAGE" if first else "EDIT")
+    for (experiment_id, user), permission in grants.items():
+        if not store.has_user(user):
+            store.create_user(user, secrets.token_urlsafe(24))
+        store.grant_user_resource_permission(user, "experiment", experiment_id, permission)
+    return len(grants)
 
 
 # --- per request -----------------------------------------------------------------------------
