@@ -248,7 +248,16 @@ class AccessConfig(_Section):
         if self.permissions and not self.verify_identity:
             raise ValueError("permissions = true needs verify_identity = true (permissions follow "
                              "the verified caller)")
+        if self.permissions and self.mode == "public":
+            raise ValueError("permissions = true needs a private server: a public one lets "
+                             "callers in without a Google identity")
         return self
+
+    @property
+    def identities_verified(self) -> bool:
+        """The server checks callers' ID tokens: on by default for a private server; a public
+        one is for callers without tokens, so it verifies nobody."""
+        return self.verify_identity and self.mode == "private"
 
     @property
     def admin_emails(self) -> list[str]:

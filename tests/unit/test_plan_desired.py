@@ -163,8 +163,8 @@ def test_the_service_verifies_identities_and_permissions_reach_service_and_job()
     plain = _container_env(desired.service(cfg(), "img", [host])["template"]["containers"][0], "pw")
     assert identity.from_env(plain).verifier.audiences == {f"https://{host}", identity.GCLOUD_CLIENT_ID}
     assert not permissions.enabled(plain)
-    off = cfg(access={"verify_identity": False})
-    assert identity.from_env(_container_env(desired.service(off, "img", [host])["template"]["containers"][0], "pw")) is None
+    for off in (cfg(access={"verify_identity": False}), cfg(access={"mode": "public"})):
+        assert identity.from_env(_container_env(desired.service(off, "img", [host])["template"]["containers"][0], "pw")) is None
 
     c = cfg(access={"permissions": True, "admins": ["user:Ann@Example.com"], "default_permission": "EDIT"})
     for container in (desired.service(c, "img", [host])["template"]["containers"][0],
@@ -177,6 +177,8 @@ def test_the_service_verifies_identities_and_permissions_reach_service_and_job()
 def test_permissions_need_verified_identities_and_admins_are_identities():
     with pytest.raises(config.ConfigError, match="needs verify_identity"):
         cfg(access={"permissions": True, "verify_identity": False})
+    with pytest.raises(config.ConfigError, match="needs a private server"):
+        cfg(access={"permissions": True, "mode": "public"})
     with pytest.raises(config.ConfigError, match="not an identity"):
         cfg(access={"admins": ["group:ml@example.com"]})
 

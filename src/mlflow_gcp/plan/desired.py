@@ -274,7 +274,7 @@ def identity_audiences(hosts: list[str]) -> list[str]:
 
 
 def _identity_env(cfg: Config, hosts: list[str]) -> list[dict]:
-    if not cfg.access.verify_identity:
+    if not cfg.access.identities_verified:
         return []
     return [{"name": identity.AUDIENCES_ENV, "value": ",".join(identity_audiences(hosts))}]
 
