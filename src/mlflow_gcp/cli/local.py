@@ -45,8 +45,14 @@ from mlflow_gcp.server import local as local_mod
 @click.option("--admin", "admins", multiple=True, metavar="EMAIL",
               help=f"An MLflow admin with --permissions (repeatable; default "
               f"{local_mod.DEFAULT_LOCAL_ADMIN}); the first is the browser's user.")
+@click.option(
+    "--upgrade-db",
+    is_flag=True,
+    help="Upgrade a database made by an older MLflow to this MLflow's schema. One-way: back the "
+    "database up first (without this flag such a database is refused, with both versions named).",
+)
 def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_emulator, workers,
-          permissions, admins):
+          permissions, admins, upgrade_db):
     """Run the MLflow server locally, exactly as the container runs it.
 
     Embedded SQLite and a local artifacts folder by default; PostgreSQL and a GCS emulator for
@@ -64,12 +70,13 @@ def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_em
         workers=workers,
         permissions=permissions,
         admins=tuple(a.strip().lower() for a in admins),
+        upgrade_db=upgrade_db,
     )
     if admins and not permissions:
         raise click.UsageError("--admin goes with --permissions")
     stack = local_mod.LocalStack(opts)
     try:
-        click.echo("Starting the MLflow server (first start creates the database)...", err=True)
+        click.echo(f"Starting the MLflow server ({_schema_banner(upgrade_db)})...", err=True)
         url = stack.start()
         click.echo(f"MLflow is running at {url}")
         if stack.env.get("STORAGE_EMULATOR_HOST") and gcs_emulator:
@@ -82,6 +89,15 @@ def local(data_dir, host, port, backend_store_uri, artifacts_destination, gcs_em
         stack.stop()
     click.echo("Stopped.", err=True)
     click.get_current_context().exit(code)
+
+
+def _schema_banner(upgrade_db: bool) -> str:
+    # An existing database is never "created": say what happens to one made by another MLflow.
+    if upgrade_db:
+        return ("an empty database gets the schema; an older MLflow's schema is UPGRADED, "
+                "one-way: have a backup")
+    return ("an empty database gets the schema; one made by an older MLflow is left as it is "
+            "and refused, see --upgrade-db")
 
 
 commands = [local]

@@ -3,9 +3,11 @@
 serve (default)  validate the environment, then exec into the supervisor (mlflow_gcp.server.launch),
                  which starts the server's workers and, at the same time, `prepare` in a child:
                  the workers import MLflow (~2 s) while the database is awaited and the schema
-                 created/upgraded under a lock (DB_MIGRATE=auto) or checked (never); they serve
+                 created under a lock (DB_MIGRATE=auto; an existing older schema is refused),
+                 created or upgraded (upgrade) or checked (never); they serve
                  only once that succeeded, and its failure is the server's exit code.
-migrate          the one-shot migration the Cloud Run Job runs; ARTIFACT_ROOT is not needed.
+migrate          the one-shot migration the Cloud Run Job runs (creates or upgrades the schema;
+                 an upgrade is one-way: back up first); ARTIFACT_ROOT is not needed.
 check            exit 0 when the schema is current, 4 when it needs `migrate`.
 
 Every failure is one line on stderr (JSON unless LOG_FORMAT=text) and a non-zero exit code:
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before MLflow is imported
         from mlflow_gcp.server import migrate
 
-        mode = {PREPARE: None, "migrate": "auto", "check": "never"}[command]
+        # `migrate` is the explicit request (the job `up` runs after a backup): it may upgrade.
+        mode = {PREPARE: None, "migrate": "upgrade", "check": "never"}[command]
         log.info("%s", migrate.prepare(settings, log, mode=mode))
     except MlflowGcpError as err:
         print(logs.fatal_line(str(err), log_format), file=sys.stderr, flush=True)

@@ -37,7 +37,7 @@ VARIABLES = {
     "DB_CONNECTIONS": "a positive integer: the connections this instance may open",
     "DB_POOL_SIZE": "a positive integer",
     "DB_MAX_OVERFLOW": "an integer >= 0",
-    "DB_MIGRATE": "'auto' or 'never'",
+    "DB_MIGRATE": "'auto' (create an empty database's schema), 'upgrade' (also upgrade an older one) or 'never'",
     "DB_WAIT_SECONDS": "a number of seconds >= 0",
     "LOG_FORMAT": "'json' or 'text'",
 }
@@ -269,7 +269,7 @@ def settings_from_env(env: Mapping[str, str], *, serving: bool = True) -> Settin
         allowed_hosts=_allowed_hosts(env),
         workers=workers,
         pool=None,
-        migrate=_choice(env, "DB_MIGRATE", "auto", ("auto", "never")),
+        migrate=_choice(env, "DB_MIGRATE", "auto", ("auto", "upgrade", "never")),
         db_wait_seconds=_float(env, "DB_WAIT_SECONDS", DEFAULT_DB_WAIT_SECONDS),
         log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
     )

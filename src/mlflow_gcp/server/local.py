@@ -52,6 +52,8 @@ class LocalOptions:
     # MLflow permissions with identities from the dev header (or a local identity stand-in).
     permissions: bool = False
     admins: tuple[str, ...] = ()
+    # Upgrade an existing older schema (one-way); without it such a database is refused.
+    upgrade_db: bool = False
 
     @property
     def url(self) -> str:
@@ -74,7 +76,7 @@ def local_env(opts: LocalOptions, emulator_host: str | None = None) -> dict[str,
         "HOST": opts.host,
         "PORT": str(opts.port),
         "WORKERS": str(opts.workers),
-        "DB_MIGRATE": "auto",
+        "DB_MIGRATE": "upgrade" if opts.upgrade_db else "auto",
         "LOG_FORMAT": "text",
     }
     if emulator_host:

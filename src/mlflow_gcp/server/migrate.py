@@ -6,6 +6,14 @@ initial migration and one of them would crash; so the entrypoint does it first, 
 PostgreSQL advisory lock (a local file lock for SQLite), and `mlflow server` then finds the schema
 current. With DB_MIGRATE=never it only checks and refuses to start on an old schema.
 
+Creating the schema in an empty database is always safe. Upgrading an existing one is not: it is
+one-way (the old MLflow then refuses the database: "Can't locate revision"), so it happens only
+when asked for (`migrate`, the job `up` runs after an on-demand backup; DB_MIGRATE=upgrade;
+`mlflow-gcp local --upgrade-db`). DB_MIGRATE=auto creates, and refuses to upgrade with a message
+naming both MLflow versions, the backup to take first and how to roll back. Before an upgrade the
+schema's owner is checked: PostgreSQL lets only the owner of a table (or a member of its role)
+alter it, and Cloud SQL users are not superusers.
+
 MLflow, SQLAlchemy and alembic are imported inside the functions: they take seconds to import
 and only these steps need them.
 """
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -27,8 +36,9 @@ from mlflow_gcp.server.env import Settings, redact
 # Any fixed 64-bit number works; every instance must use the same one. ASCII "mlflowgc".
 ADVISORY_LOCK_KEY = 0x6D6C666C6F776763
 MIGRATE_HINT = (
-    "back up the database, then run `python -m mlflow_gcp.server migrate` with the same "
-    "environment (the migration job), or set DB_MIGRATE=auto"
+    "run `python -m mlflow_gcp.server migrate` with the same environment (the migration job; back "
+    "the database up first when it holds data), or set DB_MIGRATE=auto (an empty database) or "
+    "DB_MIGRATE=upgrade (an older MLflow's schema)"
 )
 
 # Errors that waiting does not cure: fail at once instead of retrying for DB_WAIT_SECONDS.
@@ -42,9 +52,22 @@ _PERMANENT = (
 
 
 class SchemaOutOfDate(MlflowGcpError):
-    """DB_MIGRATE=never and the schema is missing or older than this MLflow."""
+    """DB_MIGRATE=never and the schema is missing or older than this MLflow, or an existing
+    schema would need a (one-way) upgrade nobody asked for."""
 
     exit_code = 4
+
+
+class SchemaOwnedByOther(MlflowGcpError):
+    """The MLflow tables belong to another database user, who alone may alter them."""
+
+
+# The newest schema revision (alembic head) of MLflow releases, read from each release's
+# migration scripts; a revision in between is named by the releases around it. The running
+# MLflow's own head is added at run time.
+RELEASE_HEADS = {
+    "acf3f17fdcc7": "2.9.2",
+}
 
 
 def _first_line(err: BaseException) -> str:
@@ -74,6 +97,35 @@ def head_revision_from_files() -> str | None:
             parents.update(re.findall(r"['\"](\w+)['\"]", down.group(1)))
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 else None
+
+
+def installed_mlflow_version() -> str:
+    try:
+        return importlib.metadata.version("mlflow")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def describe_revision(revision: str | None, head: str | None = None) -> str:
+    """'MLflow 2.9.2 (schema revision acf3f17fdcc7)', or the bare revision when no release is known."""
+    if revision is None:
+        return "no MLflow schema"
+    known = dict(RELEASE_HEADS)
+    if head:
+        known[head] = installed_mlflow_version()
+    release = known.get(revision)
+    return f"MLflow {release} (schema revision {revision})" if release else f"schema revision {revision}"
+
+
+def upgrade_warning(current: str | None, head: str, db_kind: str) -> str:
+    """What an upgrade of an existing schema means, in one paragraph: versions, one-way, backup,
+    rollback."""
+    old, new = describe_revision(current, head), describe_revision(head, head)
+    backup = ("Copy the SQLite file first" if db_kind == "sqlite" else
+              "Back it up first (Cloud SQL: `mlflow-gcp backup create`; elsewhere: pg_dump)")
+    return (f"the database holds {old}; this server runs {new}. Upgrading the schema is one-way: "
+            f"afterwards the old MLflow cannot open the database (\"Can't locate revision\"). "
+            f"{backup}; to roll back, restore that backup and run the old MLflow again")
 
 
 def current_revision(engine) -> str | None:
@@ -162,8 +214,40 @@ def schema_state(engine) -> tuple[str | None, str, bool]:
     return utils._get_schema_version(engine), utils._get_latest_schema_revision(), utils._all_tables_exist(engine)
 
 
-def migrate(engine, settings: Settings, log: logging.Logger) -> str:
-    """Bring the schema to this MLflow's head under the lock; returns what was done."""
+def sqlalchemy_error() -> type[Exception]:
+    import sqlalchemy
+
+    return sqlalchemy.exc.SQLAlchemyError
+
+
+def check_owner(engine) -> None:
+    """Refuse, before touching anything, to upgrade tables this user may not alter (PostgreSQL:
+    only their owner or a member of the owner's role; Cloud SQL users are not superusers)."""
+    import sqlalchemy
+
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect() as conn:
+        row = conn.execute(sqlalchemy.text(
+            "SELECT tableowner, current_user, pg_has_role(current_user, tableowner, 'USAGE') "
+            "FROM pg_tables WHERE tablename = 'alembic_version' AND schemaname = current_schema()"
+        )).first()
+    if row is None or row[2]:
+        return
+    owner, user = row[0], row[1]
+    raise SchemaOwnedByOther(
+        f"the MLflow tables belong to database user {owner!r}, not {user!r}: PostgreSQL lets only "
+        f"their owner alter them, so the schema cannot be upgraded as {user!r}; nothing was changed",
+        hint=f"connect as {owner!r}: with mlflow-gcp set database.user = \"{owner}\" in mlflow-gcp.toml "
+             "and rerun `mlflow-gcp up` (it adopts that user); elsewhere set DB_USER or the URI's user",
+    )
+
+
+def migrate(engine, settings: Settings, log: logging.Logger, *, upgrade: bool = True) -> str:
+    """Bring the schema to this MLflow's head under the lock; returns what was done.
+
+    An empty database gets the schema; an existing older schema is upgraded only with `upgrade`
+    (else SchemaOutOfDate saying what that means)."""
     from mlflow.store.db import utils
 
     with _exclusive(engine, settings, log):
@@ -177,7 +261,15 @@ def migrate(engine, settings: Settings, log: logging.Logger) -> str:
             utils._initialize_tables(engine)
             done = f"schema created at {head}"
         else:
-            log.info("upgrading the MLflow schema from %s to %s", current, head)
+            if not upgrade:
+                raise SchemaOutOfDate(
+                    "refusing to upgrade an existing schema without being asked: "
+                    + upgrade_warning(current, head, settings.db_kind),
+                    hint="then upgrade with `mlflow-gcp local --upgrade-db`, DB_MIGRATE=upgrade, or "
+                         "`python -m mlflow_gcp.server migrate` (the migration job)",
+                )
+            check_owner(engine)
+            log.warning("upgrading the schema (one-way): %s", upgrade_warning(current, head, settings.db_kind))
             if not complete:
                 utils._initialize_tables(engine)  # what `mlflow server` itself does then
             else:
@@ -189,10 +281,16 @@ def migrate(engine, settings: Settings, log: logging.Logger) -> str:
 def check(engine) -> str:
     """DB_MIGRATE=never: refuse to go on unless the schema is exactly this MLflow's head."""
     current, head, complete = schema_state(engine)
-    if current is None or not complete:
-        raise SchemaOutOfDate(f"the database has no (complete) MLflow schema; {MIGRATE_HINT}")
+    if current is None:
+        raise SchemaOutOfDate(f"the database has no MLflow schema; {MIGRATE_HINT}")
     if current != head:
-        raise SchemaOutOfDate(f"the database schema is at {current} but this MLflow needs {head}; {MIGRATE_HINT}")
+        # An older release's schema lacks the newer tables too: it is old, not broken.
+        raise SchemaOutOfDate(
+            f"the database holds {describe_revision(current, head)}, older than this server's "
+            f"{describe_revision(head, head)}; {MIGRATE_HINT}. The upgrade is one-way: "
+            "to roll back, restore the backup and run the old MLflow")
+    if not complete:
+        raise SchemaOutOfDate(f"the database's MLflow schema ({head}) is missing tables; {MIGRATE_HINT}")
     return f"schema is current ({head})"
 
 
@@ -207,7 +305,8 @@ def route_library_logs(handler: logging.Handler) -> None:
 
 
 def prepare(settings: Settings, log: logging.Logger, *, mode: str | None = None) -> str:
-    """Wait for the database, then migrate (auto) or check (never); returns a summary line."""
+    """Wait for the database, then create (auto), create or upgrade (upgrade) or check (never);
+    returns a summary line."""
     engine = make_engine(settings.db_uri)
     try:
         if settings.db_kind == "postgresql":
@@ -222,11 +321,17 @@ def prepare(settings: Settings, log: logging.Logger, *, mode: str | None = None)
 
             if log.handlers:
                 route_library_logs(log.handlers[0])
-            done = migrate(engine, settings, log) if mode == "auto" else check(engine)
+            if mode == "never":
+                done = check(engine)
+            else:
+                done = migrate(engine, settings, log, upgrade=mode == "upgrade")
             return _with_permission_store(done, engine, settings, log, mode)
         except MlflowGcpError:
             raise
         except Exception as err:  # a failed migration: say what, keep the password out
+            if "permission denied" in _first_line(err).lower():
+                with contextlib.suppress(sqlalchemy_error()):
+                    check_owner(engine)  # says whose tables they are, when that is the reason
             raise MlflowGcpError(f"schema migration failed: {_first_line(err)}") from err
     finally:
         engine.dispose()
@@ -238,7 +343,7 @@ def _with_permission_store(done: str, engine, settings: Settings, log: logging.L
 
     if not permissions.enabled():
         return done
-    if mode != "auto":
+    if mode == "never":
         return done + "; permission store not checked (DB_MIGRATE=never)"
     with _exclusive(engine, settings, log):  # two instances starting on a new store
         return f"{done}; {permissions.migrate(settings.db_uri)}"
