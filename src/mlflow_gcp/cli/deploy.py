@@ -18,7 +18,18 @@ _allow_public = click.option(
 )
 
 
-def _context(cfg, say=click.echo):
+_import_password = click.option(
+    "--import-db-password", "import_password", is_flag=True,
+    help="Adopting an existing database user: keep its current password (read from the replaced "
+    "service's DB_URI, or asked for) in Secret Manager instead of setting a new one. Never printed.",
+)
+
+
+def _ask_password(prompt: str) -> str | None:
+    return click.prompt(prompt, hide_input=True, err=True) if sys.stdin.isatty() else None
+
+
+def _context(cfg, say=click.echo, import_password: bool = False):
     from mlflow_gcp.gcp.clients import for_config
     from mlflow_gcp.plan.steps import Context
 
@@ -30,7 +41,10 @@ def _context(cfg, say=click.echo):
             last[what] = elapsed
             say(f"  waiting for {what} ({elapsed:.0f}s)")
 
-    return Context(cfg, for_config(cfg), say=say, progress=progress)
+    ctx = Context(cfg, for_config(cfg), say=say, progress=progress)
+    if import_password:
+        ctx.facts.update(import_password=True, ask_password=_ask_password)
+    return ctx
 
 
 def _render_plan(plan, estimate, as_json: bool) -> None:
@@ -47,6 +61,11 @@ def _render_plan(plan, estimate, as_json: bool) -> None:
             click.echo(f"\n~ {a.kind} {a.name}:" + (f" {a.detail}" if a.detail else ""))
             for change in a.changes:
                 click.echo(f"    {change}")
+    notes = [(a, n) for a in plan.actions for n in a.notes]
+    if notes:
+        click.echo("\nRead before applying:")
+        for a, note in notes:
+            click.echo(f"  ! {a.kind} {a.name}: {note}")
     click.echo("")
     click.echo("No changes." if plan.empty else f"{len(plan.changes)} resource(s) to create or change.")
     _render_cost(estimate)
@@ -95,13 +114,14 @@ def init_cmd(cfg_source, force: bool) -> None:
 @options.config_options
 @options.json_option
 @_allow_public
-def plan_cmd(cfg_source, as_json: bool, allow_public: bool) -> None:
+@_import_password
+def plan_cmd(cfg_source, as_json: bool, allow_public: bool, import_password: bool) -> None:
     """Show what `up` would create or change, and the monthly cost."""
     from mlflow_gcp.ops import cost
     from mlflow_gcp.ops import up as up_ops
 
     cfg = _load(cfg_source, allow_public)
-    ctx = _context(cfg, say=lambda line: None)
+    ctx = _context(cfg, say=lambda line: None, import_password=import_password)
     plan = up_ops.make_plan(ctx)
     _render_plan(plan, cost.estimate(cfg), as_json)
     if not as_json:
@@ -114,13 +134,14 @@ def plan_cmd(cfg_source, as_json: bool, allow_public: bool) -> None:
 @options.config_options
 @options.yes_option
 @_allow_public
-def up_cmd(cfg_source, yes: bool, allow_public: bool) -> None:
+@_import_password
+def up_cmd(cfg_source, yes: bool, allow_public: bool, import_password: bool) -> None:
     """Create or update the deployment so it matches the config; then print the URL."""
     from mlflow_gcp.ops import cost, health
     from mlflow_gcp.ops import up as up_ops
 
     cfg = _load(cfg_source, allow_public)
-    ctx = _context(cfg)
+    ctx = _context(cfg, import_password=import_password)
     plan = up_ops.make_plan(ctx)
     if plan.empty:
         click.echo("No changes.")

@@ -114,6 +114,20 @@ def get_job(clients, region: str, job: str) -> dict | None:
     return operations.read(clients, _jobs(clients).get(name=job_name(clients, region, job)), f"reading Cloud Run job {job}")
 
 
+def last_succeeded_image(clients, region: str, job: str) -> str | None:
+    """The image of the job's latest execution when it succeeded, else None (never ran, failed,
+    or still running)."""
+    current = get_job(clients, region, job) or {}
+    latest = current.get("latestCreatedExecution") or {}
+    if latest.get("completionStatus") != "EXECUTION_SUCCEEDED" or not latest.get("name"):
+        return None
+    execution = operations.read(
+        clients, _jobs(clients).executions().get(name=latest["name"]), f"reading execution of job {job}"
+    ) or {}
+    containers = (execution.get("template") or {}).get("containers") or [{}]
+    return containers[0].get("image")
+
+
 def create_job(clients, region: str, job: str, body: dict, progress=None) -> bool:
     return operations.change(
         clients, _jobs(clients).create(parent=location(clients, region), jobId=job, body=body),

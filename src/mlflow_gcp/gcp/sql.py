@@ -116,6 +116,14 @@ def get_user(clients, instance: str, user: str) -> dict | None:
     )
 
 
+def list_users(clients, instance: str) -> list[dict]:
+    resp = clients.execute(
+        clients.api("sqladmin").users().list(project=clients.project, instance=instance),
+        f"listing the database users of {instance}",
+    )
+    return resp.get("items") or []
+
+
 def create_user(clients, instance: str, user: str, password: str, progress=None) -> bool:
     return operations.change(
         clients,

@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 from mlflow_gcp import budget
 from mlflow_gcp.errors import GcpError
 from mlflow_gcp.gcp import run, sql, sqlbackup, storage
 from mlflow_gcp.ops import live, schedule
-
-_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+")
-
-
-def mlflow_version_of(image: str | None, env: list[dict] | None = None) -> str | None:
-    """The MLflow release an image runs: an MLFLOW_VERSION env var, else the image tag, which is
-    `3.17.2` (images built before the tag named the source) or `3.17.2-<source digest>`."""
-    for item in env or []:
-        if item.get("name") == "MLFLOW_VERSION" and item.get("value"):
-            return item["value"]
-    if not image:
-        return None
-    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
-    tag = name.split(":", 1)[1] if ":" in name else ""
-    m = _VERSION_RE.match(tag)
-    return m.group(0) if m else None
+from mlflow_gcp.plan.desired import mlflow_version_of  # noqa: F401  (ops import it from here)
 
 
 def describe_rule(rule: dict) -> str:

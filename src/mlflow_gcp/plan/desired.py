@@ -6,6 +6,8 @@ test checks every key of every body against them.
 
 from __future__ import annotations
 
+import re
+
 from mlflow_gcp.config import Config
 # The server's variable names, one source of truth (both modules are light: stdlib only).
 from mlflow_gcp.server import identity, permissions
@@ -74,6 +76,23 @@ FIELD_LABELS = {
     "template.containers[mlflow].env[DB_CONNECTIONS].value": "connection budget per instance",
     "template.containers[mlflow].env[WORKERS].value": "service.workers",
 }
+
+
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+")
+
+
+def mlflow_version_of(image: str | None, env: list[dict] | None = None) -> str | None:
+    """The MLflow release an image runs: an MLFLOW_VERSION env var, else the image tag, which is
+    `3.17.2` (images built before the tag named the source) or `3.17.2-<source digest>`."""
+    for item in env or []:
+        if item.get("name") == "MLFLOW_VERSION" and item.get("value"):
+            return item["value"]
+    if not image:
+        return None
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    tag = name.split(":", 1)[1] if ":" in name else ""
+    m = _VERSION_RE.match(tag)
+    return m.group(0) if m else None
 
 
 def sql_instance(cfg: Config) -> dict:

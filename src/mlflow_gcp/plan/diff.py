@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow_gcp.redaction import redact_value
+
 _ABSENT = object()
 
 
@@ -21,12 +23,16 @@ class Change:
     new: Any
     label: str | None = None
 
+    # Values are shown redacted: what is replaced may carry a password (the old scripts' DB_URI).
     def __str__(self) -> str:
         name = f"{self.path} ({self.label})" if self.label else self.path
-        return f"{name}: {show(self.old)} -> {show(self.new)}"
+        return f"{name}: {show(self._safe(self.old))} -> {show(self._safe(self.new))}"
+
+    def _safe(self, value: Any) -> Any:
+        return value if value is _ABSENT else redact_value(value, self.path.rsplit("[", 1)[-1].split("]")[0])
 
     def as_dict(self) -> dict:
-        return {"field": self.path, "setting": self.label, "from": self.old, "to": self.new}
+        return {"field": self.path, "setting": self.label, "from": self._safe(self.old), "to": self._safe(self.new)}
 
 
 def show(value: Any) -> str:

@@ -23,7 +23,7 @@ from mlflow_gcp.config import Config
 from mlflow_gcp.errors import NotFound
 from mlflow_gcp.gcp import iampolicy, run, runrevisions
 from mlflow_gcp.gcp.errors import Aborted
-from mlflow_gcp.plan import desired
+from mlflow_gcp.plan import adopt, desired
 from mlflow_gcp.plan.context import Step, ensure_bindings
 from mlflow_gcp.plan.diff import Change
 from mlflow_gcp.plan.model import CREATE, DELETE, NONE, UPDATE
@@ -129,7 +129,9 @@ class Invokers(Step):
         if not detail:
             detail = [f"record the members access.members grants (annotation {RECORD_ANNOTATION})"]
         verb = UPDATE if not changes or (add and remove) else (CREATE if add else DELETE)
-        return self.action(ctx, verb, changes=changes, detail="; ".join(detail))
+        public = [m for _, m in remove if m in desired.PUBLIC_MEMBERS]
+        notes = [adopt.public_removal_note(ctx.cfg, public)] if public else []
+        return self.action(ctx, verb, changes=changes, detail="; ".join(detail), notes=notes)
 
     def apply(self, ctx, action):
         cfg, members = ctx.cfg, set(ctx.cfg.access.members)

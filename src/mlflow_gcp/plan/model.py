@@ -22,6 +22,9 @@ class Action:
     detail: str = ""
     current: Any = field(default=None, repr=False)
     data: dict = field(default_factory=dict, repr=False)
+    # What a careful operator must know before applying (a one-way change, a password that
+    # changes, clients that lose access): printed under the plan, never hidden in a diff line.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -40,6 +43,7 @@ class Action:
             "action": self.verb,
             "changes": [c.as_dict() for c in self.changes],
             "detail": self.detail,
+            "notes": list(self.notes),
         }
 
 

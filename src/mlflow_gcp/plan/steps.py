@@ -13,7 +13,7 @@ from collections.abc import Callable
 from mlflow_gcp.config import Config
 from mlflow_gcp.errors import Conflict, NotFound, PermissionDenied
 from mlflow_gcp.gcp import artifactregistry, iam, iampolicy, resourcemanager, secretmanager, serviceusage, storage
-from mlflow_gcp.plan import desired
+from mlflow_gcp.plan import adopt, desired
 from mlflow_gcp.plan.context import Context, Step, ensure_bindings
 from mlflow_gcp.plan.diff import Change, diff
 from mlflow_gcp.plan.invokers import Invokers
@@ -101,7 +101,10 @@ class Bucket(Step):
             )
         ignore = desired.BUCKET_CREATE_ONLY | {"name", "location"}
         changes = diff(want, current, ignore=ignore, labels=desired.FIELD_LABELS)
-        return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=current)
+        note = adopt.lifecycle_note(ctx.cfg, (current.get("lifecycle") or {}).get("rule") or [],
+                                    want["lifecycle"]["rule"])
+        return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=current,
+                           notes=[note] if note else [])
 
     def apply(self, ctx, action):
         want = desired.bucket(ctx.cfg)

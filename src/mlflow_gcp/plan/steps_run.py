@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlflow_gcp.config import Config
 from mlflow_gcp.errors import Conflict, NotFound
-from mlflow_gcp.gcp import artifactregistry, run
+from mlflow_gcp.gcp import artifactregistry, run, sqlbackup
 from mlflow_gcp.plan import desired
 from mlflow_gcp.plan.context import Step
 from mlflow_gcp.plan.diff import diff
@@ -118,6 +118,9 @@ def _service_image(raw: dict | None) -> str | None:
 
 
 class Migrate(Step):
+    """Run the migration job before a new image rolls out; first an on-demand backup when the
+    job may upgrade a schema that holds data (one-way: the old MLflow cannot open it after)."""
+
     key, kind = "migrate", "schema migration"
 
     def name(self, ctx):
@@ -127,9 +130,50 @@ class Migrate(Step):
         raw = run.get_service_raw(ctx.clients, ctx.cfg.region, ctx.cfg.service.name)
         if _service_image(raw) == ctx.image:
             return self.action(ctx, NONE)
-        return self.action(ctx, RUN, detail="run the job (mlflow db upgrade) before the new image rolls out")
+        old_image = _service_image(raw)
+        containers = ((raw or {}).get("template") or {}).get("containers") or [{}]
+        old = desired.mlflow_version_of(old_image, containers[0].get("env"))
+        new = ctx.cfg.service.mlflow_version
+        if not self._holds_data(ctx, raw) or old == new:
+            return self.action(ctx, RUN, detail="run the job (mlflow db upgrade) before the new image rolls out")
+        served = (f"MLflow {old}" if old else f"an MLflow of unknown version (image {old_image})" if old_image
+                  else "the MLflow that made the database")
+        db = ctx.cfg.database
+        note = (f"the job may upgrade the existing schema of {db.instance}/{db.database} from {served} to "
+                f"MLflow {new}: one-way, the old MLflow cannot open the database afterwards "
+                "(\"Can't locate revision\"); the job's log names both schema revisions. `up` takes an "
+                f"on-demand backup first; to roll back, `mlflow-gcp backup restore BACKUP_ID` (the id is "
+                "printed) and deploy the old image again"
+                + (f" ({old_image})" if old_image else "")
+                + ". Between the migration and the new revision being ready the old server may fail: "
+                "expect a few minutes of downtime.")
+        return self.action(ctx, RUN, data={"backup": True, "from": served},
+                           detail=f"back up {db.instance}, then run the job (mlflow db upgrade) before the "
+                                  "new image rolls out", notes=[note])
+
+    @staticmethod
+    def _holds_data(ctx, service_raw) -> bool:
+        """Whether the database may hold a schema with data that this job would upgrade: it
+        existed before this run and something served from it (a service, or an earlier
+        successful migration), unless this very image already migrated it (a rerun)."""
+        if not ctx.facts.get("database_existed"):
+            return False
+        migrated_with = run.last_succeeded_image(ctx.clients, ctx.cfg.region, ctx.cfg.migrate_job_name)
+        if migrated_with == ctx.image:
+            return False
+        return service_raw is not None or migrated_with is not None
 
     def apply(self, ctx, action):
+        if action.data.get("backup"):
+            instance = ctx.cfg.database.instance
+            ctx.say(f"  backing up {instance} first (the schema migration cannot be undone)")
+            # The same call `upgrade` uses: it raises unless the backup really succeeded.
+            backup = sqlbackup.create_backup(
+                ctx.clients, instance,
+                f"before migrating the MLflow schema from {action.data['from']} to MLflow "
+                f"{ctx.cfg.service.mlflow_version}", progress=ctx.progress)
+            ctx.facts["backup_id"] = backup["id"]
+            ctx.say(f"  backup {backup['id']} taken; to roll back: mlflow-gcp backup restore {backup['id']}")
         run.run_job(ctx.clients, ctx.cfg.region, ctx.cfg.migrate_job_name, progress=ctx.progress)
 
 

@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 from mlflow_gcp import budget
 from mlflow_gcp.server import permissions
 from mlflow_gcp.errors import ServerEnvError
+from mlflow_gcp.redaction import redact  # noqa: F401  (the server's modules import it from here)
 
 # name -> what it expects; the one table the error lines and the docs quote.
 VARIABLES = {
@@ -57,18 +58,10 @@ _INSTANCE_RE = re.compile(r"^[a-z][a-z0-9-:.]*:[a-z]+-[a-z]+[0-9]+:[a-z]([a-z0-9
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _HOST_PATTERN_RE = re.compile(r"^[A-Za-z0-9*.\[\]:_-]+$")
 _SCHEME_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
-_PASSWORD_IN_URI_RE = re.compile(r"(?P<pre>[a-z][a-z0-9+.-]*://[^:/?#@\s]*:)(?P<pw>[^@\s]*)@", re.IGNORECASE)
-_PASSWORD_IN_QUERY_RE = re.compile(r"(?P<pre>[?&]password=)(?P<pw>[^&\s]*)", re.IGNORECASE)
 
 # Host headers that must keep working whatever ALLOWED_HOSTS says: the local health checks and a
 # user on the same machine (MLflow drops its localhost defaults once --allowed-hosts is given).
 LOCAL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*")
-
-
-def redact(text: str) -> str:
-    """`text` with every password in a URI (user:pw@ or ?password=) replaced by ***."""
-    text = _PASSWORD_IN_URI_RE.sub(lambda m: m.group("pre") + "***@", text)
-    return _PASSWORD_IN_QUERY_RE.sub(lambda m: m.group("pre") + "***", text)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,12 @@ class RunJobs:
             problem = self.secret_problem(name.split("/")[1], execution["template"])
             if op.error is None and problem:
                 op.error = GcpError(400, f"Task {eid}-0 failed to start: {problem}", "FAILED_PRECONDITION")
+            if op.error is None:
+                exited = self._container_error(name.split("/")[1], jid, execution["template"])
+                if exited:
+                    self._task_log(name.split("/")[1], jid, eid, exited)
+                    op.error = GcpError(400, f"Task {eid}-task0 failed with message: The container "
+                                        "exited with an error.", "FAILED_PRECONDITION")
             execution["reconciling"] = False
             execution["runningCount"] = 0
             execution["completionTime"] = now()
@@ -160,6 +166,51 @@ class RunJobs:
             return self._execution(execution)
 
         return self._lro(name, self._execution(execution), "Execution", done)
+
+    @staticmethod
+    def _task_env(project: str, template: dict) -> dict[str, str]:
+        """The first container's environment, secrets resolved, as the task would see it."""
+        containers = template.get("containers") or [{}]
+        out = {}
+        for env in containers[0].get("env") or []:
+            ref = (env.get("valueSource") or {}).get("secretKeyRef")
+            out[env["name"]] = env.get("value", "") if ref is None else None
+        return {k: v for k, v in out.items() if v is not None}
+
+    def _container_error(self, project: str, jid: str, template: dict) -> str | None:
+        """What the task's container printed when it failed, or None when it exited 0.
+
+        The container itself is not run here. With `job_runner` set, the test runs it; otherwise
+        a migration (args `migrate`) fails as PostgreSQL makes it fail when the job's DB_USER does
+        not own the existing MLflow tables, and a successful one leaves them owned by DB_USER."""
+        env = self._task_env(project, template)
+        containers = template.get("containers") or [{}]
+        if self.job_runner is not None:
+            secrets = self.fake.modules["secretmanager"]
+            for e in containers[0].get("env") or []:
+                ref = (e.get("valueSource") or {}).get("secretKeyRef")
+                if ref:
+                    env[e["name"]] = secrets.payload_of(project, ref["secret"]).decode()
+            return self.job_runner(project, jid, env)
+        if "migrate" not in (containers[0].get("args") or []):
+            return None
+        connection = (env.get("INSTANCE_CONNECTION_NAME") or "").split(":")
+        if len(connection) != 3 or not env.get("DB_USER") or not env.get("DB_NAME"):
+            return None
+        sql = self.fake.modules["sqladmin"]
+        owner = sql.table_owner(connection[0], connection[2], env["DB_NAME"])
+        if owner is not None and owner != env["DB_USER"]:
+            return "sqlalchemy.exc.ProgrammingError: (psycopg2.errors.InsufficientPrivilege) " \
+                   "permission denied for table alembic_version"
+        sql.set_table_owner(connection[0], connection[2], env["DB_NAME"], env["DB_USER"])
+        return None
+
+    def _task_log(self, project: str, jid: str, eid: str, text: str) -> None:
+        self.fake.modules["logging"].add_entry(
+            project, text, severity="ERROR",
+            resource={"type": "cloud_run_job", "labels": {"job_name": jid, "project_id": project}},
+            logName=f"projects/{project}/logs/run.googleapis.com%2Fstderr",
+            labels={"run.googleapis.com/execution_name": eid})
 
     @staticmethod
     def _execution(execution: dict) -> dict:

@@ -127,6 +127,10 @@ class SqlAdmin(SqlData, ApiModule):
         self.reserve_deleted_names = True
         self._backup_ids = itertools.count(1700000000000)
         self.restores: list[tuple[str, str]] = []  # (instance, backup id) of every restore started
+        # "project/instance/db" -> the database user that owns MLflow's tables in it: PostgreSQL
+        # lets only the owner alter them (Cloud SQL users are not superusers). Set by a
+        # successful migration job, or by a test seeding a deployment (set_table_owner).
+        self.table_owners: dict[str, str] = {}
 
     def snapshot(self) -> dict:
         def masked(user):
@@ -343,7 +347,7 @@ class SqlAdmin(SqlData, ApiModule):
                                  ttl_days=str(days), expiry=req.get("finalBackupExpiryTime"))
             self.state.pop(key, None)
             self.deleted_names.add(key)
-            for table in (self.databases, self.users, self.backups):
+            for table in (self.databases, self.users, self.backups, self.table_owners):
                 for k in [k for k in table if k.startswith(key + "/")]:
                     del table[k]
 

@@ -75,6 +75,7 @@ class SqlData:
         key, _ = self._db(req)
         self._check_idle(f"{req.get('project')}/{req.get('instance')}")
         del self.databases[key]
+        self.table_owners.pop(key, None)
         return self._operation(req, req.get("instance"), "DELETE_DATABASE")
 
     @handles("sql.databases.patch", "sql.databases.update")
@@ -160,6 +161,17 @@ class SqlData:
         self._check_idle(f"{project}/{instance}")
         del self.users[key]
         return self._operation(req, instance, "DELETE_USER")
+
+    def set_table_owner(self, project: str, instance: str, database: str, user: str | None) -> None:
+        """For tests: the database holds MLflow tables owned by `user` (None: no tables)."""
+        key = f"{project}/{instance}/{database}"
+        if user is None:
+            self.table_owners.pop(key, None)
+        else:
+            self.table_owners[key] = user
+
+    def table_owner(self, project: str, instance: str, database: str) -> str | None:
+        return self.table_owners.get(f"{project}/{instance}/{database}")
 
     def password_of(self, project: str, instance: str, user: str, host: str = "") -> str | None:
         """For tests: the password the API was given (the API itself never returns it)."""
