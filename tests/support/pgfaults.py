@@ -22,9 +22,7 @@ from __future__ import annotations
 import threading
 import time
 
-import psycopg2
-
-from tests.conftest import PG_HOST, PG_PORT, PG_USER
+from tests.conftest import _pg_connect as connect
 
 ADVISORY_KEY = 4242
 WAIT_S = 60.0  # a generous bound for a writer to reach a lock on a busy machine
@@ -52,29 +50,23 @@ CREATE UNIQUE INDEX fault_unique ON latest_metrics (run_uuid, value) WHERE key L
 """
 
 
-def connect(dbname: str):
-    conn = psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname, connect_timeout=5)
-    conn.autocommit = True
-    return conn
+def _query(dbname: str, statement: str, params=None):
+    conn = connect(dbname)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchone() if cur.description else None
+    finally:
+        conn.close()
 
 
 def install(dbname: str) -> None:
-    conn = connect(dbname)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(_DDL)
-    finally:
-        conn.close()
+    _query(dbname, _DDL)
 
 
 def deadlocks(dbname: str) -> int:
-    conn = connect(dbname)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = %s", (dbname,))
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    """PostgreSQL's count of deadlocks detected in `dbname`."""
+    return _query(dbname, "SELECT deadlocks FROM pg_stat_database WHERE datname = %s", (dbname,))[0]
 
 
 def wait_for_lock_waiter(conn, dbname: str, event: str | None = None) -> int:

@@ -44,26 +44,31 @@ def _execute(session, statement: str, params=None):
     return session.connection().exec_driver_sql(statement, params)
 
 
-def _insert_rows(session, head: str, tail: str, rows: list[tuple]) -> None:
-    """`head VALUES (..),(..) tail` as one statement. The VALUES are rendered by psycopg2 on the
-    client, as its execute_values does (an executemany is a round trip per row; SQLAlchemy
-    compiling 6,000 bind parameters costs more than the database work), and the statement runs
-    through SQLAlchemy (`_execute`). An error names the statement, not its 1,000 rows."""
+def _insert_rows(session, *inserts: tuple[str, str, list[tuple]]) -> None:
+    """Each (head, tail, rows) as `head VALUES (..),(..) tail`, all sent in one round trip and
+    run in order. The VALUES are rendered by psycopg2 on the client, as its execute_values does
+    (an executemany is a round trip per row; SQLAlchemy compiling 6,000 bind parameters costs
+    more than the database work), and the statements run through SQLAlchemy (`_execute`). An
+    error names the statements, not their 1,000 rows."""
     from psycopg2.extensions import encodings
     from sqlalchemy.exc import DBAPIError
 
     connection = session.connection()
     raw = connection.connection.dbapi_connection
+    encoding = encodings[raw.encoding]
     cursor = raw.cursor()
     try:
-        template = "(" + ",".join(["%s"] * len(rows[0])) + ")"
-        values = b",".join([cursor.mogrify(template, row) for row in rows])
+        statements = []
+        for head, tail, rows in inserts:
+            template = "(" + ",".join(["%s"] * len(rows[0])) + ")"
+            values = b",".join([cursor.mogrify(template, row) for row in rows]).decode(encoding)
+            statements.append(f"{head} VALUES {values} {tail}")
     finally:
         cursor.close()
     try:
-        connection.exec_driver_sql(f"{head} VALUES {values.decode(encodings[raw.encoding])} {tail}")
+        connection.exec_driver_sql(";\n".join(statements))
     except DBAPIError as err:
-        err.statement = f"{head} VALUES <{len(rows)} rows> {tail}"
+        err.statement = ";\n".join(f"{head} VALUES <{len(rows)} rows> {tail}" for head, tail, rows in inserts)
         raise
 
 
@@ -239,9 +244,9 @@ def _make_class():
                     latest[row[0]] = row
             # One order for every writer (metrics by their primary key, latest rows by key): two
             # batches over the same keys then wait for each other instead of deadlocking.
-            # 1,000 metrics, MLflow's batch limit, make one statement each.
-            _insert_rows(session, *insert_metrics, sorted(rows, key=_metric_pk))
-            _insert_rows(session, *upsert_latest, [latest[k] for k in sorted(latest)])
+            # 1,000 metrics, MLflow's batch limit, make one statement each; both go in one round trip.
+            _insert_rows(session, (*insert_metrics, sorted(rows, key=_metric_pk)),
+                         (*upsert_latest, [latest[k] for k in sorted(latest)]))
 
         # search_runs: MLflow builds the query (filters, ordering, paging, inputs) and loads the
         # runs; their metrics, params and tags, which MLflow hydrates as ~25 ORM objects per
