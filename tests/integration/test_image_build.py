@@ -53,6 +53,7 @@ def image(podman, context):
     built = oci.build(podman, context, tag, {"MLFLOW_VERSION": ASKED})
     assert built.returncode == 0, oci._out(built)[-3000:]
     print(f"\nbuilt {tag} in {time.monotonic() - started:.0f} s, {oci.image_size(podman, tag) / 1e9:.2f} GB")
+    oci.remove_other_tags(podman, tag)  # ~1.2 GB each: keep only this source's image (and its cache)
     return tag
 
 

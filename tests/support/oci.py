@@ -131,3 +131,13 @@ def unpack_context(data: bytes, into: Path) -> Path:
 
 def image_size(podman: Podman, tag: str) -> int:
     return int(_out(podman("image", "inspect", "--format", "{{.Size}}", tag)))
+
+
+def remove_other_tags(podman: Podman, keep: str) -> list[str]:
+    """Remove the other tags of `keep`'s repository (images of older sources); the removed ones."""
+    repo = keep.rsplit(":", 1)[0]
+    listed = _out(podman("images", "--format", "{{.Repository}}:{{.Tag}}", repo)).split()
+    others = sorted({name for name in listed if name.startswith(repo + ":") and name != keep})
+    if others:
+        podman("rmi", *others)
+    return others
