@@ -53,7 +53,7 @@ def test_doctor_on_a_healthy_deployment_with_a_missing_invoker(wired, fake_gcp, 
     code, out, _ = run_cli(capsys, "doctor", "--url", wired.front.url)
     assert code == 0, out
     assert f"PASS  caller may invoke: {INVOKER} holds roles/run.invoker" in out
-    assert "14 checks: 0 failed, 0 warning(s)." in out
+    assert "16 checks: 0 failed, 0 warning(s)." in out
 
 
 def test_doctor_names_the_fix_for_what_is_wrong(deployed, fake_gcp, capsys):

@@ -126,3 +126,30 @@ def test_import_keeps_the_seed_password_without_printing_it(seeded, workdir, cap
     assert "sql.users.update" not in [r.method_id for r in seeded.mutating_requests()]
     code, out, _ = run_cli(capsys, "up", "--yes", "--import-db-password")
     assert "No changes." in out
+
+
+def test_doctor_flags_the_leftovers_that_up_leaves_alone(seeded, workdir, capsys):
+    _config(workdir)
+    code, _, err = run_cli(capsys, "up", "--yes")
+    assert code == 0, err
+    # up removed none of it: the key, the old client account, the compute account's roles.
+    keys = [k for k in seeded.api("iam").keys if f"/serviceAccounts/{SEED.client_account}/" in k]
+    assert len(keys) == 1
+    policy = seeded.api("cloudresourcemanager").policy(SEED.project)
+    held = {(b["role"], m) for b in policy["bindings"] for m in b["members"]}
+    compute = f"serviceAccount:{SEED.compute_account}"
+    assert {("roles/storage.objectAdmin", compute), ("roles/cloudsql.client", compute)} <= held
+
+    code, out, _ = run_cli(capsys, "doctor")
+    assert code != 0
+    key_id = keys[0].rsplit("/", 1)[-1]
+    assert f"FAIL  no old key files: {SEED.client_account} has a user-managed key {key_id[:12]}" in out
+    assert (f"fix: gcloud iam service-accounts keys delete {key_id} --iam-account={SEED.client_account} "
+            f"--project={SEED.project}") in out
+    assert f"fix: gcloud iam service-accounts delete {SEED.client_account} --project={SEED.project}" in out
+    assert f"WARN  default compute account roles: {SEED.compute_account} holds roles/storage.objectAdmin" in out
+    for role in ("roles/storage.objectAdmin", "roles/cloudsql.client"):
+        assert (f"fix: gcloud projects remove-iam-policy-binding {SEED.project} --member={compute} "
+                f"--role={role}") in out
+    assert (f"fix: gcloud projects remove-iam-policy-binding {SEED.project} "
+            f"--member=serviceAccount:{SEED.client_account} --role=roles/storage.objectAdmin") in out

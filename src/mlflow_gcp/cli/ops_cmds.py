@@ -140,7 +140,8 @@ def doctor_cmd(cfg_source, as_json: bool, url: str | None) -> None:
         for c in checks:
             click.echo(f"{c.status}  {c.name}: {c.detail}")
             if c.fix and c.status != doctor.PASS:
-                click.echo(f"      fix: {c.fix}")
+                for command in c.fix.splitlines():  # one runnable command per line
+                    click.echo(f"      fix: {command}")
         fails = sum(c.status == doctor.FAIL for c in checks)
         warns = sum(c.status == doctor.WARN for c in checks)
         click.echo(f"\n{len(checks)} checks: {fails} failed, {warns} warning(s).")

@@ -36,6 +36,26 @@ def delete_service_account(clients, email: str) -> bool:
         return False
 
 
+def list_service_accounts(clients) -> list[dict]:
+    api = clients.api("iam").projects().serviceAccounts()
+    out, token = [], None
+    while True:
+        resp = clients.execute(api.list(name=f"projects/{clients.project}", pageSize=100, pageToken=token),
+                               "listing service accounts")
+        out += resp.get("accounts") or []
+        token = resp.get("nextPageToken")
+        if not token:
+            return out
+
+
+def user_managed_keys(clients, email: str) -> list[dict]:
+    """The account's user-managed keys (key files someone downloaded; Google's own are left out)."""
+    api = clients.api("iam").projects().serviceAccounts().keys()
+    resp = clients.execute(api.list(name=_name(clients, email), keyTypes="USER_MANAGED"),
+                           f"listing the keys of {email}")
+    return resp.get("keys") or []
+
+
 def get_iam_policy(clients, email: str) -> dict:
     api = clients.api("iam").projects().serviceAccounts()
     return clients.execute(

@@ -17,7 +17,7 @@ from mlflow_gcp.config import PUBLIC_MEMBERS
 from mlflow_gcp.errors import GcpError, MlflowGcpError, PermissionDenied
 from mlflow_gcp.gcp import (artifactregistry, iam, iampolicy, resourcemanager, run, secretmanager, serviceusage,
                             sql, storage)
-from mlflow_gcp.ops import live, status
+from mlflow_gcp.ops import leftovers, live, status
 from mlflow_gcp.plan import desired
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -361,11 +361,39 @@ def _lifecycle(f: _Facts) -> Check:
     return Check("lifecycle safety", PASS, "no rule deletes artifacts")
 
 
+KEYS, COMPUTE = "no old key files", "default compute account roles"
+
+
+def _old_keys(f: _Facts) -> Check:
+    cfg = f.ctx.cfg
+    found = leftovers.key_findings(f.ctx.clients, cfg.project,
+                                   {cfg.server_service_account_email, cfg.builder_service_account_email})
+    if not found:
+        return Check(KEYS, PASS, "no user-managed service-account keys")
+    return Check(KEYS, FAIL, "; ".join(what for what, _ in found) + " (remove once no client uses it)",
+                 "\n".join(command for _, command in found))
+
+
+def _compute_roles(f: _Facts) -> Check:
+    """The old server ran as the default compute account with broad roles; ours does not."""
+    cfg = f.ctx.cfg
+    members = [f"serviceAccount:{leftovers.compute_account(f.ctx.project_number)}",
+               f"serviceAccount:{leftovers.OLD_CLIENT_ACCOUNT}@{cfg.project}.iam.gserviceaccount.com"]
+    found = leftovers.binding_findings(f.project_policy, cfg.project, members)
+    if f.bucket is not None:
+        found += leftovers.binding_findings(f.bucket_policy, cfg.project, members, where=f"gs://{cfg.bucket_name}")
+    if not found:
+        return Check(COMPUTE, PASS, "neither the default compute account nor the old client account holds broad roles")
+    return Check(COMPUTE, WARN, "; ".join(what for what, _ in found)
+                 + f" (MLflow runs as {cfg.server_service_account_email}; remove if nothing else uses them)",
+                 "\n".join(command for _, command in found))
+
+
 CHECKS = (_credentials, _apis, _service_ready, _health, _invoker, _public, _database, _storage_and_roles,
-          _builder, _allowed_hosts, _schema, _version_skew, _budget, _lifecycle)
+          _builder, _allowed_hosts, _schema, _version_skew, _budget, _lifecycle, _old_keys, _compute_roles)
 NAMES = ("credentials and project", "APIs enabled", "service ready", "health (ID token)", "caller may invoke",
          "no public access", "Cloud SQL running", "bucket and server permissions", BUILDER, "allowed hosts",
-         "schema at head", "client/server MLflow versions", "connection budget", "lifecycle safety")
+         "schema at head", "client/server MLflow versions", "connection budget", "lifecycle safety", KEYS, COMPUTE)
 
 
 def run_checks(ctx, url: str | None = None) -> list[Check]:
