@@ -72,6 +72,17 @@ def test_unknown_query_parameter_and_missing_required_one(fake_gcp):
     assert r.status_code == 400 and "project" in r.json()["error"]["message"]
 
 
+def test_query_booleans_are_read_as_google_reads_them(fake_gcp):
+    # `gcloud storage` sends Python's str(bool); Google accepts it, and other spellings not.
+    requests.post(f"{fake_gcp.url}/storage/storage/v1/b?project={P}", json={"name": f"{P}-bools"})
+    for value in ("True", "False", "true"):
+        r = requests.get(f"{fake_gcp.url}/storage/storage/v1/b/{P}-bools/o?versions={value}")
+        assert r.status_code == 200, r.text
+    assert [r.query["versions"] for r in fake_gcp.requests[-3:]] == ["True", "False", "true"]
+    r = requests.get(f"{fake_gcp.url}/storage/storage/v1/b/{P}-bools/o?versions=yes")
+    assert r.status_code == 400
+
+
 def test_unknown_path_wrong_method_and_unimplemented(fake_gcp):
     assert requests.get(f"{fake_gcp.url}/sqladmin/v9/nothing").status_code == 404
     assert requests.get(f"{fake_gcp.url}/nosuchapi/v1/x").status_code == 404

@@ -138,6 +138,10 @@ def check_query(route: Route, query: dict[str, list[str]], path_params: dict) ->
                 "parameter. Field '{name}' could not be found in request message.".replace("{name}", name),
                 field=name,
             )
+        if spec.get("type") == "boolean":
+            # Google's front end parses booleans in query strings case-insensitively: `gcloud
+            # storage` sends "True"/"False" (Python's str(bool)). Handlers see "true"/"false".
+            values = [v.lower() if v.lower() in ("true", "false") else v for v in values]
         for v in values:
             _check_scalar(v, spec, name, from_query=True)
         out[name] = values if spec.get("repeated") else values[-1]
