@@ -51,7 +51,7 @@ def image(podman, context):
     tag = f"localhost/mlflow-gcp:{ASKED}-{image_source.digest()}"
     started = time.monotonic()
     built = oci.build(podman, context, tag, {"MLFLOW_VERSION": ASKED})
-    assert built.returncode == 0, oci._out(built)[-3000:]
+    assert built.returncode == 0, oci.output(built)[-3000:]
     print(f"\nbuilt {tag} in {time.monotonic() - started:.0f} s, {oci.image_size(podman, tag) / 1e9:.2f} GB")
     oci.remove_other_tags(podman, tag)  # ~1.2 GB each: keep only this source's image (and its cache)
     return tag
@@ -66,7 +66,7 @@ class Container:
             args += ["-e", f"{name}={value}"]
         self.started = time.monotonic()
         ran = podman(*args, image)
-        assert ran.returncode == 0, oci._out(ran)
+        assert ran.returncode == 0, oci.output(ran)
         self.id = ran.stdout.decode().strip()
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -78,36 +78,36 @@ class Container:
                     return time.monotonic() - self.started
             except requests.RequestException:
                 pass
-            if oci._out(self.podman("inspect", "--format", "{{.State.Running}}", self.id)) != "true":
+            if oci.output(self.podman("inspect", "--format", "{{.State.Running}}", self.id)) != "true":
                 pytest.fail(f"the container exited: {self.logs()[-3000:]}")
             time.sleep(0.2)
         pytest.fail(f"no /health 200 within {START_TIMEOUT} s: {self.logs()[-3000:]}")
 
     def logs(self) -> str:
-        return oci._out(self.podman("logs", self.id))
+        return oci.output(self.podman("logs", self.id))
 
     def stop(self) -> int:
         """SIGTERM, as Cloud Run stops an instance; the container's exit code."""
         self.podman("kill", "--signal", "TERM", self.id)
         code = self.podman("wait", self.id, timeout=60)
-        return int(oci._out(code).splitlines()[-1])
+        return int(oci.output(code).splitlines()[-1])
 
     def remove(self) -> None:
         self.podman("rm", "-f", self.id)
 
 
 def test_the_image_runs_what_it_was_asked_for(podman, image):
-    user = oci._out(podman("image", "inspect", "--format", "{{.Config.User}}", image))
+    user = oci.output(podman("image", "inspect", "--format", "{{.Config.User}}", image))
     assert user == "10001:10001"
     ran = podman("run", "--rm", "--network=host", *podman.run_args, "--entrypoint", "python", image,
                  "-c", "import mlflow, mlflow_gcp.server.app; print(mlflow.__version__)")
-    assert ran.returncode == 0 and oci._out(ran).splitlines()[-1] == ASKED, oci._out(ran)
+    assert ran.returncode == 0 and oci.output(ran).splitlines()[-1] == ASKED, oci.output(ran)
 
 
 def test_a_version_pip_cannot_find_fails_the_build(podman, context):
     built = oci.build(podman, context, "localhost/mlflow-gcp:unbuildable", {"MLFLOW_VERSION": "3.17.99"})
     assert built.returncode != 0
-    assert "The user requested (constraint) mlflow==3.17.99" in oci._out(built)  # pip's own words
+    assert "The user requested (constraint) mlflow==3.17.99" in oci.output(built)  # pip's own words
 
 
 def test_the_container_serves_mlflow_against_postgres(podman, image, new_database, tmp_path):

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import resource
 import shutil
@@ -43,7 +44,7 @@ class Podman:
         return subprocess.run([self.exe, *self.global_args, *args], capture_output=True, timeout=timeout, input=input)
 
 
-def _out(proc: subprocess.CompletedProcess) -> str:
+def output(proc: subprocess.CompletedProcess) -> str:
     return (proc.stdout + proc.stderr).decode(errors="replace").strip()
 
 
@@ -63,7 +64,7 @@ def ensure_base(podman: Podman) -> str:
         return "pulled"
     debootstrap = shutil.which("debootstrap")
     if not debootstrap or os.geteuid() != 0:
-        raise Unavailable(f"cannot pull {BASE} ({_out(pulled).splitlines()[-1:]}) and cannot make a stand-in "
+        raise Unavailable(f"cannot pull {BASE} ({output(pulled).splitlines()[-1:]}) and cannot make a stand-in "
                           "(needs root and debootstrap)")
     with tempfile.TemporaryDirectory(prefix="mlflow-gcp-base-") as tmp:
         root = Path(tmp) / "rootfs"
@@ -71,7 +72,7 @@ def ensure_base(podman: Podman) -> str:
             [debootstrap, "--variant=minbase", "--include=python3,python3-pip,python-is-python3,ca-certificates",
              "bookworm", str(root), DEBIAN_MIRROR], capture_output=True, timeout=3600)
         if made.returncode != 0:
-            raise Unavailable(f"debootstrap failed: {_out(made)[-500:]}")
+            raise Unavailable(f"debootstrap failed: {output(made)[-500:]}")
         # python:3.11-slim has no PEP 668 marker (pip installs system-wide there) and no apt lists.
         (root / "usr/lib/python3.11/EXTERNALLY-MANAGED").unlink(missing_ok=True)
         for cache in ("var/lib/apt/lists", "var/cache/apt/archives"):
@@ -85,7 +86,7 @@ def ensure_base(podman: Podman) -> str:
             "--change", f'LABEL org.opencontainers.image.description="{STAND_IN}"', str(archive), BASE,
             timeout=600)
         if imported.returncode != 0:
-            raise Unavailable(f"podman import of the stand-in base failed: {_out(imported)}")
+            raise Unavailable(f"podman import of the stand-in base failed: {output(imported)}")
     return "stand-in made"
 
 
@@ -106,7 +107,7 @@ def pick_runtime(podman: Podman) -> list[str]:
         if probe.returncode == 0:
             podman.global_args, podman.run_args = global_args, run_args
             return global_args + run_args
-        errors.append(f"podman {' '.join(global_args + ['run'] + run_args)}: {_out(probe).splitlines()[-1:]}")
+        errors.append(f"podman {' '.join(global_args + ['run'] + run_args)}: {output(probe).splitlines()[-1:]}")
     raise Unavailable("no container can run here: " + "; ".join(errors))
 
 
@@ -121,8 +122,6 @@ def build(podman: Podman, context: Path, tag: str, build_args: dict[str, str], *
 
 def unpack_context(data: bytes, into: Path) -> Path:
     """The uploaded build context, as Cloud Build unpacks it."""
-    import io
-
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         tar.extractall(into, filter="data")
@@ -130,13 +129,13 @@ def unpack_context(data: bytes, into: Path) -> Path:
 
 
 def image_size(podman: Podman, tag: str) -> int:
-    return int(_out(podman("image", "inspect", "--format", "{{.Size}}", tag)))
+    return int(output(podman("image", "inspect", "--format", "{{.Size}}", tag)))
 
 
 def remove_other_tags(podman: Podman, keep: str) -> list[str]:
     """Remove the other tags of `keep`'s repository (images of older sources); the removed ones."""
     repo = keep.rsplit(":", 1)[0]
-    listed = _out(podman("images", "--format", "{{.Repository}}:{{.Tag}}", repo)).split()
+    listed = output(podman("images", "--format", "{{.Repository}}:{{.Tag}}", repo)).split()
     others = sorted({name for name in listed if name.startswith(repo + ":") and name != keep})
     if others:
         podman("rmi", *others)
