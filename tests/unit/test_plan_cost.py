@@ -31,3 +31,11 @@ def test_other_regions_say_they_are_priced_as_the_table_region():
     assert "europe-west9 priced as us-central1" in est.assumptions[0]
     data = est.as_dict()
     assert data["prices_as_of"] == cost.PRICES_AS_OF and data["currency"] == "USD"
+
+
+def test_registry_storage_counts_every_image_the_cleanup_policy_keeps():
+    two = {x.component: x for x in cost.estimate(cfg(service={"images_kept": 2})).lines}["Artifact Registry"]
+    ten = {x.component: x for x in cost.estimate(cfg(service={"images_kept": 10})).lines}["Artifact Registry"]
+    assert two.monthly_usd == max(0.0, 2 * cost.IMAGE_GB - cost.REGISTRY_FREE_GB) * cost.REGISTRY_GB_MONTH
+    assert ten.monthly_usd == (10 * cost.IMAGE_GB - cost.REGISTRY_FREE_GB) * cost.REGISTRY_GB_MONTH
+    assert "up to 10 kept images" in ten.basis
