@@ -94,15 +94,3 @@ def test_routes_come_from_mlflows_url_map(monkeypatch):
     }
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
     assert fastpath._routes() is None
-
-
-def test_the_fast_handler_sits_behind_mlflows_own_security_middleware(monkeypatch):
-    from mlflow.server.fastapi_security import CORSBlockingMiddleware, HostValidationMiddleware
-
-    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "mlflow.example")
-    guarded = fastpath._security_guard()(lambda *a: None)
-    layers = []
-    while hasattr(guarded, "app"):
-        layers.append(type(guarded))
-        guarded = guarded.app
-    assert HostValidationMiddleware in layers and CORSBlockingMiddleware in layers

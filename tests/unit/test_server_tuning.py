@@ -18,7 +18,8 @@ import pytest
 from mlflow_gcp.server import launch
 from mlflow_gcp.server.env import settings_from_env
 
-OURS = ("MLFLOW_GCP_DB_CONCURRENCY", "MLFLOW_GCP_BULK_STORE")  # read by our own code only
+# Read by our own code only, or (the gateway switch) set by us where `mlflow server` has no option.
+OURS = ("MLFLOW_GCP_DB_CONCURRENCY", "MLFLOW_GCP_BULK_STORE", launch.GATEWAY_ENV)
 
 RECORD = r"""
 import json, os, sys

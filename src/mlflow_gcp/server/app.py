@@ -138,7 +138,7 @@ def create_app():
 
     compact_json()
 
-    from mlflow_gcp.server import artifacts_stream, fastpath
+    from mlflow_gcp.server import artifacts_stream, fastpath, guard
 
     permit = None
     if with_permissions:
@@ -152,7 +152,9 @@ def create_app():
         permissions.configure(os.environ.get("_MLFLOW_SERVER_FILE_STORE", ""))
         app = permissions.build_app()
         permit = permissions.FastPathCheck()
-    else:
+    # MLflow's security middleware moves out of its app to the guard around everything below.
+    guard.take_from(app)
+    if not with_permissions:
         # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
         # (Not with permissions: it answers before MLflow's permission checks.)
         app = artifacts_stream.wrap(app)
@@ -164,4 +166,5 @@ def create_app():
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
     if limit > 0:
         app = DatabaseConcurrencyLimit(app, limit)
-    return HeadersWithBody(app)
+    # Host check, CORS and the gateway switch before any of it (server/guard.py).
+    return HeadersWithBody(guard.wrap(app))

@@ -41,7 +41,13 @@ VARIABLES = {
     "DB_MIGRATE": "'auto' (create an empty database's schema), 'upgrade' (also upgrade an older one) or 'never'",
     "DB_WAIT_SECONDS": "a number of seconds >= 0",
     "LOG_FORMAT": "'json' or 'text'",
+    "GATEWAY": "'on' or 'off' (MLflow's AI gateway; off unless the deployment opts in)",
+    "MLFLOW_CRYPTO_KEK_PASSPHRASE": "the passphrase that encrypts the AI gateway's secrets "
+    "(Cloud Run injects it from Secret Manager); required when GATEWAY is on",
 }
+# MLflow's variable (mlflow/utils/crypto.py); without it MLflow encrypts with a passphrase every
+# installation shares, written in its source.
+PASSPHRASE_ENV = "MLFLOW_CRYPTO_KEK_PASSPHRASE"
 
 DEFAULT_PORT = 8080
 DEFAULT_WORKERS = 1
@@ -79,6 +85,7 @@ class Settings:
     migrate: str = "auto"
     db_wait_seconds: float = DEFAULT_DB_WAIT_SECONDS
     log_format: str = "json"
+    gateway: bool = False  # the passphrase stays in the environment, never in Settings
 
     @property
     def db_kind(self) -> str:
@@ -212,6 +219,13 @@ def _allowed_hosts(env: Mapping[str, str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(hosts))
 
 
+def _gateway(env: Mapping[str, str]) -> bool:
+    on = _choice(env, "GATEWAY", "off", ("on", "off")) == "on"
+    if on and _get(env, PASSPHRASE_ENV) is None:
+        raise _fail(PASSPHRASE_ENV, "not set while GATEWAY is on (MLflow would use its public default)")
+    return on
+
+
 def _pool(env: Mapping[str, str], workers: int, db_kind: str, serving: bool = True) -> budget.Pool | None:
     connections = _int(env, "DB_CONNECTIONS", None, 1)
     size = _int(env, "DB_POOL_SIZE", None, 1)
@@ -265,6 +279,7 @@ def settings_from_env(env: Mapping[str, str], *, serving: bool = True) -> Settin
         migrate=_choice(env, "DB_MIGRATE", "auto", ("auto", "upgrade", "never")),
         db_wait_seconds=_float(env, "DB_WAIT_SECONDS", DEFAULT_DB_WAIT_SECONDS),
         log_format=_choice(env, "LOG_FORMAT", "json", ("json", "text")),
+        gateway=_gateway(env),
     )
     pool = _pool(env, workers, settings.db_kind, serving)
     return Settings(**{**settings.__dict__, "pool": pool})

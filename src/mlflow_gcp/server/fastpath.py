@@ -17,8 +17,8 @@ Everything else goes to MLflow's app unchanged, body replayed: any other shape o
 for numbers, NaN, extra fields, ids that disagree), an Origin header (CORS), a wrong content type,
 and a store failure other than MLflow's error (MLflow then runs the same call and answers; the
 store call is transactional and idempotent for metrics, so running it again changes nothing).
-MLflow's own ASGI security middleware (Host and CORS checks, security headers), configured by
-MLflow's `init_fastapi_security`, wraps the fast handler, so the checks are the same code. The
+The guard around the whole app (server/guard.py: MLflow's own Host and CORS checks and security
+headers) sees these requests before this does, as it sees every other. The
 paths come from MLflow's Flask URL map, so a static prefix or renamed route is followed; with
 workspaces or artifacts-only mode on, or if any of these MLflow pieces changes shape, nothing is
 intercepted. tests/integration/test_differential.py compares answers with stock MLflow.
@@ -118,40 +118,26 @@ def plain_request(kind: str, headers, body: bytes) -> tuple[object, tuple] | Non
     return None if parsed is None else (doc, parsed)
 
 
-class _Recorder:
-    """Stands in for the app `init_fastapi_security` configures, to learn its middleware."""
-
-    def __init__(self):
-        self.middleware: list[tuple[type, dict]] = []
-
-    def add_middleware(self, cls, **kwargs) -> None:
-        self.middleware.append((cls, kwargs))
-
-
 class FastWrites:
     """ASGI: POST log-batch / log-metric of the plain shape answered directly, else `app`."""
 
-    def __init__(self, app, paths: dict[str, str], guard, permit=None):
+    def __init__(self, app, paths: dict[str, str], permit=None):
         self.app = app
         self.paths = paths  # URL path -> "log_batch" | "log_metric"
         # With permissions on: permit(caller email, run id) -> may this caller update the run.
         # A refusal is MLflow's to answer (with its own 403), like any other fallback.
         self.permit = permit
-        self.guarded = guard(self._handle)  # MLflow's security middleware around the handler
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            scope = dict(scope)
-            scope["mlflow_gcp.fallback"] = (receive, send)
-            await self.guarded(scope, receive, send)
+            await self._handle(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
     async def _handle(self, scope, receive, send):
-        original_receive, original_send = scope["mlflow_gcp.fallback"]
         chunks, size, more = [], 0, True
         while more and size <= MAX_BODY:
-            message = await original_receive()
+            message = await receive()
             if message["type"] != "http.request":
                 return  # the client went away
             chunks.append(message.get("body", b""))
@@ -160,7 +146,7 @@ class FastWrites:
         body = b"".join(chunks)
         if not more and await self._answer(scope, body, send):
             return
-        await self.app(scope, _replay(body, more, original_receive), original_send)
+        await self.app(scope, _replay(body, more, receive), send)
 
     async def _answer(self, scope, body: bytes, send) -> bool:
         """True when answered here; False leaves the request to MLflow."""
@@ -257,29 +243,13 @@ def _routes() -> dict[str, str] | None:
     return paths if set(paths.values()) == {"log_batch", "log_metric"} else None
 
 
-def _security_guard():
-    """A function wrapping an ASGI app in the middleware MLflow's init_fastapi_security adds."""
-    from mlflow.server.fastapi_security import init_fastapi_security
-
-    recorder = _Recorder()
-    init_fastapi_security(recorder)
-
-    def guard(app):
-        for cls, kwargs in recorder.middleware:  # first added innermost, as Starlette builds it
-            app = cls(app, **kwargs)
-        return app
-
-    return guard
-
-
 def wrap(app, permit=None):
     """`app` with the fast writes in front, or `app` itself where they cannot be exact."""
     try:
         paths = _routes()
-        guard = _security_guard() if paths else None
     except Exception as err:  # an MLflow that changed shape: keep its own path for everything
         print(f"INFO fast log-batch/log-metric path off: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return app
     if not paths:
         return app
-    return FastWrites(app, paths, guard, permit)
+    return FastWrites(app, paths, permit)

@@ -99,6 +99,7 @@ def cors_origins(settings: Settings) -> list[str]:
 PROXIED_ARTIFACT_ROOT = "mlflow-artifacts:/"
 HTTP_PROTOCOL = "mlflow_gcp.server.uvicorn_http:NoDelayHTTPProtocol"
 APP_FACTORY = "mlflow_gcp.server.app:create_app"
+GATEWAY_ENV = "MLFLOW_ENABLE_AI_GATEWAY"  # MLflow's switch, also read by server/guard.py
 
 
 def uvicorn_log_config() -> str:
@@ -195,6 +196,8 @@ def build_command(settings: Settings, python: str = sys.executable) -> tuple[lis
     env = {**FIXED_ENV, **mlflow_server_env(settings)}
     if settings.db_kind == "postgresql":
         env[BULK_STORE_ENV] = "1"  # our bulk metric store (server/store.py)
+    # MLflow turns its AI gateway on unless told otherwise; ours is off unless GATEWAY says on.
+    env[GATEWAY_ENV] = "true" if settings.gateway else "false"
     if settings.pool is not None:
         # MLflow's app, with no more DB requests at once than the pool can serve (server/app.py).
         env[CONCURRENCY_ENV] = str(db_concurrency(settings.pool))
