@@ -102,6 +102,12 @@ class ServiceConfig(_Section):
     # need 18 MB/s sustained (docs/artifacts.md); a long limit costs nothing for short requests.
     timeout_seconds: int = Field(3600, ge=1, le=3600, description="Per-request timeout on Cloud Run (large proxied downloads are one request).")
     port: int = Field(8080, ge=1, le=65535, description="Container port the server listens on.")
+    gateway: bool = Field(
+        False,
+        description="Turn on MLflow's AI gateway (/gateway/...: calls LLM providers with keys stored in "
+        "the database). Off, its routes answer 404; on, `up` keeps the passphrase that encrypts those "
+        "keys in Secret Manager (docs/security.md).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -507,6 +513,10 @@ class Config(_Section):
     @property
     def secret_id(self) -> str:
         return f"{self.service.name}-db-password"
+
+    @property
+    def gateway_secret_id(self) -> str:
+        return f"{self.service.name}-gateway-passphrase"
 
     @property
     def migrate_job_name(self) -> str:

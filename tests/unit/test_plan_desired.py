@@ -183,8 +183,22 @@ def test_permissions_need_verified_identities_and_admins_are_identities():
         cfg(access={"admins": ["group:ml@example.com"]})
 
 
+def test_the_gateway_is_off_unless_asked_and_then_gets_its_passphrase_by_reference():
+    off = {e["name"]: e for e in desired.service(cfg(), "img", [])["template"]["containers"][0]["env"]}
+    assert "GATEWAY" not in off and "MLFLOW_CRYPTO_KEK_PASSPHRASE" not in off
+    assert desired.gateway_secret_bindings(cfg()) == []
+    c = cfg(service={"gateway": True})
+    on = {e["name"]: e for e in desired.service(c, "img", [])["template"]["containers"][0]["env"]}
+    assert on["GATEWAY"]["value"] == "on"
+    assert on["MLFLOW_CRYPTO_KEK_PASSPHRASE"] == {"name": "MLFLOW_CRYPTO_KEK_PASSPHRASE", "valueSource": {
+        "secretKeyRef": {"secret": "mlflow-tracking-gateway-passphrase", "version": "latest"}}}
+    assert desired.gateway_secret_bindings(c) == desired.secret_bindings(c)
+    assert check("run.v2", "GoogleCloudRunV2Service", desired.service(c, c.image_uri, ["h"])) == []
+
+
 @pytest.mark.parametrize("settings", [{}, {"service": {"max_instances": 2, "workers": 3}, "artifacts": {"mode": "direct"}},
-                                      {"access": {"permissions": True}, "service": {"max_instances": 2}}])
+                                      {"access": {"permissions": True}, "service": {"max_instances": 2}},
+                                      {"service": {"gateway": True}}])
 def test_the_server_accepts_the_environment_we_deploy(settings):
     from mlflow_gcp.server import permissions
     from mlflow_gcp.server.env import settings_from_env
@@ -197,6 +211,7 @@ def test_the_server_accepts_the_environment_we_deploy(settings):
     assert "/cloudsql/" + c.instance_connection_name in served.db_uri
     auth_pool = permissions.AUTH_POOL_CONNECTIONS if c.access.permissions else 0
     assert (served.pool.per_engine + auth_pool) * c.service.workers <= c.connections_per_instance()
+    assert served.gateway is c.service.gateway
     job = desired.job(c, "img")["template"]["template"]["containers"][0]
     migrating = settings_from_env(_container_env(job, "pw"), serving=False)
     assert migrating.db_uri == served.db_uri

@@ -53,8 +53,9 @@ def destroy(ctx: Context, *, backup: bool = True, keep_bucket: bool = False) -> 
     )
     done(bool(removed), f"project role bindings of {cfg.server_service_account_email} "
                         f"and {cfg.builder_service_account_email}")
-    if secretmanager.get_secret(clients, cfg.secret_id) is not None:
-        done(secretmanager.delete_secret(clients, cfg.secret_id), f"secret {cfg.secret_id}")
+    for secret_id in (cfg.secret_id, cfg.gateway_secret_id):  # the gateway's, if it was ever on
+        if secretmanager.get_secret(clients, secret_id) is not None:
+            done(secretmanager.delete_secret(clients, secret_id), f"secret {secret_id}")
 
     instance = sql.get_instance(clients, cfg.database.instance)
     if instance is not None:

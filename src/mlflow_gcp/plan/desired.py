@@ -247,9 +247,18 @@ def allowed_hosts(cfg: Config, project_number: str | None, urls: list[str] | tup
     return sorted(h for h in hosts if h)
 
 
-def _secret_ref(cfg: Config) -> dict:
+def _secret_ref(secret_id: str) -> dict:
     # The bare name is Cloud Run's form for a secret in the service's own project.
-    return {"secretKeyRef": {"secret": cfg.secret_id, "version": "latest"}}
+    return {"secretKeyRef": {"secret": secret_id, "version": "latest"}}
+
+
+def _gateway_env(cfg: Config) -> list[dict]:
+    """MLflow's AI gateway, off unless asked (server/guard.py); on, with the deployment's own
+    passphrase for the provider keys it stores, never MLflow's public default."""
+    if not cfg.service.gateway:
+        return []
+    return [{"name": "GATEWAY", "value": "on"},
+            {"name": "MLFLOW_CRYPTO_KEK_PASSPHRASE", "valueSource": _secret_ref(cfg.gateway_secret_id)}]
 
 
 def _db_env(cfg: Config) -> list[dict]:
@@ -257,7 +266,7 @@ def _db_env(cfg: Config) -> list[dict]:
         {"name": "DB_USER", "value": cfg.database.user},
         {"name": "DB_NAME", "value": cfg.database.database},
         {"name": "INSTANCE_CONNECTION_NAME", "value": cfg.instance_connection_name},
-        {"name": "DB_PASSWORD", "valueSource": _secret_ref(cfg)},
+        {"name": "DB_PASSWORD", "valueSource": _secret_ref(cfg.secret_id)},
         {"name": "ARTIFACT_ROOT", "value": cfg.artifact_root},
         {"name": "ARTIFACT_MODE", "value": cfg.artifacts.mode},
         # The account that signs multipart upload URLs through signBlob (server/artifacts_gcs.py).
@@ -306,6 +315,7 @@ def service(cfg: Config, image: str, hosts: list[str]) -> dict:
         {"name": "DB_CONNECTIONS", "value": str(cfg.connections_per_instance())},
         # The job migrates; instances racing to migrate the schema is what this prevents.
         {"name": "DB_MIGRATE", "value": "never"},
+        *_gateway_env(cfg),
     ]
     template: dict = {
         "serviceAccount": cfg.server_service_account_email,
@@ -446,6 +456,10 @@ def repository_iam(cfg: Config) -> list[tuple[str, str]]:
 
 def secret_bindings(cfg: Config) -> list[tuple[str, str]]:
     return [("roles/secretmanager.secretAccessor", sa_member(cfg))]
+
+
+def gateway_secret_bindings(cfg: Config) -> list[tuple[str, str]]:
+    return secret_bindings(cfg) if cfg.service.gateway else []
 
 
 def sa_self_bindings(cfg: Config) -> list[tuple[str, str]]:

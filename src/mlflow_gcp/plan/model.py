@@ -9,7 +9,7 @@ from mlflow_gcp.plan.diff import Change
 
 CREATE, UPDATE, NONE, RUN, DELETE = "create", "update", "no change", "run", "delete"
 # IAM steps describe their changes in their detail already.
-_DETAIL_ONLY = {"bucket_iam", "secret_iam", "project_iam", "sa_iam", "invokers"}
+_DETAIL_ONLY = {"bucket_iam", "secret_iam", "gateway_secret_iam", "project_iam", "sa_iam", "invokers"}
 
 
 @dataclass

@@ -19,7 +19,9 @@ from mlflow_gcp.plan.diff import Change, diff
 from mlflow_gcp.plan.invokers import Invokers
 from mlflow_gcp.plan.steps_budget import ServiceBudgetFirst
 from mlflow_gcp.plan.model import CREATE, DELETE, NONE, UPDATE
-from mlflow_gcp.plan.steps_db import Secret, SecretVersion, SqlDatabase, SqlInstance, SqlUser
+from mlflow_gcp.plan.steps_db import (
+    GatewayPassphrase, GatewaySecret, Secret, SecretVersion, SqlDatabase, SqlInstance, SqlUser,
+)
 from mlflow_gcp.plan.steps_run import Image, MigrationJob, Migrate, Repository, Service
 
 __all__ = ["Context", "Step", "steps"]
@@ -161,6 +163,8 @@ def steps() -> list[Step]:
         BuilderAccount(),
         Secret(),
         SecretVersion(),
+        GatewaySecret(),  # only with service.gateway
+        GatewayPassphrase(),
         ServiceBudgetFirst(),  # only when the tier shrinks below what the running service may open
         SqlInstance(),
         SqlDatabase(),
@@ -177,6 +181,12 @@ def steps() -> list[Step]:
             lambda ctx: secretmanager.get_iam_policy(ctx.clients, ctx.cfg.secret_id),
             lambda ctx, p: secretmanager.set_iam_policy(ctx.clients, ctx.cfg.secret_id, p),
             desired.secret_bindings,
+        ),
+        IamBindings(
+            "gateway_secret_iam", lambda c: f"secret {c.gateway_secret_id}",
+            lambda ctx: secretmanager.get_iam_policy(ctx.clients, ctx.cfg.gateway_secret_id),
+            lambda ctx, p: secretmanager.set_iam_policy(ctx.clients, ctx.cfg.gateway_secret_id, p),
+            desired.gateway_secret_bindings,
         ),
         IamBindings(
             "project_iam", lambda c: f"project {c.project}",

@@ -50,25 +50,69 @@ _RESTARTING = {"settings.tier", "settings.edition", "settings.ipConfiguration.pr
 
 
 class Secret(Step):
+    """The database password's secret (its labels kept in step); `GatewaySecret` reuses it."""
+
     key, kind = "secret", "secret"
+    fact = "secret"
+
+    def secret_id(self, cfg) -> str | None:
+        return cfg.secret_id
 
     def name(self, ctx):
-        return ctx.cfg.secret_id
+        return self.secret_id(ctx.cfg)
 
     def inspect(self, ctx):
-        current = secretmanager.get_secret(ctx.clients, ctx.cfg.secret_id)
-        ctx.facts["secret"] = current
+        secret_id = self.secret_id(ctx.cfg)
+        if secret_id is None:
+            return self.action(ctx, NONE, detail="not needed")
+        current = secretmanager.get_secret(ctx.clients, secret_id)
+        ctx.facts[self.fact] = current
         if current is None:
             return self.action(ctx, CREATE)
         changes = diff({"labels": ctx.cfg.all_labels}, current)
         return self.action(ctx, UPDATE if changes else NONE, changes=changes, current=current)
 
     def apply(self, ctx, action):
+        secret_id = self.secret_id(ctx.cfg)
         if action.verb == CREATE:
-            secretmanager.create_secret(ctx.clients, ctx.cfg.secret_id, ctx.cfg.all_labels)
+            secretmanager.create_secret(ctx.clients, secret_id, ctx.cfg.all_labels)
         else:
             labels = {**(action.current.get("labels") or {}), **ctx.cfg.all_labels}
-            secretmanager.patch_labels(ctx.clients, ctx.cfg.secret_id, labels)
+            secretmanager.patch_labels(ctx.clients, secret_id, labels)
+
+
+class GatewaySecret(Secret):
+    """The AI gateway's passphrase secret (MLFLOW_CRYPTO_KEK_PASSPHRASE), only with service.gateway."""
+
+    key, kind = "gateway_secret", "secret"
+    fact = "gateway_secret"
+
+    def secret_id(self, cfg) -> str | None:
+        return cfg.gateway_secret_id if cfg.service.gateway else None
+
+
+class GatewayPassphrase(Step):
+    """The gateway's passphrase, generated once like the password and kept only in Secret
+    Manager; the service reads it as a secret reference (plan/desired.py)."""
+
+    key, kind = "gateway_passphrase", "gateway passphrase"
+
+    def name(self, ctx):
+        return f"{ctx.cfg.gateway_secret_id} (Secret Manager only)"
+
+    def inspect(self, ctx):
+        if not ctx.cfg.service.gateway:
+            return self.action(ctx, NONE, detail="not needed")
+        try:
+            has = secretmanager.has_enabled_version(ctx.clients, ctx.cfg.gateway_secret_id)
+        except NotFound:
+            has = False
+        if has:
+            return self.action(ctx, NONE)
+        return self.action(ctx, CREATE, detail="generate a passphrase and store it as a secret version")
+
+    def apply(self, ctx, action):
+        secretmanager.add_version(ctx.clients, ctx.cfg.gateway_secret_id, _secrets.token_urlsafe(32))
 
 
 class SecretVersion(Step):
