@@ -21,12 +21,12 @@ pytestmark = pytest.mark.slow
 MiB = 1024 * 1024
 
 
-def start_local(*args: str, cwd: Path) -> tuple[subprocess.Popen, list[str]]:
+def start_local(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, list[str]]:
     """Run the CLI until it prints the client line; returns the process and its stdout so far."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow_gcp", "local", *args],
         cwd=cwd,
-        env=clean_env(),
+        env=clean_env(**(env or {})),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

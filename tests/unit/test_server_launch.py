@@ -184,9 +184,28 @@ def test_local_env_defaults(tmp_path):
         "WORKERS": "1",
         "DB_MIGRATE": "auto",
         "LOG_FORMAT": "text",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost,[::1],127.0.0.1:5000,localhost:5000,[::1]:5000",
+        "GATEWAY": "off",
     }
     # What local mode builds is what the entrypoint accepts.
     assert settings_from_env(env).db_kind == "sqlite"
+
+
+def test_local_mode_accepts_loopback_hosts_only_unless_widened(tmp_path):
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    def hosts(**opts) -> list[str]:
+        _argv, env = launch.build_command(settings_from_env(local_env(LocalOptions(data_dir=tmp_path, port=5123, **opts))))
+        return env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+
+    default = hosts()
+    for host in ("127.0.0.1:5123", "localhost:5123", "[::1]:5123", "localhost"):
+        assert is_allowed_host_header(default, host), host
+    # MLflow's own defaults (no list) let these in: they are DNS names a rebinding page controls.
+    for host in ("10.attacker.example:5123", "192.168.attacker.example", "fd00.attacker.example", "mlflow.lan:5123"):
+        assert not is_allowed_host_header(default, host), host
+    widened = hosts(allowed_hosts=("mlflow.lan:5123",))
+    assert is_allowed_host_header(widened, "mlflow.lan:5123") and is_allowed_host_header(widened, "127.0.0.1:5123")
 
 
 def test_local_env_postgres_and_emulator(tmp_path):
@@ -262,3 +281,12 @@ def test_headers_leave_only_with_the_first_body_message():
     with pytest.raises(RuntimeError):
         asyncio.run(HeadersWithBody(failing)({"type": "http", "path": "/x"}, None, record))
     assert sent == []  # no headers out: uvicorn can still answer 500, which clients retry
+
+
+def test_local_gateway_passphrase_is_made_once_and_private(tmp_path):
+    from mlflow_gcp.server.local import gateway_passphrase
+
+    path = tmp_path / "gateway-passphrase"
+    first = gateway_passphrase(path)
+    assert len(first) >= 43 and (path.stat().st_mode & 0o777) == 0o600
+    assert gateway_passphrase(path) == first  # kept: keys encrypted with it stay readable

@@ -70,6 +70,14 @@ _SCHEME_RE = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
 LOCAL_HOSTS = ("localhost", "localhost:*", "127.0.0.1", "127.0.0.1:*", "[::1]", "[[]::1]:*")
 
 
+def loopback_hosts(port: int) -> tuple[str, ...]:
+    """The Host headers of this machine's loopback names at `port`: all local mode accepts unless
+    told more. MLflow's defaults also accept `10.*` or `192.168.*`, which match DNS names
+    (`10.attacker.example`) a rebinding page can point at 127.0.0.1."""
+    names = ("127.0.0.1", "localhost", "[::1]")
+    return (*names, *(f"{name}:{port}" for name in names))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the entrypoint needs, validated; `db_uri` holds the password, never log it."""

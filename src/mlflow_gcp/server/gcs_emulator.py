@@ -11,6 +11,9 @@ emulator, same routes, metadata, status codes and error messages, with those pat
   1 MiB blocks while md5 and crc32c are computed incrementally;
 - a resumable chunk is appended to its file; delete moves the file to the soft-delete area.
 
+In both modes the emulator answers only this machine's programs (`guard`): a loopback Host, and
+no request a browser marks as sent by a web page (docs/security.md, "Local mode").
+
 A faster emulator, not a fake: everything else is gcp-storage-emulator's own. With `--in-memory`
 every object lives in RAM anyway, so it runs the stock paths unchanged.
 
@@ -332,6 +335,7 @@ _FUNCTIONS = {
         "base_url", "bucket_name", "object_name", "content_type", "content_length", "metadata"),
     "objects._handle_conflict": ("response", "err"),
     "server.Response.close": ("self",),
+    "server.Router.handle": ("self", "method"),  # the guard wraps it
     "server.Response.write_file": ("self", "content", "content_type"),
     "storage.Storage.get_resumable_byte_count": ("self", "file_id"),
     "storage.Storage.add_to_resumable_upload": ("self", "file_id", "content", "total_size", "expected_start"),
@@ -451,6 +455,53 @@ def patch() -> None:
             handlers[method] = replaced.get(handler, handler)
 
 
+# ---------------------------------------------------------------- guard
+
+_BROWSER_REFUSED = "Cross-site request blocked: this GCS emulator answers programs, not web pages"
+
+
+def refusal(headers, allowed_hosts: tuple[str, ...]) -> str | None:
+    """Why a request is refused, or None. Only this machine's programs are served: a Host that is
+    a loopback name (a DNS-rebinding page sends its own name), and nothing a browser marks as sent
+    by a page (`Origin`, or `Sec-Fetch-Site` other than a typed-in address): a page could
+    otherwise overwrite artifacts with a no-cors upload. google-cloud-storage and MLflow's client
+    send neither header."""
+    host = headers.get("Host")
+    if host not in allowed_hosts:
+        return f"Invalid Host header {host!r}: this GCS emulator answers only {', '.join(allowed_hosts)}"
+    if headers.get("Origin") is not None or headers.get("Sec-Fetch-Site", "none") != "none":
+        return _BROWSER_REFUSED
+    return None
+
+
+def guard(port: int) -> None:
+    """Refuse, before any route runs, what `refusal` refuses (idempotent)."""
+    from gcp_storage_emulator import server
+
+    from mlflow_gcp.server.env import loopback_hosts
+
+    if "handle" in _STOCK:
+        return
+    _STOCK["handle"] = stock = server.Router.handle
+    allowed = loopback_hosts(port)
+
+    def handle(self, method):
+        handler = self._request_handler
+        problem = refusal(handler.headers, allowed)
+        if problem is None:
+            return stock(self, method)
+        body = problem.encode()
+        handler.close_connection = True  # the request's body, if any, stays unread
+        handler.send_response(HTTPStatus.FORBIDDEN.value, HTTPStatus.FORBIDDEN.phrase)
+        handler.send_header("Content-Type", "text/plain")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    server.Router.handle = handle
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mlflow_gcp.server.gcs_emulator", description=__doc__.split("\n\n")[0]
@@ -470,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         except UnsupportedEmulator as err:
             print(f"Error: {err}", file=sys.stderr)
             return 2
+    guard(args.port)
     from gcp_storage_emulator.server import create_server
 
     # Absolute: the stock Storage refuses a relative data dir.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_gcp.errors import MlflowGcpError
-from mlflow_gcp.server.env import normalize_db_uri
+from mlflow_gcp.server.env import PASSPHRASE_ENV, loopback_hosts, normalize_db_uri
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
@@ -54,6 +54,9 @@ class LocalOptions:
     admins: tuple[str, ...] = ()
     # Upgrade an existing older schema (one-way); without it such a database is refused.
     upgrade_db: bool = False
+    # Host headers accepted besides the loopback names (--allowed-hosts / ALLOWED_HOSTS).
+    allowed_hosts: tuple[str, ...] = ()
+    gateway: bool = False  # MLflow's AI gateway (--gateway)
 
     @property
     def url(self) -> str:
@@ -78,6 +81,9 @@ def local_env(opts: LocalOptions, emulator_host: str | None = None) -> dict[str,
         "WORKERS": str(opts.workers),
         "DB_MIGRATE": "upgrade" if opts.upgrade_db else "auto",
         "LOG_FORMAT": "text",
+        # Loopback names only unless widened: MLflow's default list matches rebinding DNS names.
+        "ALLOWED_HOSTS": ",".join(dict.fromkeys([*opts.allowed_hosts, *loopback_hosts(opts.port)])),
+        "GATEWAY": "on" if opts.gateway else "off",
     }
     if emulator_host:
         env["STORAGE_EMULATOR_HOST"] = emulator_host
@@ -218,6 +224,24 @@ def create_bucket(emulator_host: str, name: str) -> None:
             raise LocalError(f"could not create bucket {name} in the emulator: HTTP {err.code}") from err
 
 
+GATEWAY_PASSPHRASE_FILE = "gateway-passphrase"
+
+
+def gateway_passphrase(path: Path) -> str:
+    """The passphrase encrypting the gateway's stored keys in local mode: made once, readable by
+    this user only, and passed by environment (never argv, never printed). The same file must
+    come back next time: keys encrypted with another passphrase cannot be read."""
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
 class LocalStack:
     """What `mlflow-gcp local` runs; `start()` then `wait()`, and `stop()` in a finally."""
 
@@ -244,8 +268,10 @@ class LocalStack:
             if bucket:
                 create_bucket(emulator_host, bucket)
         self.env = {**self.base_env, **local_env(opts, emulator_host)}
-        if not opts.backend_store_uri:
+        if not opts.backend_store_uri or opts.gateway:
             opts.data_dir.expanduser().mkdir(parents=True, exist_ok=True)
+        if opts.gateway and not self.env.get(PASSPHRASE_ENV):
+            self.env[PASSPHRASE_ENV] = gateway_passphrase(opts.data_dir.expanduser() / GATEWAY_PASSPHRASE_FILE)
         self.server = start_group([sys.executable, "-m", "mlflow_gcp.server"], self.env, **self.popen)
         wait_http(f"{opts.url}/health", self.server, timeout, "the MLflow server")
         return opts.url
