@@ -67,4 +67,4 @@ def test_missing_or_gapped_parts_are_a_clear_error_and_abort_clears_them(repo):
 def test_part_counts_outside_mlflows_range_are_refused(repo):
     r, _ = repo
     with pytest.raises(MlflowException, match="num_parts"):
-        r.create_multipart_upload("f", artifacts_gcs.MAX_PARTS + 1)
+        r.create_multipart_upload("f", artifacts_gcs.MAX_PARTS_PER_REQUEST + 1)

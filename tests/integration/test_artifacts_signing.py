@@ -116,3 +116,5 @@ def test_the_bucket_lifecycle_clears_the_prefix_parts_are_written_under():
     from mlflow_gcp.plan import desired
 
     assert desired.UPLOAD_PARTS_PREFIX == artifacts_gcs.UPLOADS_PREFIX
+    # The build staging prefix is the bucket's too: the artifact API refuses both.
+    assert desired.BUILD_PREFIX in artifacts_gcs.RESERVED_PREFIXES

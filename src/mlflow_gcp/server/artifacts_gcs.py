@@ -16,6 +16,15 @@ three things of MLflow's GCSArtifactRepository, and nothing a direct-mode client
   roles/iam.serviceAccountTokenCreator on itself. MLFLOW_GCP_SIGNER_EMAIL names the account
   (default: the metadata server's); MLFLOW_GCP_IAM_ENDPOINT points signBlob elsewhere (tests).
 
+Uploads are bound to their destination: `create` writes a small marker object beside the parts
+(`<upload id>/upload.json`: the destination and the number of parts); `complete` and `abort`
+refuse an upload id whose marker names another destination, and `complete` wants exactly the
+parts the upload was created with. One request may ask for at most MAX_PARTS_PER_REQUEST part URLs
+(each is a signBlob call on Cloud Run). The uploads prefix and the build staging prefix are the
+bucket's, not artifacts: with the artifact root at the bucket's root they would otherwise be
+listable, readable and writable through the artifact API, so every path this repository resolves
+into them is refused, and listings leave them out (docs/security.md, "Artifact uploads").
+
 Downloads keep MLflow's path (GCS -> temporary file in chunks -> streamed response); see
 docs/artifacts.md.
 """
@@ -24,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
 import os
 import posixpath
 import re
@@ -39,14 +49,23 @@ with warnings.catch_warnings():
     from mlflow.entities.multipart_upload import CreateMultipartUploadResponse, MultipartUploadCredential
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, TEMPORARILY_UNAVAILABLE
+    from mlflow.store.artifact.artifact_repo import _is_object_key_within_path
     from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
 
 # Bucket-level, outside any artifact root, so a lifecycle rule can clear abandoned uploads.
 UPLOADS_PREFIX = "mlflow-gcp-uploads/"
 # GCS: at most 32 source objects per compose request.
 COMPOSE_MAX_SOURCES = 32
-# MLflow numbers parts 1..10000 (S3's limit); at its 10 MiB default part size that is ~100 GB.
-MAX_PARTS = 10_000
+# Object prefixes of the bucket that are not artifacts (plan/desired.py BUILD_PREFIX stages
+# Cloud Build sources there; a unit test keeps the two equal).
+BUILD_PREFIX = "mlflow-gcp-build/"
+RESERVED_PREFIXES = (UPLOADS_PREFIX, BUILD_PREFIX)
+MARKER = "upload.json"
+# Part URLs one create request may ask for: each is a signBlob call on Cloud Run (MLflow's own
+# limit, S3's 10,000, was that many calls per request). MLflow's client asks for all parts at
+# once, ceil(size / MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE): at its 10 MiB default this serves files
+# up to 20 GiB; a larger part size serves more (64 MiB parts: 128 GiB).
+MAX_PARTS_PER_REQUEST = 2048
 # A 5 GiB artifact at 10 MB/s takes ~9 minutes; leave slow links plenty.
 URL_LIFETIME = datetime.timedelta(hours=6)
 SIGNING_THREADS = 8
@@ -60,6 +79,21 @@ _SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 
 def _bad_request(message: str) -> MlflowException:
     return MlflowException.invalid_parameter_value(message)
+
+
+def is_reserved(name: str) -> bool:
+    """Whether bucket object `name` (or the folder it names) belongs to mlflow-gcp, not to artifacts."""
+    return any(name.startswith(prefix) or name == prefix.rstrip("/") for prefix in RESERVED_PREFIXES)
+
+
+def _refuse_reserved(name: str) -> str:
+    if is_reserved(name):
+        raise MlflowException(
+            f"{name!r} is not an artifact path: the bucket keeps mlflow-gcp's own objects under "
+            f"{' and '.join(RESERVED_PREFIXES)}",
+            error_code=PERMISSION_DENIED,
+        )
+    return name
 
 
 def part_name(upload_id: str, part_number: int) -> str:
@@ -190,16 +224,62 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
             dest_path = posixpath.join(dest_path, artifact_path)
         return bucket, posixpath.join(dest_path, os.path.basename(local_file))
 
+    # ------------------------------------------------------------------ reserved prefixes
+
+    def _object(self, path: str | None) -> str:
+        _bucket, root = self.parse_gcs_uri(self.artifact_uri)
+        return posixpath.join(root, path) if path else root
+
+    def log_artifact(self, local_file, artifact_path=None):
+        _refuse_reserved(self._destination(local_file, artifact_path)[1])
+        super().log_artifact(local_file, artifact_path)
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        base = self._object(artifact_path)
+        for root, _dirs, files in os.walk(local_dir):
+            rel = os.path.relpath(root, local_dir)
+            for name in files:
+                _refuse_reserved(posixpath.normpath(posixpath.join(base, rel.replace(os.sep, "/"), name)))
+        super().log_artifacts(local_dir, artifact_path)
+
+    def list_artifacts(self, path=None):
+        _refuse_reserved(self._object(path))
+        return [info for info in super().list_artifacts(path) if not is_reserved(self._object(info.path))]
+
+    def _download_file(self, remote_file_path, local_path):
+        _refuse_reserved(self._object(remote_file_path))
+        super()._download_file(remote_file_path, local_path)
+
+    def delete_artifacts(self, artifact_path=None):
+        bucket_name, _root = self.parse_gcs_uri(self.artifact_uri)
+        dest = _refuse_reserved(self._object(artifact_path))
+        # MLflow's loop, leaving out what is not an artifact (deleting the root would take them).
+        for blob in self._get_bucket(bucket_name).list_blobs(prefix=dest):
+            if _is_object_key_within_path(blob.name, dest) and not is_reserved(blob.name):
+                blob.delete()
+
     # ------------------------------------------------------------------ multipart
 
     def create_multipart_upload(self, local_file, num_parts=1, artifact_path=None):
         num_parts = int(num_parts or 1)
-        if not 1 <= num_parts <= MAX_PARTS:
-            raise _bad_request(f"num_parts must be between 1 and {MAX_PARTS}, got {num_parts}")
-        bucket_name, _dest = self._destination(local_file, artifact_path)
+        if num_parts > MAX_PARTS_PER_REQUEST:
+            raise _bad_request(
+                f"num_parts {num_parts} is above {MAX_PARTS_PER_REQUEST}, the most one upload may ask for: "
+                f"raise MLFLOW_MULTIPART_UPLOAD_CHUNK_SIZE on the client so the file fits in "
+                f"{MAX_PARTS_PER_REQUEST} parts (e.g. 67108864, 64 MiB parts, for files up to 128 GiB)"
+            )
+        if num_parts < 1:
+            raise _bad_request(f"num_parts must be at least 1, got {num_parts}")
+        bucket_name, dest = self._destination(local_file, artifact_path)
+        _refuse_reserved(dest)
         bucket = self._get_bucket(bucket_name)
         upload_id = uuid.uuid4().hex
         credentials = self._signing_credentials()
+        # Recorded before any URL exists: complete and abort hold the upload to this destination.
+        bucket.blob(f"{UPLOADS_PREFIX}{upload_id}/{MARKER}").upload_from_string(
+            json.dumps({"destination": f"gs://{bucket_name}/{dest}", "parts": num_parts}),
+            content_type="application/json", if_generation_match=0, timeout=self._GCS_DEFAULT_TIMEOUT,
+        )
 
         def sign(number: int) -> MultipartUploadCredential:
             url = bucket.blob(part_name(upload_id, number)).generate_signed_url(
@@ -222,6 +302,11 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
             raise _bad_request("parts must be numbered 1..N without gaps")
         bucket_name, dest = self._destination(local_file, artifact_path)
         bucket = self._get_bucket(bucket_name)
+        created = self._bound_upload(bucket, upload_id, dest)
+        if len(numbers) != created["parts"]:
+            raise _bad_request(
+                f"upload {upload_id} was created with {created['parts']} parts; complete lists {len(numbers)}"
+            )
         sources = [bucket.blob(part_name(upload_id, n)) for n in numbers]
         # Hard-delete the sources as they are used: deleted normally they would sit (and be
         # billed) in the bucket's soft-delete window. Emulators ignore it: _delete_upload sweeps.
@@ -244,8 +329,29 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
 
     def abort_multipart_upload(self, local_file, upload_id, artifact_path=None):
         check_upload_id(upload_id)
-        bucket_name, _dest = self._destination(local_file, artifact_path)
-        self._delete_upload(self._get_bucket(bucket_name), upload_id)
+        bucket_name, dest = self._destination(local_file, artifact_path)
+        bucket = self._get_bucket(bucket_name)
+        self._bound_upload(bucket, upload_id, dest)
+        self._delete_upload(bucket, upload_id)
+
+    def _bound_upload(self, bucket, upload_id: str, dest: str) -> dict:
+        """The upload's marker, if the upload was created for `dest` in this bucket; else refused.
+
+        Why: upload ids travel in clients' requests and logs; without the binding, anyone who
+        learnt one could compose a victim's parts into a path of their own, or abort them."""
+        from google.api_core import exceptions as gexc
+
+        try:
+            raw = bucket.blob(f"{UPLOADS_PREFIX}{upload_id}/{MARKER}").download_as_bytes(
+                timeout=self._GCS_DEFAULT_TIMEOUT)
+            created = json.loads(raw)
+        except gexc.NotFound:
+            raise _bad_request(f"upload {upload_id} is not one this server has open (expired, completed, "
+                               "aborted or never created)") from None
+        if created.get("destination") != f"gs://{bucket.name}/{dest}":
+            raise MlflowException(f"upload {upload_id} was created for another artifact path",
+                                  error_code=PERMISSION_DENIED)
+        return created
 
     def _delete_upload(self, bucket, upload_id: str) -> None:
         from google.api_core import exceptions as gexc

@@ -54,8 +54,12 @@ class StreamedArtifactDownloads:
             artifact_path = validate_path_is_safe(artifact_path)
         except Exception:
             return None  # MLflow refuses it with its own message
+        from mlflow_gcp.server.artifacts_gcs import is_reserved
+
         repo = _get_artifact_repo_mlflow_artifacts()  # MLflow's client, credentials and timeouts
         name = f"{prefix}/{artifact_path}" if prefix else artifact_path
+        if is_reserved(name):
+            return None  # not an artifact: the repository refuses it with its own message
         blob = repo._get_bucket(bucket_name).blob(name, chunk_size=CHUNK_SIZE)
         try:
             blob.reload()
