@@ -6,6 +6,7 @@ a database password never shows in any process's argv."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -49,6 +50,27 @@ def test_the_server_answers_loopback_names_only(local):
         assert (status, b"Invalid Host header" in body) == (403, True), host
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
         assert raw_request(url, "GET", search, {"Host": host})[0] == 200, host
+
+
+def test_pages_on_other_localhost_ports_get_nothing(local):
+    # MLflow trusts every localhost origin: a page served on any other port (a notebook, a dev
+    # server) could read the experiments through its CORS answers, and write.
+    _proc, _lines, url, port, _emulator, _tmp = local
+    search = "/ajax-api/2.0/mlflow/experiments/search?max_results=1"
+    create = "/ajax-api/2.0/mlflow/experiments/create"
+    page = {"Origin": "http://localhost:8888", "Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "cors"}
+    status, body = raw_request(url, "GET", search, page)
+    assert status == 403 and b"experiments" not in body
+    name = f"page-{uuid.uuid4().hex[:8]}"
+    assert raw_request(url, "POST", create, page, json.dumps({"name": name}).encode())[0] == 403
+    assert raw_request(url, "DELETE", "/ajax-api/2.0/mlflow/experiments/delete", page, b"{}")[0] == 403
+    # The UI's own pages, at any of its loopback names, work.
+    for own in (f"http://127.0.0.1:{port}", f"http://localhost:{port}"):
+        headers = {"Origin": own, "Sec-Fetch-Site": "same-origin"}
+        assert raw_request(url, "GET", search, headers)[0] == 200, own
+        assert raw_request(url, "POST", create, headers, json.dumps({"name": f"ui-{uuid.uuid4().hex[:8]}"}).encode())[0] == 200
+    status, body = raw_request(url, "GET", f"/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name={name}")
+    assert status == 404  # the page's experiment was never created
 
 
 def _upload(emulator: str, name: str, headers: dict) -> tuple[int, bytes]:

@@ -84,6 +84,24 @@ def test_configured_origins_may_write(monkeypatch):
     assert call(app, "POST", "/gateway/chat/mlflow/invocations", {**headers, "Origin": "https://x.example"})[0] == 403
 
 
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+def test_with_a_list_of_origins_other_localhost_pages_are_refused(monkeypatch, method):
+    # What local mode configures: its loopback names with its port.
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "127.0.0.1:5000,localhost:5000")
+    monkeypatch.setenv("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS", "http://127.0.0.1:5000,http://localhost:5000")
+    app = guard.wrap(_inner)
+    path = "/ajax-api/2.0/mlflow/experiments/search"
+    page = {"Host": "127.0.0.1:5000", "Origin": "http://localhost:8888", "Sec-Fetch-Site": "same-site"}
+    status, body = call(app, method, path, page)
+    assert status == 403 and body != REACHED
+    own = {**page, "Origin": "http://localhost:5000", "Sec-Fetch-Site": "same-origin"}
+    assert call(app, method, path, own) == (200, REACHED)
+    # Without a list (ALLOWED_HOSTS unset or *), MLflow's localhost trust stands.
+    monkeypatch.delenv("MLFLOW_SERVER_CORS_ALLOWED_ORIGINS")
+    monkeypatch.setenv("MLFLOW_SERVER_ALLOWED_HOSTS", "*")
+    assert call(guard.wrap(_inner), method, path, page) == (200, REACHED)
+
+
 @pytest.mark.parametrize("path", ["/gateway/chat/mlflow/invocations", "/gateway/mlflow/v1/chat/completions",
                                   "/api/3.0/mlflow/gateway/secrets/create", "/ajax-api/3.0/mlflow/gateway/secrets/config",
                                   "/ajax-api/2.0/mlflow/gateway-proxy"])

@@ -10,6 +10,12 @@ MLflow's FastAPI app to the outside of the whole ASGI app we serve, plus two rul
   "simple" text/plain request that needs no preflight. Here MLflow's own rule
   (`should_block_cors_request`: localhost and configured origins pass) applies to every path, and
   a request a browser marks `Sec-Fetch-Site: cross-site` without an Origin is refused too.
+- **Only the server's own origins, once it has a list.** MLflow trusts every localhost origin
+  (reads through its CORS answers, and writes), so any page served on another localhost port
+  could use `mlflow-gcp local`. When the origins are configured (server/launch.py derives them
+  from ALLOWED_HOSTS; local mode's are its loopback names with its port), a request whose Origin
+  is not one of them is refused whatever its method (MLflow's CORS middleware, outside, may
+  still bless a preflight: the request that follows is refused, and its answer carries nothing).
 - **The AI gateway answers 404 unless the deployment turned it on** (MLFLOW_ENABLE_AI_GATEWAY,
   set by server/launch.py from GATEWAY): its invocation routes, its management API and the
   deployments proxy. MLflow's own switch answers 501 with a hint about a variable our users do
@@ -59,18 +65,27 @@ class _Recorder:
 
 
 class CrossSiteWrites:
-    """ASGI: state-changing requests a browser sends from another site are refused, on any path."""
+    """ASGI: state-changing requests a browser sends from another site are refused, on any path,
+    and with a list of origins, any request from an origin not on it."""
 
     def __init__(self, app, allowed_origins: list[str]):
         self.app = app
         self.allowed_origins = allowed_origins
+        self.strict = bool(allowed_origins) and "*" not in allowed_origins
+
+    def _listed(self, origin: str) -> bool:
+        import fnmatch
+
+        return any(fnmatch.fnmatch(origin, o) if "*" in o else origin == o for o in self.allowed_origins)
 
     def blocked(self, scope) -> bool:
         from mlflow.server.security_utils import should_block_cors_request
 
+        origin = _header(scope, b"origin")
+        if origin is not None and self.strict and not self._listed(origin):
+            return True
         if scope.get("method") not in _STATE_CHANGING:
             return False
-        origin = _header(scope, b"origin")
         if origin is not None:
             return should_block_cors_request(origin, scope["method"], self.allowed_origins)
         # No Origin (an old browser, or one that dropped it): its fetch metadata still says.
@@ -128,8 +143,9 @@ def take_from(mlflow_app) -> int:
 
 
 def wrap(app):
-    """`app` behind the guard: MLflow's Host check outermost, then CORS answers, security headers,
-    the cross-site rule and the gateway switch."""
+    """`app` behind the guard: MLflow's Host check outermost, then its CORS answers and security
+    headers (so an API write from a foreign origin gets exactly MLflow's refusal), then the
+    cross-site rule and the gateway switch."""
     from mlflow.server.fastapi_security import get_allowed_origins
 
     app = CrossSiteWrites(GatewaySwitch(app), get_allowed_origins())
