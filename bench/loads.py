@@ -1,5 +1,7 @@
-"""The load: MLflow REST calls from keep-alive clients (one requests.Session per client, as
-MLflow's own client does), each client in its own thread, bounded by a count and a deadline."""
+"""Raw REST calls from keep-alive clients (one requests.Session per client), each client in its
+own thread, bounded by a count and a deadline: the benchmark's setup (experiments, runs, the
+search data) and the artifact put+get load. The write and search figures go through MLflow's own
+client instead (bench/clients.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ class Result:
     @property
     def p50_ms(self) -> float:
         return statistics.median(self.latencies) * 1000 if self.latencies else float("nan")
+
+    @property
+    def p90_ms(self) -> float:
+        if len(self.latencies) < 2:
+            return float("nan")
+        return statistics.quantiles(self.latencies, n=10)[-1] * 1000
 
 
 class Client:
@@ -103,42 +111,6 @@ class Op:
         return self.fn(state, i)
 
 
-def batch_body(run_id: str, i: int, size: int) -> dict:
-    now = int(time.time() * 1000)
-    return {
-        "run_id": run_id,
-        "metrics": [
-            {"key": f"m{k % 10}", "value": k * 0.5 + i, "timestamp": now, "step": i * size + k}
-            for k in range(size)
-        ],
-    }
-
-
-def log_batch(base: str, experiment_id: str, clients: int, per_client: int, deadline: float, size=100) -> Result:
-    def setup(client, _index):
-        return client, client.run(experiment_id)
-
-    def op(state, i):
-        client, run_id = state
-        client.post("/runs/log-batch", batch_body(run_id, i, size))
-
-    return parallel(clients, per_client, deadline, setup, Op(base, op))
-
-
-def log_metric(base: str, experiment_id: str, count: int, deadline: float) -> Result:
-    def setup(client, _index):
-        return client, client.run(experiment_id)
-
-    def op(state, i):
-        client, run_id = state
-        client.post("/runs/log-metric", {
-            "run_id": run_id, "key": "loss", "value": 1.0 / (i + 1),
-            "timestamp": int(time.time() * 1000), "step": i,
-        })
-
-    return parallel(1, count, deadline, setup, Op(base, op))
-
-
 def seed_search(base: str, experiment_id: str, runs: int) -> None:
     """`runs` runs with 10 params, 5 tags and 10 metrics each (what a search returns)."""
     client = Client(base)
@@ -151,21 +123,6 @@ def seed_search(base: str, experiment_id: str, runs: int) -> None:
             "tags": [{"key": f"t{k}", "value": f"tag{n % 3}"} for k in range(5)],
             "metrics": [{"key": f"m{k}", "value": n + k / 10, "timestamp": now, "step": 0} for k in range(10)],
         })
-
-
-def search_runs(base: str, experiment_id: str, clients: int, per_client: int, deadline: float) -> Result:
-    def setup(client, _index):
-        return client
-
-    def op(client, _i):
-        page = client.post("/runs/search", {
-            "experiment_ids": [experiment_id], "max_results": 100,
-            "filter": "metrics.m0 >= 0", "order_by": ["metrics.m0 DESC"],
-        })
-        if len(page.get("runs", ())) != 100:
-            raise AssertionError("search did not return 100 runs")
-
-    return parallel(clients, per_client, deadline, setup, Op(base, op))
 
 
 def artifacts(base: str, clients: int, per_client: int, deadline: float, size: int = 2048) -> Result:

@@ -1,0 +1,128 @@
+"""Loads driven through MLflow's own client: `MlflowClient` calls, as a training job makes them.
+
+Why not hand-written REST bodies: a figure then holds only where the body is what MLflow's
+client really sends (issue 13: a fast path missed the client's `run_uuid`, and the hand-written
+body measured 0.03 of stock where the client got 0.39). Here the client builds every request.
+
+Clients run in separate processes (a training job is one process; threads of one process would
+share one GIL, and the client's own protobuf and JSON work would cap the load), up to
+`MAX_PROCESSES`, each running one or more client threads. Each process creates its runs and makes
+`WARM_UP` untimed calls per client (a fresh worker's first requests pay one-off costs), then all
+start together and call up to `per_client` times or until the deadline. MLflow's client retries
+are off, so a failure counts as an error instead of hiding as latency.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue as queue_mod
+import threading
+import time
+
+from bench.loads import Result
+
+MAX_PROCESSES = 4  # 16 clients: 4 processes of 4 threads (each process imports MLflow: ~0.3 GB)
+WARM_UP = 3
+
+
+def _log_batch(client, experiment_id):
+    from mlflow.entities import Metric
+
+    run_id = client.create_run(experiment_id).info.run_id
+
+    def call(i):
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"m{k % 10}", k * 0.5 + i, now, i * 100 + k) for k in range(100)])
+
+    return call
+
+
+def _log_metric(client, experiment_id):
+    run_id = client.create_run(experiment_id).info.run_id
+
+    def call(i):
+        client.log_metric(run_id, "loss", 1.0 / (i + 2), step=i)
+
+    return call
+
+
+def _search_runs(client, experiment_id):
+    def call(_i):
+        runs = client.search_runs([experiment_id], "metrics.m0 >= 0", max_results=100, order_by=["metrics.m0 DESC"])
+        if len(runs) != 100:
+            raise AssertionError(f"search returned {len(runs)} runs, not 100")
+
+    return call
+
+
+OPS = {"log_batch": _log_batch, "log_metric": _log_metric, "search_runs": _search_runs}
+
+
+def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, results):
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    from mlflow import MlflowClient
+
+    calls = [OPS[op](MlflowClient(base), experiment_id) for _ in range(threads)]
+    for call in calls:
+        for i in range(WARM_UP):
+            try:
+                call(-1 - i)
+            except Exception:
+                pass  # the timed calls count errors
+    latencies: list[list[float]] = [[] for _ in calls]
+    errors = [0] * len(calls)
+    barrier.wait()
+    stop_at = time.perf_counter() + deadline_s
+
+    def loop(n):
+        for i in range(per_client):
+            if time.perf_counter() > stop_at:
+                break
+            began = time.perf_counter()
+            try:
+                calls[n](i)
+            except Exception:  # counted and shown: a benchmark reports failures, never hides them
+                errors[n] += 1
+                continue
+            latencies[n].append(time.perf_counter() - began)
+
+    workers = [threading.Thread(target=loop, args=(n,)) for n in range(len(calls))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    results.put(([x for lat in latencies for x in lat], sum(errors)))
+
+
+def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, experiment_id: str) -> Result:
+    """`clients` MlflowClients doing `op` at once; latencies of the timed calls."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state from the bench
+    procs = min(clients, MAX_PROCESSES)
+    per_proc = [clients // procs + (1 if n < clients % procs else 0) for n in range(procs)]
+    barrier = ctx.Barrier(procs + 1)
+    results = ctx.Queue()
+    children = [ctx.Process(target=_process, args=(base, op, threads, per_client, deadline_s, experiment_id,
+                                                   barrier, results), daemon=True)
+                for threads in per_proc]
+    for child in children:
+        child.start()
+    # Generous: each process imports MLflow and warms up first, on a busy machine.
+    barrier.wait(timeout=300)
+    began = time.perf_counter()
+    flat: list[float] = []
+    errors = 0
+    try:
+        for _ in children:
+            lats, errs = results.get(timeout=deadline_s + 120)
+            flat += lats
+            errors += errs
+    except queue_mod.Empty:
+        errors += 1
+    seconds = time.perf_counter() - began
+    for child in children:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    return Result(ops=len(flat), seconds=seconds, errors=errors, latencies=flat)
