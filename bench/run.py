@@ -24,9 +24,11 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from bench import clients, loads
+from bench import clients, loads, ui
 from bench.servers import Server
 
+UI_BYTES = "UI first load (experiments page): bytes on the wire"
+UI_TIME = "UI first load, 20 Mbit/s 40 ms RTT: time to the experiment list"
 # name, unit, better ("higher"/"lower"), goal ratio ours/stock (None: no goal)
 FIGURES = [
     ("MlflowClient.log_batch 100 metrics, 1 client", "metrics/s", "higher", None),
@@ -40,12 +42,16 @@ FIGURES = [
     ("cold start to /health 200 (existing schema)", "s", "lower", 1 / 3),
     ("idle RSS, whole process tree", "MiB", "lower", 1 / 4),
     ("RSS after the loads, whole process tree", "MiB", "lower", None),
+    (UI_BYTES, "KiB", "lower", 1 / 3),
+    (UI_TIME, "s", "lower", 1 / 2),
 ]
 
 FULL = {"batch": {1: 60, 4: 40, 16: 40}, "metric": 300, "search_runs": 200, "search": 40,
-        "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0}
+        "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0,
+        "ui_tries": 2}
 QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "metric": 60, "search_runs": 100, "search": 4,
-         "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0}
+         "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0,
+         "ui_tries": 1}
 
 
 def log(msg: str) -> None:
@@ -71,6 +77,8 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
 
     base, deadline = server.url, counts["deadline"]
     client = loads.Client(base)
+    if ui.available():
+        figures.update(ui_figures(server, client, counts["ui_tries"]))
     exp = client.experiment(f"bench-{server.kind}")
     for n, per in counts["batch"].items():
         r = clients.run(base, "log_batch", n, per, deadline, exp)
@@ -94,6 +102,19 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
         log(f"{server.kind}: artifacts x{n}: {r.per_second:.1f} ops/s ({r.errors} err)")
     figures["RSS after the loads, whole process tree"] = server.tree_rss_mib()
     return figures, errors
+
+
+def ui_figures(server: Server, client: loads.Client, tries: int) -> dict[str, float]:
+    """A first visit of the experiments page in headless Chromium, on loopback (bytes) and over
+    a shaped link (time; best of `tries`, each with an empty cache)."""
+    client.experiment(ui.EXPERIMENT)
+    plain = ui.first_load(server.port, ui.EXPERIMENT)
+    shaped = min((ui.first_load(server.port, ui.EXPERIMENT, mbit=20, rtt_ms=40) for _ in range(tries)),
+                 key=lambda load: load.seconds)
+    log(f"{server.kind}: UI first load {plain.wire_bytes / 1024:.0f} KiB on the wire "
+        f"({plain.body_bytes / 1024:.0f} KiB decoded, {plain.requests} requests); "
+        f"{shaped.seconds:.2f} s over 20 Mbit/s, 40 ms")
+    return {UI_BYTES: plain.wire_bytes / 1024, UI_TIME: shaped.seconds}
 
 
 def _fmt(value: float | None) -> str:

@@ -114,6 +114,8 @@ class Browser:
         port = self._devtools_port(timeout)
         self.ws = WebSocket(self._page_ws(port, timeout), timeout=timeout)
         self._next_id = 0
+        # DevTools events seen while waiting for answers (e.g. Network.* once enabled).
+        self.events: list[dict] = []
 
     def _devtools_port(self, timeout: float) -> int:
         marker = self.profile_dir / "DevToolsActivePort"
@@ -142,7 +144,9 @@ class Browser:
         self.ws.send(json.dumps({"id": self._next_id, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
-            if msg.get("id") == self._next_id:
+            if "method" in msg:
+                self.events.append(msg)
+            elif msg.get("id") == self._next_id:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})

@@ -138,7 +138,7 @@ def create_app():
 
     compact_json()
 
-    from mlflow_gcp.server import artifacts_stream, fastpath, guard
+    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, uiassets
 
     permit = None
     if with_permissions:
@@ -166,5 +166,7 @@ def create_app():
     limit = int(os.environ.get(CONCURRENCY_ENV, "0") or 0)
     if limit > 0:
         app = DatabaseConcurrencyLimit(app, limit)
+    # Large JSON answers gzip-compressed for clients that accept it.
+    app = compress.wrap(app)
     # Host check, CORS and the gateway switch before any of it (server/guard.py).
     return HeadersWithBody(guard.wrap(app))
