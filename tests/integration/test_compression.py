@@ -169,3 +169,13 @@ def test_the_ui_proxy_passes_compressed_bodies_through_untouched(ours):
     assert resp.status_code == 200 and resp.headers["content-encoding"] == "gzip"
     assert vary(resp) == vary(direct)
     assert wire == direct.wire
+
+
+def test_with_identity_on_the_ui_files_need_a_caller_too(start_server, tmp_path):
+    server = start_server({"DB_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "ARTIFACT_ROOT": str(tmp_path / "art"),
+                           "MLFLOW_GCP_UI_CACHE": str(tmp_path / "ui-cache"), "IDENTITY_DEV_HEADER": "1"})
+    url = f"{server.url}/{main_script()}"
+    anonymous = raw_get(url, GZIP)
+    assert anonymous.status_code == 401 and "content-encoding" not in anonymous.headers
+    known = raw_get(url, {**GZIP, "x-mlflow-gcp-dev-user": "dev@example.com"})
+    assert known.status_code == 200 and known.headers["content-encoding"] == "gzip"

@@ -158,6 +158,8 @@ def create_app():
         # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
         # (Not with permissions: it answers before MLflow's permission checks.)
         app = artifacts_stream.wrap(app)
+    # The UI's files from gzip copies made once (inside the caller check: they need a caller too).
+    app = uiassets.wrap(app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).
     app = fastpath.wrap(app, permit=permit)
     # Who is calling (verified Google identity), attribution and the audit log.
