@@ -9,6 +9,9 @@ serve (default)  validate the environment, then exec into the supervisor (mlflow
 migrate          the one-shot migration the Cloud Run Job runs (creates or upgrades the schema;
                  an upgrade is one-way: back up first); ARTIFACT_ROOT is not needed.
 check            exit 0 when the schema is current, 4 when it needs `migrate`.
+relocate-artifacts [--apply]
+                 old gs://ARTIFACT_ROOT/... artifact locations -> mlflow-artifacts:/... (served by
+                 the server); counts only unless --apply (server/relocate.py).
 
 Every failure is one line on stderr (JSON unless LOG_FORMAT=text) and a non-zero exit code:
 2 bad environment, 3 database unreachable, 4 schema out of date, 1 anything else of ours.
@@ -20,11 +23,12 @@ import os
 import signal
 import sys
 
-from mlflow_gcp.errors import MlflowGcpError
+from mlflow_gcp.errors import MlflowGcpError, ServerEnvError
 from mlflow_gcp.server import logs
 from mlflow_gcp.server.env import settings_from_env
 
-USAGE = "usage: python -m mlflow_gcp.server [serve|migrate|check]"
+USAGE = "usage: python -m mlflow_gcp.server [serve|migrate|check|relocate-artifacts [--apply]]"
+RELOCATE = "relocate-artifacts"
 PREPARE = "prepare"  # serve's database wait and schema step, run by the supervisor (internal)
 
 
@@ -44,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if command in ("-h", "--help"):
         print(__doc__.strip())
         return 0
-    if command not in ("serve", "migrate", "check", PREPARE) or len(args) > 1:
+    relocating = command == RELOCATE and args[1:] in ([], ["--apply"])
+    if not relocating and (command not in ("serve", "migrate", "check", PREPARE) or len(args) > 1):
         print(USAGE, file=sys.stderr)
         return 2
     # Stopped while waiting or migrating: unwind (closing the connection releases the advisory
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             # Cloud Run sends reach it; it never imports MLflow, so it stays a few MB.
             os.execv(sys.executable, [sys.executable, "-m", "mlflow_gcp.server.launch"])
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # before MLflow is imported
+        if relocating:
+            return _relocate(settings, log, apply=args[1:] == ["--apply"])
         from mlflow_gcp.server import migrate
 
         # `migrate` is the explicit request (the job `up` runs after a backup): it may upgrade.
@@ -79,6 +86,20 @@ def main(argv: list[str] | None = None) -> int:
         shown = "serve" if serving else command
         print(logs.fatal_line(f"stopped before the server started ({shown})", log_format), file=sys.stderr)
         return 0 if serving else 1
+    return 0
+
+
+def _relocate(settings, log, *, apply: bool) -> int:
+    from mlflow_gcp.server import migrate, relocate
+
+    if not settings.artifact_root.startswith("gs://"):
+        raise ServerEnvError("ARTIFACT_ROOT: relocate-artifacts needs the gs:// artifact root the server serves")
+    engine = migrate.make_engine(settings.db_uri)
+    try:
+        counts = relocate.relocate(engine, settings.artifact_root, apply=apply)
+    finally:
+        engine.dispose()
+    log.info("%s", relocate.summary(counts, settings.artifact_root, applied=apply))
     return 0
 
 
