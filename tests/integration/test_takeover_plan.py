@@ -153,3 +153,29 @@ def test_doctor_flags_the_leftovers_that_up_leaves_alone(seeded, workdir, capsys
                 f"--role={role}") in out
     assert (f"fix: gcloud projects remove-iam-policy-binding {SEED.project} "
             f"--member=serviceAccount:{SEED.client_account} --role=roles/storage.objectAdmin") in out
+
+
+def test_relocate_artifacts_runs_as_the_job_and_backs_up_before_applying(seeded, workdir, capsys):
+    _config(workdir)
+    assert run_cli(capsys, "up", "--yes")[0] == 0
+    seen = []
+
+    def container(project, job, env, args):  # the job's container, as the test sees it
+        seen.append(args)
+        verb = "rewrote 2" if "--apply" in args else "(dry run, nothing changed): 2"
+        return None, f"INFO relocate-artifacts {verb} artifact location(s) under {env['ARTIFACT_ROOT']}/"
+
+    seeded.api("run").job_runner = container
+    backups = len(seeded.api("sqladmin").backups)
+    code, out, err = run_cli(capsys, "relocate-artifacts")
+    assert code == 0, err
+    assert f"relocate-artifacts (dry run, nothing changed): 2 artifact location(s) under gs://{SEED.bucket}/" in out
+    assert len(seeded.api("sqladmin").backups) == backups  # a dry run backs nothing up
+    code, out, err = run_cli(capsys, "relocate-artifacts", "--apply", "--yes")
+    assert code == 0, err
+    assert seen == [["relocate-artifacts"], ["relocate-artifacts", "--apply"]]
+    new = [b for b in seeded.api("sqladmin").backups.values()][backups:]
+    assert [b["description"] for b in new] == ["before relocating artifact locations"]
+    methods = [r.method_id for r in seeded.mutating_requests()]
+    assert methods.index("sql.backupRuns.insert") < len(methods) - 1 - methods[::-1].index("run.projects.locations.jobs.run")
+    assert f"rewrote 2 artifact location(s) under gs://{SEED.bucket}/" in out

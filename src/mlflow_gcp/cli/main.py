@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "mlflow_gcp.cli.deploy",
     "mlflow_gcp.cli.local",
     "mlflow_gcp.cli.ops_cmds",
+    "mlflow_gcp.cli.relocate_cmd",
 ]
 
 

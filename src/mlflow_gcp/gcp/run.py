@@ -143,14 +143,16 @@ def update_job(clients, region: str, job: str, body: dict, progress=None) -> Non
     operations.wait(clients, op, api="run", what=f"Cloud Run job {job}", timeout=300, progress=progress)
 
 
-def run_job(clients, region: str, job: str, progress=None) -> dict:
-    """Execute the job and wait for it to finish; the Execution. OperationFailed if it failed."""
+def run_job(clients, region: str, job: str, progress=None, args: list[str] | None = None) -> dict:
+    """Execute the job (its container with other `args`, when given) and wait for it to finish;
+    the Execution. OperationFailed if it failed."""
     # A job still being created or updated (by a run whose response was lost) cannot run yet.
     operations.wait_until(
         clients, lambda: get_job(clients, region, job), lambda j: j is None or not j.get("reconciling"),
         what=f"Cloud Run job {job} to be ready", timeout=300, progress=progress,
     )
-    op = clients.execute(_jobs(clients).run(name=job_name(clients, region, job), body={}),
+    body = {"overrides": {"containerOverrides": [{"args": args}]}} if args else {}
+    op = clients.execute(_jobs(clients).run(name=job_name(clients, region, job), body=body),
                          f"starting Cloud Run job {job}")
     done = operations.wait(clients, op, api="run", what=f"job {job} to finish",
                            timeout=JOB_TIMEOUT_SECONDS, progress=progress)

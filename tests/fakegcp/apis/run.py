@@ -36,9 +36,10 @@ class Run(RunJobs, RunKnative, ApiModule):
         self.executions: dict[str, dict] = {}  # execution name -> Execution
         self.ops: dict[str, Operation] = {}
         self.iam = IamPolicies(member_check=self.fake.check_member)  # key: service or job name
-        # Optional stand-in for a task's container: runner(project, job id, env) -> None when it
-        # exited 0, else the error it printed. Tests set it to run the real migration against a
-        # real PostgreSQL; without it, migrations follow sqladmin's table owners (run_jobs.py).
+        # Optional stand-in for a task's container: runner(project, job id, env, args) -> (error
+        # it printed or None when it exited 0, its other output). Both go to the fake Cloud
+        # Logging as the job's log. Tests set it to run the real entrypoint against a real
+        # PostgreSQL; without it, migrations follow sqladmin's table owners (run_jobs.py).
         self.job_runner = None
 
     def snapshot(self) -> dict:

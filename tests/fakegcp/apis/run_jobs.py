@@ -140,9 +140,10 @@ class RunJobs:
             if op.error is None and problem:
                 op.error = GcpError(400, f"Task {eid}-0 failed to start: {problem}", "FAILED_PRECONDITION")
             if op.error is None:
-                exited = self._container_error(name.split("/")[1], jid, execution["template"])
+                exited, output = self._container_run(name.split("/")[1], jid, execution["template"], overrides)
+                for text in filter(None, [output, exited]):
+                    self._task_log(name.split("/")[1], jid, eid, text, "ERROR" if text is exited else "INFO")
                 if exited:
-                    self._task_log(name.split("/")[1], jid, eid, exited)
                     op.error = GcpError(400, f"Task {eid}-task0 failed with message: The container "
                                         "exited with an error.", "FAILED_PRECONDITION")
             execution["reconciling"] = False
@@ -177,40 +178,48 @@ class RunJobs:
             out[env["name"]] = env.get("value", "") if ref is None else None
         return {k: v for k, v in out.items() if v is not None}
 
-    def _container_error(self, project: str, jid: str, template: dict) -> str | None:
-        """What the task's container printed when it failed, or None when it exited 0.
+    def _container_run(self, project: str, jid: str, template: dict, overrides: dict) -> tuple[str | None, str]:
+        """(what the task's container printed when it failed, or None when it exited 0; its
+        other output).
 
         The container itself is not run here. With `job_runner` set, the test runs it; otherwise
         a migration (args `migrate`) fails as PostgreSQL makes it fail when the job's DB_USER does
         not own the existing MLflow tables, and a successful one leaves them owned by DB_USER."""
         env = self._task_env(project, template)
         containers = template.get("containers") or [{}]
+        args = containers[0].get("args") or []
+        for override in overrides.get("containerOverrides") or []:
+            if override.get("clearArgs"):
+                args = []
+            args = override.get("args") or args
         if self.job_runner is not None:
             secrets = self.fake.modules["secretmanager"]
             for e in containers[0].get("env") or []:
                 ref = (e.get("valueSource") or {}).get("secretKeyRef")
                 if ref:
                     env[e["name"]] = secrets.payload_of(project, ref["secret"]).decode()
-            return self.job_runner(project, jid, env)
-        if "migrate" not in (containers[0].get("args") or []):
-            return None
+            return self.job_runner(project, jid, env, args)
+        if args != ["migrate"]:
+            return None, ""
         connection = (env.get("INSTANCE_CONNECTION_NAME") or "").split(":")
         if len(connection) != 3 or not env.get("DB_USER") or not env.get("DB_NAME"):
             return None
         sql = self.fake.modules["sqladmin"]
         owner = sql.table_owner(connection[0], connection[2], env["DB_NAME"])
         if owner is not None and owner != env["DB_USER"]:
-            return "sqlalchemy.exc.ProgrammingError: (psycopg2.errors.InsufficientPrivilege) " \
-                   "permission denied for table alembic_version"
+            return ("sqlalchemy.exc.ProgrammingError: (psycopg2.errors.InsufficientPrivilege) "
+                    "permission denied for table alembic_version"), ""
         sql.set_table_owner(connection[0], connection[2], env["DB_NAME"], env["DB_USER"])
-        return None
+        return None, ""
 
-    def _task_log(self, project: str, jid: str, eid: str, text: str) -> None:
-        self.fake.modules["logging"].add_entry(
-            project, text, severity="ERROR",
-            resource={"type": "cloud_run_job", "labels": {"job_name": jid, "project_id": project}},
-            logName=f"projects/{project}/logs/run.googleapis.com%2Fstderr",
-            labels={"run.googleapis.com/execution_name": eid})
+    def _task_log(self, project: str, jid: str, eid: str, text: str, severity: str) -> None:
+        stream = "stderr" if severity == "ERROR" else "stdout"
+        for line in text.splitlines():
+            self.fake.modules["logging"].add_entry(
+                project, line, severity=severity,
+                resource={"type": "cloud_run_job", "labels": {"job_name": jid, "project_id": project}},
+                logName=f"projects/{project}/logs/run.googleapis.com%2F{stream}",
+                labels={"run.googleapis.com/execution_name": eid})
 
     @staticmethod
     def _execution(execution: dict) -> dict:
