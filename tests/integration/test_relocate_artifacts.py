@@ -47,8 +47,9 @@ def test_an_invoker_only_client_reads_old_artifacts_once_relocated(new_database,
     url = new_database()
     stack = local_mod.LocalStack(
         local_mod.LocalOptions(data_dir=tmp_path, port=local_mod.free_port(), backend_store_uri=url,
-                               artifacts_destination=f"gs://{BUCKET}", gcs_emulator=True),
-        base_env=clean_env(ALLOWED_HOSTS=FRONT_HOST))
+                               artifacts_destination=f"gs://{BUCKET}", gcs_emulator=True,
+                               allowed_hosts=(FRONT_HOST,)),
+        base_env=clean_env())
     clock = FakeClock()
     idp = LocalIdentityProvider(clock=clock).start()
     front = None
