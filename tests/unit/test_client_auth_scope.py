@@ -134,9 +134,12 @@ def test_other_origins_can_be_listed(cache, env, hosts):
 
 def test_mlflows_own_tracking_uri_names_the_service(cache, env, hosts):
     import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
     service, other = hosts
-    previous = mlflow.get_tracking_uri()
+    # The raw global, not get_tracking_uri(): restoring its resolved default would pin it for
+    # every later test, so the fluent API would ignore their MLFLOW_TRACKING_URI.
+    previous = tracking_utils._tracking_uri
     mlflow.set_tracking_uri(service.url)
     try:
         requests.get(f"{other.url}/api", auth=auth.GcpAuth(cache), timeout=10)
