@@ -9,7 +9,6 @@ else the workload sets explicitly are compared as they are.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import threading
 import time
@@ -38,15 +37,12 @@ def servers(new_database, start_server, tmp_path_factory):
         assert "tracking store: BulkPostgresStore" not in stock.log_path.read_text(errors="replace")
 
 
-@contextlib.contextmanager
 def fluent_tracking(url: str):
-    """mlflow.* calls go to `url` inside the block."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(url)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous)
+    """mlflow.* calls go to `url` inside the block; then the tracking URI is as it was (unset
+    stays unset: MLflow's own helper, so a later test's MLFLOW_TRACKING_URI still counts)."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    return _use_tracking_uri(url)
 
 
 def workload(url: str) -> dict:

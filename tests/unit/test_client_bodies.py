@@ -42,9 +42,10 @@ class Recorder(BackgroundServer):
 
 @pytest.fixture
 def recorded(monkeypatch):
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    with Recorder() as server:
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    with Recorder() as server, _use_tracking_uri(server.url):  # the fluent API's calls too
         yield server
 
 
