@@ -290,7 +290,7 @@ class Front(CloudRunFront):
             if resp.length:  # the instance died mid-answer: cut the client off, as Cloud Run does,
                 self.close_connection = True  # instead of leaving it waiting for the rest
 
-        def _forward(self, front, length, chunked, record):
+        def _forward(self, front, length, chunked, record, checked):
             answered: list[int] = []
             path = self.path.split("?", 1)[0]
 
@@ -301,7 +301,7 @@ class Front(CloudRunFront):
                     raise _LoseAnswer()
 
             try:
-                super()._forward(front, length, chunked, note)
+                super()._forward(front, length, chunked, note, checked)
             except _LoseAnswer:
                 self.close_connection = True
             except (OSError, http.client.HTTPException) as err:
