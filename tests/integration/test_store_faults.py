@@ -313,3 +313,32 @@ def test_search_loads_run_data_in_bulk_with_no_query_per_run(stores):
         event.remove(bulk.engine, "before_cursor_execute", count)
     assert found == [2, 9]
     assert counts[0] == counts[1], counts
+
+
+def test_bulk_writers_of_the_same_keys_in_opposite_orders_never_deadlock(stores):
+    # Two batches of the same 500 metrics (same values: the same metrics rows) in opposite
+    # orders at once. MLflow's store survives through its deadlock retry; ours writes rows in
+    # one order, so PostgreSQL sees no deadlock at all (the retry stays a safety net).
+    from mlflow.entities import Metric
+
+    keys = [f"c{i:03d}" for i in range(500)]
+    rounds = 10  # enough for unordered writes to deadlock (seen: 5 in 10)
+
+    def contend(target) -> list[tuple]:
+        outcomes = []
+        for _ in range(rounds):
+            run_id = target.new_run()
+            joins = [pgfaults.in_thread(lambda order=order: target.store.log_batch(
+                run_id, [Metric(k, 1.0, T0, 0) for k in order], [], [])) for order in (keys, keys[::-1])]
+            for join in joins:
+                _, error = join()
+                outcomes.append(("ok",) if error is None else (type(error).__name__, getattr(error, "error_code", None)))
+            assert len(target.latest(run_id)) == len(keys)
+        return outcomes
+
+    dbname = stores["bulk"].dbname
+    before = pgfaults.deadlocks(dbname)
+    assert contend(stores["bulk"]) == [("ok",)] * 2 * rounds
+    time.sleep(pgfaults.STATS_DELAY_S)  # PostgreSQL publishes a backend's counters when it idles
+    assert pgfaults.deadlocks(dbname) == before
+    assert contend(stores["mlflow"]) == [("ok",)] * 2 * rounds

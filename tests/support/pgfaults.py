@@ -26,6 +26,7 @@ from tests.conftest import _pg_connect as connect
 
 ADVISORY_KEY = 4242
 WAIT_S = 60.0  # a generous bound for a writer to reach a lock on a busy machine
+STATS_DELAY_S = 11.0  # an idle backend publishes its statistics within 10 s (PGSTAT_IDLE_INTERVAL)
 
 _DDL = f"""
 CREATE FUNCTION fault_metrics() RETURNS trigger LANGUAGE plpgsql AS $$
