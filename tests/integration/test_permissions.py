@@ -278,3 +278,47 @@ def test_turning_permissions_on_keeps_experiments_with_their_users(new_database,
                 cur.execute(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
         finally:
             conn.close()
+
+
+def test_the_ui_shows_each_user_what_they_may_see(deployment, as_user, tmp_path):
+    """`mlflow-gcp ui` for alice and for bob, in headless Chromium: an experiment alice keeps
+    from bob (an explicit DENY) is in her list and not in his."""
+    from tests.integration.test_ui_proxy import ARTIFACTS_DIR, _start_ui, _stop_ui
+    from tests.support.chromium import Browser, find_chromium
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (`apt-get install chromium`; .ci/run does it)")
+    tag = uuid.uuid4().hex[:6]
+    hidden, shared = f"alice-private-{tag}", f"alice-shared-{tag}"
+    alice = as_user(ALICE)
+    hidden_id = alice.create_experiment(hidden)
+    alice.create_experiment(shared)
+    as_user(ADMIN)
+    access("grant", f"user:{BOB}", "--experiment", hidden, "--permission", "DENY",
+           "--url", deployment.front.url)
+
+    class _Front:  # what _start_ui needs of a stack
+        front = deployment.front
+
+    pages = {}
+    for who in (ALICE, BOB):
+        ui, _url, login_url = _start_ui(_Front, MLFLOW_GCP_CREDENTIALS_FILE=str(deployment.keys[who]),
+                                        MLFLOW_GCP_AUDIENCE=AUDIENCE)
+        browser = None
+        try:
+            browser = Browser(chromium, tmp_path / f"profile-{who.split('@')[0]}")
+            browser.navigate(f"{login_url}#/experiments")
+            try:
+                pages[who] = browser.wait_for_text(shared)
+            finally:
+                browser.screenshot(ARTIFACTS_DIR / f"ui-permissions-{who.split('@')[0]}.png")
+            if who == BOB:  # the API behind the page refuses it too
+                with refused():
+                    as_user(BOB).get_experiment(hidden_id)
+        finally:
+            if browser is not None:
+                browser.close()
+            _stop_ui(ui)
+    assert hidden in pages[ALICE]
+    assert hidden not in pages[BOB]

@@ -66,7 +66,7 @@ def _mlflow_api(cfg_source, url, experiment, model):
 @click.argument("members", nargs=-1, required=True, metavar="MEMBER...")
 @_mlflow_options
 @click.option("--permission", default=None, metavar="LEVEL",
-              help="With --experiment/--model: READ, EDIT, MANAGE or NO_PERMISSIONS.")
+              help="With --experiment/--model: READ, USE, EDIT, MANAGE or DENY.")
 @options.config_options
 @options.json_option
 def grant_cmd(members, experiment, model, url, permission, cfg_source, as_json: bool) -> None:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from mlflow_gcp.errors import ConfigError, MlflowGcpError, NotFound
 
-PERMISSIONS = ("READ", "EDIT", "MANAGE", "NO_PERMISSIONS")
+# What MLflow 3.17 accepts in a grant (NO_PERMISSIONS is only a default; DENY refuses explicitly).
+PERMISSIONS = ("READ", "USE", "EDIT", "MANAGE", "DENY")
 _MEMBER_KINDS = ("user", "serviceAccount")
 USERS = "/api/2.0/mlflow/users"
 GRANTS = "/api/3.0/mlflow/users/permissions"
