@@ -72,6 +72,12 @@ def test_log_filters_name_the_service_and_the_job():
     assert any('protoPayload.resourceName:"buckets/acme-ml-prod-mlflow-artifacts"' in f for f in audit)
 
 
+def test_log_filter_for_one_callers_requests():
+    (only,) = logs.filters(_cfg(name="tracking"), caller="user:Bob@Acme.com", severity="WARNING")
+    assert only == ('resource.type="cloud_run_revision" AND resource.labels.service_name="tracking" AND '
+                    'jsonPayload.caller="bob@acme.com" AND severity>=WARNING')
+
+
 def test_since_and_severity():
     now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.timezone.utc)
     assert logs.parse_since("90m", now) == "2026-11-28T10:30:00Z"

@@ -92,8 +92,10 @@ def status_lines(d: dict) -> list[str]:
 @click.option("--severity", default=None, help="Minimum severity, e.g. WARNING or ERROR.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new entries (Ctrl-C to stop).")
 @click.option("--audit", is_flag=True, help="Admin-activity audit entries for the deployment's resources.")
+@click.option("--caller", default=None, metavar="EMAIL",
+              help="Only the MLflow requests that verified caller made (docs/access.md).")
 @options.json_option
-def logs_cmd(cfg_source, limit, since, severity, follow, audit, as_json) -> None:
+def logs_cmd(cfg_source, limit, since, severity, follow, audit, caller, as_json) -> None:
     """Log entries of the service and the migration job (or --audit), one line each."""
     import datetime as dt
     import json
@@ -111,11 +113,12 @@ def logs_cmd(cfg_source, limit, since, severity, follow, audit, as_json) -> None
     if follow:
         try:
             logs.follow(ctx.clients, ctx.cfg, since=since_ts, severity=severity, audit=audit, limit=limit,
-                        emit=emit, sleep=time.sleep)
+                        emit=emit, sleep=time.sleep, caller=caller)
         except KeyboardInterrupt:
             pass
         return
-    entries = logs.read(ctx.clients, logs.filters(ctx.cfg, since=since_ts, severity=severity, audit=audit), limit)
+    entries = logs.read(ctx.clients, logs.filters(ctx.cfg, since=since_ts, severity=severity, audit=audit,
+                                                  caller=caller), limit)
     if not entries and not as_json:
         click.echo("No log entries" + (f" in the last {since}" if since else "") + ".", err=True)
     for entry in entries:

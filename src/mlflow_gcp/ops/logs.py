@@ -53,9 +53,16 @@ def _common(since: str | None, severity: str | None) -> list[str]:
     return out
 
 
-def filters(cfg, *, since: str | None = None, severity: str | None = None, audit: bool = False) -> list[str]:
-    """The Cloud Logging filters to read (each an AND of clauses)."""
+def filters(cfg, *, since: str | None = None, severity: str | None = None, audit: bool = False,
+            caller: str | None = None) -> list[str]:
+    """The Cloud Logging filters to read (each an AND of clauses). `caller`: only the server's
+    request lines naming that verified caller (server/caller.py), e.g. who deleted what."""
     tail = _common(since, severity)
+    if caller:
+        email = caller.split(":", 1)[-1].strip().lower().replace('"', "")
+        return [" AND ".join(['resource.type="cloud_run_revision"',
+                              f'resource.labels.service_name="{cfg.service.name}"',
+                              f'jsonPayload.caller="{email}"', *tail])]
     if audit:
         log_name = f'logName="projects/{cfg.project}/logs/{AUDIT_LOG}"'
         names = [
@@ -126,13 +133,14 @@ def line(entry: dict) -> str:
 
 
 def follow(clients, cfg, *, since: str | None, severity: str | None, audit: bool, limit: int,
-           emit: Callable[[dict], None], sleep: Callable[[float], None], polls: int | None = None) -> None:
+           emit: Callable[[dict], None], sleep: Callable[[float], None], polls: int | None = None,
+           caller: str | None = None) -> None:
     """Print what exists, then poll for newer entries until interrupted (or `polls` rounds)."""
     seen: set[str] = set()
     last = since
     rounds = 0
     while True:
-        for entry in read(clients, filters(cfg, since=last, severity=severity, audit=audit), limit):
+        for entry in read(clients, filters(cfg, since=last, severity=severity, audit=audit, caller=caller), limit):
             key = _key(entry)
             if key in seen:
                 continue

@@ -64,7 +64,6 @@ def audit_line(caller: str, method: str, path: str, status: int, target: dict) -
         "severity": "INFO" if status < 400 else "WARNING",
         "message": f"{method} {path} by {caller} -> {status}" + (f" ({what})" if what else ""),
         "caller": caller, "method": method, "path": path, "status": status, "target": target,
-        "logging.googleapis.com/labels": {"caller": caller},
     }, ensure_ascii=False)
 
 
