@@ -41,17 +41,21 @@ class Deployment:
 def deployment(new_database, start_server, tmp_path_factory):
     idp = LocalIdentityProvider().start()
     db_uri = new_database("mlflow_perm")
+    # The front first, so that its own URL is an audience too (a client that mints tokens for
+    # the URL it calls, as `up`'s health check does); its upstream is known once the server is.
+    front = CloudRunFront("http://127.0.0.1:9", audience=AUDIENCE, certs=idp.certs, host=HOST).start()
+    front.extra_audiences.add(front.url)
     server = start_server({
         "DB_URI": db_uri,
         "ARTIFACT_ROOT": str(tmp_path_factory.mktemp("artifacts")),
         "ALLOWED_HOSTS": HOST,
-        "IDENTITY_AUDIENCES": AUDIENCE,
+        "IDENTITY_AUDIENCES": f"{AUDIENCE},{front.url}",
         "IDENTITY_CERTS_URL": idp.certs_url,
         "MLFLOW_GCP_PERMISSIONS": "1",
         "MLFLOW_GCP_ADMINS": ADMIN,
         "LOG_FORMAT": "json",
     })
-    front = CloudRunFront(server.url, audience=AUDIENCE, certs=idp.certs, host=HOST).start()
+    front.upstream = ("127.0.0.1", server.port)
     keys_dir = tmp_path_factory.mktemp("keys")
     keys = {who: idp.write_key_file(keys_dir / f"{who.split('@')[0]}.json", who)
             for who in (ADMIN, ALICE, BOB, JOB)}
@@ -322,3 +326,14 @@ def test_the_ui_shows_each_user_what_they_may_see(deployment, as_user, tmp_path)
             _stop_ui(ui)
     assert hidden in pages[ALICE]
     assert hidden not in pages[BOB]
+
+
+def test_ups_health_check_passes_a_server_that_verifies_identities(deployment, monkeypatch):
+    """`up` and `upgrade` end with this check: it must send the token as the plugin does, or the
+    server (which gets a signature-stripped copy in the header Cloud Run checked) refuses it."""
+    from mlflow_gcp.ops import health
+
+    monkeypatch.setenv("MLFLOW_GCP_CREDENTIALS_FILE", str(deployment.keys[ALICE]))
+    monkeypatch.delenv("MLFLOW_GCP_AUDIENCE", raising=False)
+    result = health.check(deployment.front.url, emulated=False)
+    assert result.ok is True, result.message

@@ -32,7 +32,10 @@ def check(url: str, *, emulated: bool, version: str | None = None) -> Health:
         )
     import requests
 
-    headers = {"Authorization": f"Bearer {token}"}
+    from mlflow_gcp.client.auth import set_token
+
+    headers: dict[str, str] = {}
+    set_token(headers, token)  # both headers, as the plugin: the server verifies the token too
     try:
         health = requests.get(f"{url}/health", headers=headers, timeout=HEALTH_TIMEOUT_SECONDS)
         # /health skips MLflow's host check; an API call proves ALLOWED_HOSTS is right too.

@@ -122,8 +122,10 @@ def check_models(cfg, url: str | None) -> ModelCheck:
                                  "registered models were not checked")
     import requests
 
+    from mlflow_gcp.client.auth import set_token
+
     session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
+    set_token(session.headers, token)  # both headers, as the plugin sends them
 
     def get(u: str, params: dict) -> dict:
         resp = session.get(u, params=params, timeout=60)
