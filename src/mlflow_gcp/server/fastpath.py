@@ -124,7 +124,8 @@ class FastWrites:
     def __init__(self, app, paths: dict[str, str], permit=None):
         self.app = app
         self.paths = paths  # URL path -> "log_batch" | "log_metric"
-        # With permissions on: permit(caller email, run id) -> may this caller update the run.
+        # With permissions on, a permissions.FastPathCheck: may this caller update the run (its
+        # `cached` answer at once, or a call that may query the permission store).
         # A refusal is MLflow's to answer (with its own 403), like any other fallback.
         self.permit = permit
 
@@ -161,7 +162,10 @@ class FastWrites:
         try:
             if self.permit is not None:
                 caller = scope.get("mlflow_gcp.caller")  # set by server/caller.py
-                if not await anyio.to_thread.run_sync(self.permit, caller, parsed[0]):
+                allowed = self.permit.cached(caller, parsed[0])  # usually known: no thread hop
+                if allowed is None:
+                    allowed = await anyio.to_thread.run_sync(self.permit, caller, parsed[0])
+                if not allowed:
                     return False
             await anyio.to_thread.run_sync(self._write, kind, doc, parsed)
         except MlflowException as err:  # MLflow's handler would answer this error: so do we

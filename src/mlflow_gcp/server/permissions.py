@@ -261,13 +261,19 @@ class FastPathCheck:
         self.clock = clock
         self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
 
-    def __call__(self, email: str | None, run_id: str) -> bool:
+    def cached(self, email: str | None, run_id: str) -> bool | None:
+        """The remembered decision, or None (then call this object, in a worker thread: it may
+        query the permission store)."""
         if email is None:
             return False
-        now = self.clock()
         hit = self._cache.get((email, run_id))
-        if hit is not None and hit[1] > now:
-            return hit[0]
+        return hit[0] if hit is not None and hit[1] > self.clock() else None
+
+    def __call__(self, email: str | None, run_id: str) -> bool:
+        known = self.cached(email, run_id)
+        if known is not None:
+            return known
+        now = self.clock()
         allowed = self._decide(email, run_id)
         if len(self._cache) > 50_000:
             self._cache.clear()
