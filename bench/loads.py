@@ -39,10 +39,15 @@ class Result:
         return statistics.quantiles(self.latencies, n=10)[-1] * 1000
 
 
+# Headers every client sends (bench/permissions.py: an ID token).
+HEADERS: dict[str, str] = {}
+
+
 class Client:
     def __init__(self, base: str):
         self.base = base
         self.session = requests.Session()
+        self.session.headers.update(HEADERS)
 
     def post(self, path: str, body: dict) -> dict:
         resp = self.session.post(self.base + API + path, json=body, timeout=60)

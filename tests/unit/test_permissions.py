@@ -41,24 +41,35 @@ def test_workers_get_a_small_pool_of_their_own_and_skip_the_bootstrap():
 
 
 class _Counting(permissions.FastPathCheck):
+    """MLflow's lookups replaced by counters: runs r1 and r2 are in experiment 7, r3 in 8."""
+
     def __init__(self, clock, answer):
         super().__init__(clock=clock)
-        self.answer, self.asked = answer, 0
+        self.answer, self.asked, self.resolved = answer, 0, 0
 
-    def _decide(self, email, run_id):
+    def _resolve(self, run_id):
+        self.resolved += 1
+        return None if run_id == "gone" else (("experiment", "8" if run_id == "r3" else "7"), ())
+
+    def _decide(self, email, resolved):
         self.asked += 1
         return self.answer
 
 
-def test_the_fast_path_remembers_a_decision_briefly():
+def test_the_fast_path_remembers_a_decision_per_experiment_briefly():
     clock = FakeClock()
     check = _Counting(clock, answer=True)
     assert check.cached("bob@acme.com", "r1") is None  # unknown: ask, in a thread
     assert check("bob@acme.com", "r1") is True
     assert check.cached("bob@acme.com", "r1") is True and check.asked == 1
+    assert check("bob@acme.com", "r2") is True and check.asked == 1  # same experiment: no query
+    assert check.cached("bob@acme.com", "r2") is True
     assert check.cached("alice@acme.com", "r1") is None  # per caller
+    assert check("bob@acme.com", "r3") is True and check.asked == 2  # another experiment
     check.answer = False  # revoked
     clock.advance(permissions.FAST_PATH_TTL_SECONDS + 0.1)
     assert check.cached("bob@acme.com", "r1") is None
-    assert check("bob@acme.com", "r1") is False and check.asked == 2
-    assert check(None, "r1") is False and check.asked == 2  # no verified caller: never allowed
+    assert check("bob@acme.com", "r1") is False and check.asked == 3
+    assert check.resolved == 3  # a run's experiment is looked up once
+    assert check(None, "r1") is False and check.asked == 3  # no verified caller: never allowed
+    assert check("bob@acme.com", "gone") is False  # MLflow answers on its own path

@@ -254,46 +254,73 @@ def build_app():
 
 
 class FastPathCheck:
-    """EDIT on the run's experiment, for the fast metric path (which skips MLflow's checks).
-    Decisions are cached per worker for FAST_PATH_TTL_SECONDS."""
+    """MLflow's rule for updating a run (EDIT on its experiment, or a run grant), for the fast
+    metric path, which skips MLflow's own checks.
+
+    MLflow's requirement for a run depends only on the run's experiment (a run never moves), so
+    it is kept per run for good, and the decision per (caller, experiment) for
+    FAST_PATH_TTL_SECONDS: a new run in a known experiment costs one run lookup, no permission
+    query."""
+
+    MAX_ENTRIES = 50_000
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
+        self._runs: dict[str, tuple] = {}  # run id -> (anchor, requirements), from MLflow
+        self._decisions: dict[tuple[str, tuple], tuple[bool, float]] = {}
 
     def cached(self, email: str | None, run_id: str) -> bool | None:
         """The remembered decision, or None (then call this object, in a worker thread: it may
-        query the permission store)."""
+        query the stores)."""
         if email is None:
             return False
-        hit = self._cache.get((email, run_id))
+        resolved = self._runs.get(run_id)
+        if resolved is None:
+            return None
+        hit = self._decisions.get((email, resolved[0]))
         return hit[0] if hit is not None and hit[1] > self.clock() else None
 
     def __call__(self, email: str | None, run_id: str) -> bool:
         known = self.cached(email, run_id)
         if known is not None:
             return known
+        resolved = self._runs.get(run_id) or self._resolve(run_id)
+        if resolved is None:
+            return False  # MLflow answers (404 or its own error) on its path
+        if len(self._runs) > self.MAX_ENTRIES:
+            self._runs.clear()
+        self._runs[run_id] = resolved
+        known = self.cached(email, run_id)  # a run of an experiment decided already
+        if known is not None:
+            return known
         now = self.clock()
-        allowed = self._decide(email, run_id)
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[(email, run_id)] = (allowed, now + FAST_PATH_TTL_SECONDS)
+        allowed = self._decide(email, resolved)
+        if len(self._decisions) > self.MAX_ENTRIES:
+            self._decisions.clear()
+        self._decisions[(email, resolved[0])] = (allowed, now + FAST_PATH_TTL_SECONDS)
         return allowed
 
     @staticmethod
-    def _decide(email: str, run_id: str) -> bool:
-        """MLflow's own decision for updating this run (the validator of runs/log-batch);
-        anything unexpected is False, and MLflow then decides on its own path."""
+    def _resolve(run_id: str) -> tuple | None:
+        """(anchor, requirements) of MLflow's validator for runs/log-batch, or None."""
+        from mlflow.server import auth
+
+        try:
+            resolved = auth._run_requirement(run_id, "update")
+        except Exception:
+            return None
+        return None if resolved is None else (resolved[0], tuple(resolved[1]))
+
+    @staticmethod
+    def _decide(email: str, resolved: tuple) -> bool:
+        """MLflow's own decision; anything unexpected is False, and MLflow decides on its path."""
         from mlflow.server import auth
 
         try:
             _ensure_user(email)
             if auth.store.get_user(email).is_admin:
                 return True
-            resolved = auth._run_requirement(run_id, "update")
-            if resolved is None:
-                return False
             anchor, requirements = resolved
-            return bool(auth.authorize(email, anchor, requirements))
+            return bool(auth.authorize(email, anchor, list(requirements)))
         except Exception:
             return False
