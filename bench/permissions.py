@@ -1,14 +1,14 @@
 """What verified identities and MLflow permissions cost our server (issue 16's goal: log-batch
 with permissions on within 15% of off), same machine, same PostgreSQL, same run.
 
-    .venv/bin/python -m bench.permissions            # ~5 min on 2 cores
+    .venv/bin/python -m bench.permissions            # ~10 min on 2 cores
     .venv/bin/python -m bench.permissions --quick
 
 Three configurations of our server (one worker each), each on its own fresh database: identities not verified (as
 before), identities verified (the default for a private deployment), and permissions on
-(identities verified, MLflow's auth app, an EDIT check on the fast metric path). Every client
-sends a Google-style ID token minted by the local identity stand-in, whose keys the servers
-fetch as they would Google's. The three run side by side and the loads take turns in short
+(identities verified, MLflow's auth app, an EDIT check on the fast metric path). The loads are
+MLflow's own client with our plugin (bench/clients.py), its ID tokens minted by the local
+identity stand-in, whose keys the servers fetch as they would Google's. The three run side by side and the loads take turns in short
 blocks (A B C A B C ...), so that a busy neighbour on this shared machine slows all three alike;
 each figure is the median over the blocks, each ratio the median of the per-block ratios against
 "identity off".
@@ -20,10 +20,11 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 
-from bench import loads
+from bench import clients, loads
 from bench.run import log, machine
 from bench.servers import Server
 from tests.support.idp import LocalIdentityProvider
@@ -36,19 +37,21 @@ CONFIGS = {
     "permissions on": {"IDENTITY_AUDIENCES": AUDIENCE, "MLFLOW_GCP_PERMISSIONS": "1",
                        "MLFLOW_GCP_ADMINS": "admin@acme.com"},
 }
-FULL = {"batch": {1: 30, 4: 15, 16: 6}, "metric": 60, "deadline": 20.0, "blocks": 7}
-QUICK = {"batch": {1: 10, 4: 5, 16: 2}, "metric": 20, "deadline": 10.0, "blocks": 3}
+FULL = {"batch": {1: 40, 4: 20, 16: 8}, "metric": 80, "deadline": 20.0, "blocks": 3}
+QUICK = {"batch": {1: 10, 4: 5, 16: 2}, "metric": 20, "deadline": 10.0, "blocks": 1}
 
 
 def block(server: Server, exp: str, counts: dict) -> dict[str, float]:
-    """One short block of each load against `server`."""
+    """One short block of each load against `server`, through MLflow's own client and our plugin."""
     figures = {}
     for n, per in counts["batch"].items():
-        r = loads.log_batch(server.url, exp, n, per, counts["deadline"])
+        r = clients.run(server.url, "log_batch", n, per, counts["deadline"], exp)
         if r.errors:
             raise RuntimeError(f"{r.errors} log-batch errors")
         figures[f"log-batch 100 metrics/req, {n} client{'s' if n > 1 else ''}"] = r.per_second * 100
-    r = loads.log_metric(server.url, exp, counts["metric"], counts["deadline"])
+    r = clients.run(server.url, "log_metric", 1, counts["metric"], counts["deadline"], exp)
+    if r.errors:
+        raise RuntimeError(f"{r.errors} log-metric errors")
     figures["log-metric p50, 1 client"] = r.p50_ms
     return figures
 
@@ -59,8 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = QUICK if args.quick else FULL
     idp = LocalIdentityProvider(lifetime=24 * 3600).start()
+    key_dir = tempfile.mkdtemp(prefix="bench-keys-")
+    # The client processes (bench/clients.py, spawned: they inherit this environment) get their
+    # tokens from the plugin, with a service-account key whose token endpoint is the stand-in.
+    os.environ.update({
+        "MLFLOW_TRACKING_AUTH": "gcp", "MLFLOW_GCP_AUDIENCE": AUDIENCE,
+        "MLFLOW_GCP_CREDENTIALS_FILE": str(idp.write_key_file(os.path.join(key_dir, "key.json"), CALLER)),
+    })
     token = idp.mint(CALLER, AUDIENCE)
-    # Both headers, as the plugin sends them (the server verifies Authorization).
+    # The bench's own REST calls (creating the experiment) send both headers, as the plugin does.
     loads.HEADERS.update({"Authorization": f"Bearer {token}", "X-Serverless-Authorization": f"Bearer {token}"})
     started, load_before = datetime.now(timezone.utc), os.getloadavg()
     # One worker each, as on Cloud Run's default 1 vCPU: with two, keep-alive clients land on the
