@@ -24,8 +24,9 @@ from tests.conftest import _pg_connect, pg_url
 SEED_MLFLOW = "2.9.2"
 SEED_REVISION = "acf3f17fdcc7"  # MLflow 2.9.2's schema head (its migration scripts)
 MLFLOW2_VENV = Path(os.environ.get("MLFLOW_GCP_TEST_MLFLOW2_VENV", f"/tmp/mlflow-gcp-test-mlflow-{SEED_MLFLOW}"))
-# What MLflow 2.9.2 needs on Python 3.11 without pulling numpy 2 (which it predates).
-MLFLOW2_REQUIREMENTS = [f"mlflow=={SEED_MLFLOW}", "psycopg2-binary", "numpy<2", "pandas<2.2", "google-auth"]
+# What MLflow 2.9.2 needs on Python 3.11 without pulling what it predates (numpy 2, SQLAlchemy 2.1).
+MLFLOW2_REQUIREMENTS = [f"mlflow=={SEED_MLFLOW}", "psycopg2-binary", "numpy<2", "pandas<2.2", "google-auth",
+                        "google-cloud-storage", "sqlalchemy<2.1"]
 
 
 def _admin(sql: str) -> None:
@@ -109,13 +110,15 @@ def mlflow2_python() -> str:
     MLFLOW2_VENV.parent.mkdir(parents=True, exist_ok=True)
     with open(str(MLFLOW2_VENV) + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not ready.exists():
-            made = subprocess.run([sys.executable, "-m", "venv", "--clear", str(MLFLOW2_VENV)],
-                                  capture_output=True, text=True)
+        wanted = "\n".join(MLFLOW2_REQUIREMENTS)
+        if not ready.exists() or ready.read_text() != wanted:
+            made = subprocess.CompletedProcess([], 0)
+            if not python.exists():
+                made = subprocess.run([sys.executable, "-m", "venv", str(MLFLOW2_VENV)], capture_output=True, text=True)
             if made.returncode == 0:
                 made = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                                        *MLFLOW2_REQUIREMENTS], capture_output=True, text=True, timeout=1800)
             if made.returncode != 0:
                 pytest.skip(f"MLflow {SEED_MLFLOW} cannot be installed here: {(made.stderr or '').strip()[-300:]}")
-            ready.write_text(SEED_MLFLOW)
+            ready.write_text(wanted)
     return str(python)
