@@ -5,7 +5,8 @@ sits in the public service's DB_URI, a bucket with a 90-day Delete rule over eve
 Artifact Registry `mlflow-repo`, a public Cloud Run service running MLflow 2.9.2 as the default
 compute account, and an `mlflow-client` account with a user-managed key.
 
-`tests/integration/test_takeover_gcloud.py` makes the same deployment with the real gcloud CLI.
+Made with googleapiclient, not the gcloud CLI itself: the fake does not serve the Cloud Run v1
+(Knative) writes `gcloud run deploy` makes.
 """
 
 from __future__ import annotations
