@@ -179,3 +179,11 @@ def test_relocate_artifacts_runs_as_the_job_and_backs_up_before_applying(seeded,
     methods = [r.method_id for r in seeded.mutating_requests()]
     assert methods.index("sql.backupRuns.insert") < len(methods) - 1 - methods[::-1].index("run.projects.locations.jobs.run")
     assert f"rewrote 2 artifact location(s) under gs://{SEED.bucket}/" in out
+
+
+def test_doctor_without_permission_to_list_keys_says_it_did_not_check(seeded, workdir, capsys):
+    _config(workdir)
+    assert run_cli(capsys, "up", "--yes")[0] == 0
+    seeded.deny_permission("iam.serviceAccounts.list", method_id="iam.projects.serviceAccounts.list")
+    code, out, _ = run_cli(capsys, "doctor")
+    assert "WARN  no old key files: not checked:" in out and "iam.serviceAccounts.list" in out

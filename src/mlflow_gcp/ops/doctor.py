@@ -366,8 +366,12 @@ KEYS, COMPUTE = "no old key files", "default compute account roles"
 
 def _old_keys(f: _Facts) -> Check:
     cfg = f.ctx.cfg
-    found = leftovers.key_findings(f.ctx.clients, cfg.project,
-                                   {cfg.server_service_account_email, cfg.builder_service_account_email})
+    try:
+        found = leftovers.key_findings(f.ctx.clients, cfg.project,
+                                       {cfg.server_service_account_email, cfg.builder_service_account_email})
+    except PermissionDenied as err:
+        # Listing accounts and keys needs iam.serviceAccounts.list / serviceAccountKeys.list.
+        return Check(KEYS, WARN, f"not checked: {err.message}", err.hint or "")
     if not found:
         return Check(KEYS, PASS, "no user-managed service-account keys")
     return Check(KEYS, FAIL, "; ".join(what for what, _ in found) + " (remove once no client uses it)",
