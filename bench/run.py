@@ -24,9 +24,13 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from bench import clients, loads, ui
+from bench import clients, history, loads, ui
 from bench.servers import Server
 
+PEAK = "peak RSS during the loads, whole process tree (sampled every 0.25 s)"
+HISTORY = "MlflowClient.get_metric_history, 100,000 points"
+UI_HISTORY = "UI get-history request, 100,000 points (one GET, parsed)"
+CHART = "UI chart request (get-history-bulk-interval), 20 runs x 10,000 points"
 UI_BYTES = "UI first load (experiments page): bytes on the wire"
 UI_TIME = "UI first load, 20 Mbit/s 40 ms RTT: time to the experiment list"
 # name, unit, better ("higher"/"lower"), goal ratio ours/stock (None: no goal)
@@ -42,16 +46,20 @@ FIGURES = [
     ("cold start to /health 200 (existing schema)", "s", "lower", 1 / 3),
     ("idle RSS, whole process tree", "MiB", "lower", 1 / 4),
     ("RSS after the loads, whole process tree", "MiB", "lower", None),
+    (PEAK, "MiB", "lower", None),
+    (HISTORY, "s", "lower", 1 / 5),
+    (UI_HISTORY, "s", "lower", 1 / 5),
+    (CHART, "s", "lower", 1 / 3),
     (UI_BYTES, "KiB", "lower", 1 / 3),
     (UI_TIME, "s", "lower", 1 / 2),
 ]
 
 FULL = {"batch": {1: 60, 4: 40, 16: 40}, "metric": 300, "search_runs": 200, "search": 40,
         "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0,
-        "ui_tries": 2}
+        "ui_tries": 2, "history_tries": 5}
 QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "metric": 60, "search_runs": 100, "search": 4,
          "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0,
-         "ui_tries": 1}
+         "ui_tries": 1, "history_tries": 2}
 
 
 def log(msg: str) -> None:
@@ -77,6 +85,7 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
 
     base, deadline = server.url, counts["deadline"]
     client = loads.Client(base)
+    peak = PeakRss(server)
     if ui.available():
         figures.update(ui_figures(server, client, counts["ui_tries"]))
     exp = client.experiment(f"bench-{server.kind}")
@@ -100,8 +109,36 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
         figures[f"raw artifact put+get 2 KiB, {n} client{'s' if n > 1 else ''}"] = r.per_second
         errors += r.errors
         log(f"{server.kind}: artifacts x{n}: {r.per_second:.1f} ops/s ({r.errors} err)")
+    seeded = history.seed(base, server.database)
+    figures[HISTORY] = history.get_metric_history(base, seeded, counts["history_tries"])
+    figures[UI_HISTORY] = history.ui_history(base, seeded, counts["history_tries"])
+    figures[CHART] = history.chart_request(base, seeded, counts["history_tries"])
+    log(f"{server.kind}: get_metric_history {figures[HISTORY]:.2f} s, UI get-history {figures[UI_HISTORY]:.2f} s, "
+        f"chart request {figures[CHART]:.2f} s")
     figures["RSS after the loads, whole process tree"] = server.tree_rss_mib()
+    figures[PEAK] = peak.stop()
     return figures, errors
+
+
+class PeakRss:
+    """The largest tree RSS seen from now until stop(), sampled in a thread."""
+
+    def __init__(self, server: Server, every: float = 0.25):
+        import threading
+
+        self.peak, self.done = server.tree_rss_mib(), threading.Event()
+
+        def sample():
+            while not self.done.wait(every):
+                self.peak = max(self.peak, server.tree_rss_mib())
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return self.peak
 
 
 def ui_figures(server: Server, client: loads.Client, tries: int) -> dict[str, float]:

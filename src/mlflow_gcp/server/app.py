@@ -138,7 +138,7 @@ def create_app():
 
     compact_json()
 
-    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, uiassets
+    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, history, uiassets
 
     permit = None
     if with_permissions:
@@ -158,6 +158,8 @@ def create_app():
         # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
         # (Not with permissions: it answers before MLflow's permission checks.)
         app = artifacts_stream.wrap(app)
+        # A metric's history in one streamed query (with permissions MLflow checks reads first).
+        app = history.wrap(app)
     # The UI's files from gzip copies made once (inside the caller check: they need a caller too).
     app = uiassets.wrap(app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).
