@@ -33,12 +33,13 @@ def fake_gcp_server():
 
 @pytest.fixture
 def fake_gcp(fake_gcp_server, monkeypatch):
-    """The running fake with empty state, no faults, an empty request log, and
-    MLFLOW_GCP_API_ROOT pointing at it for the duration of the test (MLFLOW_GCP_POLL_SECONDS=0:
-    the fake's operations advance per poll, so waiting between polls only costs time)."""
+    """The running fake with empty state, no faults, an empty request log, Google's timing on
+    (operation durations, propagation delays: core/timing.py), and MLFLOW_GCP_API_ROOT pointing
+    at it for the duration of the test (MLFLOW_GCP_EMULATOR_CLOCK=1: the tool waits by advancing
+    the fake's clock, so minutes of Google time cost no real time)."""
     fake_gcp_server.reset()
     monkeypatch.setenv("MLFLOW_GCP_API_ROOT", fake_gcp_server.url)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
+    monkeypatch.setenv("MLFLOW_GCP_EMULATOR_CLOCK", "1")
     yield fake_gcp_server
     errors = list(fake_gcp_server.internal_errors)
     fake_gcp_server.reset()

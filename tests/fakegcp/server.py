@@ -28,6 +28,7 @@ NO_SERVICE_ACCOUNT_KEYS = "iam.disableServiceAccountKeyCreation"
 NEW_ORG_POLICIES = (DOMAIN_RESTRICTED_SHARING, NO_SERVICE_ACCOUNT_KEYS)
 from .core.snapshot import normalize
 from .core.faults import READ_VERBS, Fault, Faults, Latency, RecordedRequest
+from .core import timing
 
 
 class FakeGcp:
@@ -38,7 +39,7 @@ class FakeGcp:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, op_polls: int = 1,
-                 services_enabled: bool = True, org_policies: tuple[str, ...] = ()):
+                 services_enabled: bool = True, org_policies: tuple[str, ...] = (), strict: bool = True):
         self.host = host
         self.port = port
         self.op_polls = op_polls
@@ -54,6 +55,9 @@ class FakeGcp:
         self.globally_disabled: set[str] = set()
         self._org_policies_initially = tuple(org_policies)
         self.org_policies: set[str] = set(org_policies)  # enforced constraints (see NEW_ORG_POLICIES)
+        self.clock = timing.FakeClock()
+        self._strict_initially = strict
+        self._strictness_defaults()
         self.modules: dict[str, ApiModule] = {cls.name: cls(self) for cls in ALL_APIS}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -109,8 +113,50 @@ class FakeGcp:
             self.audit_logs = False
             self.globally_disabled.clear()
             self.org_policies = set(self._org_policies_initially)
+            self._strictness_defaults()
             for module in self.modules.values():
                 module.reset()
+
+    def _strictness_defaults(self) -> None:
+        # Google's timing, on by default (see core/timing.py); a test turns one off only to test
+        # something else.
+        self.strict(self._strict_initially)
+        self.durations: list[tuple[str, str, float]] = []  # set_duration's, before timing.DURATIONS
+        # Set by user_credentials_without_quota_project: the project gcloud's own OAuth client
+        # bills, which Service Usage and IAM Credentials then name as the consumer.
+        self.client_project: str | None = None
+
+    # ---- time --------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.clock()
+
+    def advance(self, seconds: float) -> float:
+        """Move the fake's clock (what a client's wait does through POST /_fake/clock:sleep)."""
+        return self.clock.advance(seconds)
+
+    def operation_seconds(self, api: str, target: str) -> float:
+        if not self.realistic_durations:
+            return 0.0
+        return timing.duration(api, target, (*self.durations, *timing.DURATIONS))
+
+    def set_duration(self, api: str, target_regex: str, seconds: float) -> None:
+        """Operations of `api` whose "<resource> <kind>" matches take `seconds` (until reset)."""
+        self.durations.insert(0, (api, target_regex, seconds))
+
+    def strict(self, on: bool) -> None:
+        """All of Google's timing on (the default) or off: operation durations, API enablement
+        and service-account propagation delays."""
+        self.realistic_durations = on
+        self.api_propagation_seconds = timing.API_PROPAGATION_SECONDS if on else 0.0
+        self.account_propagation_seconds = timing.ACCOUNT_PROPAGATION_SECONDS if on else 0.0
+
+    def user_credentials_without_quota_project(self, client_project: str = "764086051850") -> None:
+        """Act as Google does for user credentials with no quota project: Service Usage and IAM
+        Credentials bill the OAuth client's project (gcloud's own, by default its real number)
+        and answer SERVICE_DISABLED naming it as the consumer, unless the request names a quota
+        project (header x-goog-user-project, what google-auth's with_quota_project sends)."""
+        self.client_project = client_project
 
     # ---- state and log ---------------------------------------------------------------------
 
@@ -214,18 +260,33 @@ class FakeGcp:
             else:
                 self.modules["serviceusage"].set_state(project, service, "DISABLED")
 
-    def enable_api(self, api: str, project: str | None = None) -> None:
+    def enable_api(self, api: str, project: str | None = None, just_now: bool = False) -> None:
+        """Enable `api`; just_now=True: as if Service Usage enabled it in `project` this moment,
+        so its calls still answer SERVICE_DISABLED for api_propagation_seconds."""
         service = self.modules[api].service
         with self.lock:
             if project is None:
                 self.globally_disabled.discard(service)
             else:
-                self.modules["serviceusage"].set_state(project, service, "ENABLED")
+                usage = self.modules["serviceusage"]
+                usage.set_state(project, service, "ENABLED")
+                if just_now:
+                    usage.enabled_at[usage._key(project, service)] = self.now()
 
-    def delay_iam_propagation(self, policy_sets: int) -> None:
-        """A service account created from now on is unknown to the next `policy_sets`
-        setIamPolicy calls naming it (400 "does not exist"), as right after creation in Google."""
-        self.modules["iam"].propagation_calls = policy_sets
+    def account_visible(self, email: str) -> bool:
+        """Whether other APIs see this service account yet (it exists, and was created at least
+        account_propagation_seconds ago on the fake's clock)."""
+        iam = self.modules["iam"]
+        if email not in iam.state:
+            return False
+        return self.clock() >= iam.created_at.get(email, 0.0) + self.account_propagation_seconds
+
+    def check_account_reference(self, email: str, field: str) -> None:
+        """Refuse a request body naming a service account created too recently for this API to
+        know it, as Google does (400 "does not exist") while the account propagates."""
+        iam = self.modules["iam"]
+        if email in iam.state and not self.account_visible(email):
+            raise invalid_argument(f"Service account {email} does not exist.", field=field)
 
     def account_deleted(self, email: str, unique_id: str) -> None:
         """Bindings of a deleted service account stay in every policy, renamed as Google does:
@@ -257,21 +318,19 @@ class FakeGcp:
         kind, _, email = member.partition(":")
         if kind != "serviceAccount" or not email.endswith(".iam.gserviceaccount.com"):
             return
-        iam = self.modules["iam"]
-        pending = iam.unpropagated.get(email, 0)
-        if email not in iam.state or pending > 0:
-            if pending > 0:
-                iam.unpropagated[email] = pending - 1
+        if not self.account_visible(email):
             raise invalid_argument(f"Service account {email} does not exist.",
                                    field="policy.bindings.members")
 
     def service_enabled(self, project: str | None, service: str) -> bool:
-        return self.modules["serviceusage"].is_enabled(project, service)
+        return self.modules["serviceusage"].is_usable(project, service)
 
     # ---- dispatch ----------------------------------------------------------------------------
 
     def handle(self, method: str, target: str, headers: dict, raw: bytes) -> tuple[int, dict, bytes]:
         split = urlsplit(target)
+        if split.path.startswith("/_fake/clock"):
+            return self._clock_endpoint(method, split.path, raw)
         _, _, rest = split.path.partition("/")
         api, _, raw_path = rest.partition("/")
         query = parse_qs(split.query, keep_blank_values=True)
@@ -300,6 +359,19 @@ class FakeGcp:
         if isinstance(payload, (bytes, bytearray)):
             return status, {"Content-Type": "application/octet-stream"}, bytes(payload)
         return status, {"Content-Type": "application/json; charset=UTF-8"}, json.dumps(payload).encode()
+
+    def _clock_endpoint(self, method: str, path: str, raw: bytes) -> tuple[int, dict, bytes]:
+        """GET /_fake/clock -> {"now": seconds}; POST /_fake/clock:sleep {"seconds": s} advances
+        it: how a client under emulation reads the time and waits (not a Google API, not logged)."""
+        if method == "POST" and path == "/_fake/clock:sleep":
+            try:
+                seconds = float(json.loads(raw or b"{}").get("seconds", 0))
+            except (ValueError, AttributeError):
+                return 400, {}, b""
+            self.advance(seconds)
+        elif method != "GET" or path != "/_fake/clock":
+            return 404, {}, b""
+        return 200, {"Content-Type": "application/json"}, json.dumps({"now": self.now()}).encode()
 
     def _dispatch(self, rec: RecordedRequest, api: str, raw_path: str, query, headers, raw):
         module = self.modules.get(api)
@@ -336,6 +408,9 @@ class FakeGcp:
 
         req = Request(rec.method, api, route.version, route.method_id, rec.path, params, body,
                       raw if is_media else b"", headers)
+        if self.client_project and api in ("serviceusage", "iamcredentials") and not any(
+                k.lower() == "x-goog-user-project" for k in headers):
+            raise service_disabled(module.service, module.title, project_number(self.client_project))
         if module.service and api != "serviceusage":
             project = module.project_of(req)
             if not self.service_enabled(project, module.service):
@@ -352,7 +427,12 @@ class FakeGcp:
             raise GcpError(501, f"The fake does not implement {route.method_id} "
                            f"({route.version}).", "UNIMPLEMENTED", "notImplemented")
         with self.lock:
-            result = handler(req)
+            try:
+                result = handler(req)
+            except GcpError:
+                if fault is None:
+                    raise
+                raise fault.error()  # the answer is lost, whatever it was
             if self.audit_logs and rec.mutating and api != "logging":
                 self._audit(module, req)
         if fault is not None:

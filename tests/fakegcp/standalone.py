@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 class StandaloneFake:
-    def __init__(self, op_polls: int = 1, startup_timeout: float = 30):
+    def __init__(self, op_polls: int = 1, startup_timeout: float = 30, strict: bool = True):
         self.op_polls = op_polls
+        self.strict = strict
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.url = ""
@@ -26,7 +27,8 @@ class StandaloneFake:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.fakegcp", "--port", "0", "--op-polls", str(self.op_polls)],
+            [sys.executable, "-m", "tests.fakegcp", "--port", "0", "--op-polls", str(self.op_polls),
+             *(() if self.strict else ("--no-timing",))],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().strip()  # the server prints its URL once it listens
         if not line.startswith("http://"):

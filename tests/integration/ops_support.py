@@ -20,7 +20,6 @@ MEMBER = "user:ann@example.com"
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     for var in ("MLFLOW_GCP_CREDENTIALS_FILE", "MLFLOW_GCP_IMPERSONATE_SERVICE_ACCOUNT"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
@@ -39,7 +38,7 @@ def deployed(fake_gcp, workdir, capsys, request):
 
 
 def ctx_for(cfg, lines: list | None = None) -> Context:
-    clients = Clients.from_env(cfg.project, poll_interval=0, retry=gerrors.NO_RETRY, sleep=lambda s: None)
+    clients = Clients.from_env(cfg.project, retry=gerrors.NO_RETRY)  # waits advance the fake's clock
     return Context(cfg, clients, say=(lines.append if lines is not None else (lambda s: None)))
 
 

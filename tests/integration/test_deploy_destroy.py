@@ -17,7 +17,6 @@ PROJECT = "acme-ml-prod"
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     return tmp_path
 
 

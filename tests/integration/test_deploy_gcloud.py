@@ -23,7 +23,7 @@ SA = f"mlflow-server@{P}.iam.gserviceaccount.com"
 
 
 def test_gcloud_reads_back_what_up_created(fake_gcp, tmp_path):
-    env = {**os.environ, "MLFLOW_GCP_API_ROOT": fake_gcp.url, "MLFLOW_GCP_POLL_SECONDS": "0"}
+    env = {**os.environ, "MLFLOW_GCP_API_ROOT": fake_gcp.url}
     subprocess.run([sys.executable, "-m", "mlflow_gcp", "init", "--project", P, "--region", "europe-west1",
                     "--set", "access.members=group:ml-team@example.com"],
                    cwd=tmp_path, env=env, check=True, capture_output=True, text=True)

@@ -37,13 +37,14 @@ def make_cfg(**overrides) -> config.Config:
     return config.from_dict(data)
 
 
-def make_ctx(cfg, lines=None, retry=gerrors.NO_RETRY, sleeps=None):
-    # With `sleeps`, time is simulated: sleeping appends, and the clock is the sum slept.
-    if sleeps is None:
-        clock_kw = {"sleep": lambda s: None}
-    else:
-        clock_kw = {"sleep": sleeps.append, "clock": lambda: float(sum(sleeps))}
-    clients = Clients.from_env(cfg.project, poll_interval=0, retry=retry, **clock_kw)
+def make_ctx(cfg, lines=None, retry=gerrors.NO_RETRY, sleeps=None, poll_interval=None):
+    # Time is the fake's clock (MLFLOW_GCP_EMULATOR_CLOCK); with `sleeps`, each wait is also noted.
+    clients = Clients.from_env(cfg.project, retry=retry)
+    if poll_interval is not None:
+        clients.poll_interval = poll_interval
+    if sleeps is not None:
+        advance = clients.sleep
+        clients.sleep = lambda s: (sleeps.append(s), advance(s))
     return Context(cfg, clients, say=(lines.append if lines is not None else (lambda s: None)))
 
 
@@ -162,7 +163,6 @@ def test_fresh_up_creates_everything_with_the_expected_fields(fake_gcp):
 
 def test_second_up_makes_zero_mutating_calls_and_says_no_changes(fake_gcp, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     (tmp_path / "mlflow-gcp.toml").write_text(config.to_toml(make_cfg()))
     assert cli_main.main(["up", "--yes"]) == 0
     first = capsys.readouterr().out
@@ -217,6 +217,7 @@ def let_google_finish(fake) -> None:
     create whose response was lost still finishes on Google's side)."""
     from tests.fakegcp.core.api import Operation
 
+    fake.advance(3600)
     with fake.lock:
         for module in fake.modules.values():
             for op in list((getattr(module, "ops", None) or {}).values()):
@@ -225,8 +226,19 @@ def let_google_finish(fake) -> None:
                         op.poll()
 
 
+# A lost answer to these is followed by a look for what the call made (gcp.operations.send_once).
+SENT_ONCE = {"cloudbuild.projects.builds.create", "run.projects.locations.jobs.run"}
+
+
+def _quick(fake) -> None:
+    # Interruptions are the subject here, not waiting: operations take no time (propagation
+    # delays stay on, so a rerun still meets accounts and APIs Google does not know yet).
+    fake.realistic_durations = False
+
+
 def _fresh_reference(fake) -> tuple[dict, int]:
     fake.reset()
+    _quick(fake)
     up(make_cfg())
     return snapshot(fake), len(fake.mutating_requests())
 
@@ -237,9 +249,16 @@ def test_an_up_interrupted_at_any_mutating_call_converges_when_rerun(fake_gcp, a
     assert total >= 15
     for n in range(1, total + 1):
         fake_gcp.reset()
+        _quick(fake_gcp)
         fake_gcp.fail_mutation(n, status=500, after_apply=after_apply)
-        with pytest.raises(Unavailable):
+        try:
             up(make_cfg())
+        except Unavailable:
+            pass
+        else:
+            # Only a call that must not be repeated blindly is checked for and recovered at once.
+            hit = [r.method_id for r in fake_gcp.requests if r.injected]
+            assert after_apply and hit[0] in SENT_ONCE, f"fault at mutating call {n} ({hit}) went unnoticed"
         fake_gcp.clear_faults()
         let_google_finish(fake_gcp)
         up(make_cfg())
@@ -334,20 +353,22 @@ def test_a_disabled_api_is_named_in_the_error(fake_gcp):
 
 
 def test_429_and_5xx_are_retried_with_backoff_then_succeed(fake_gcp):
+    fake_gcp.strict(False)  # operations done in one poll, and polls do not sleep: only backoffs are noted
     fake_gcp.fail(429, method_id="storage.buckets.insert", times=2)
     fake_gcp.fail(503, method_id="run.projects.locations.services.create", times=1)
     sleeps: list[float] = []
-    up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=60), sleeps=sleeps)
+    up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=60), sleeps=sleeps, poll_interval=0)
     backoffs = [s for s in sleeps if s]  # polls sleep 0 here
     assert backoffs == [1.0, 2.0, 1.0], "exponential per call, reset for the next call"
     assert make_cfg().bucket_name in fake_gcp.state("storage")
 
 
 def test_retries_stop_at_the_time_budget_with_a_clear_error(fake_gcp):
+    fake_gcp.strict(False)  # as above
     fake_gcp.fail(503, method_id="storage.buckets.insert", times=100)
     sleeps: list[float] = []
     with pytest.raises(Unavailable) as err:
-        up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=10), sleeps=sleeps)
+        up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=10), sleeps=sleeps, poll_interval=0)
     assert "creating bucket" in str(err.value) and "still failing after" in str(err.value)
     # 1 + 2 + 4 = 7 s slept; the next delay (8 s) would pass the 10 s budget, so it stops.
     assert [s for s in sleeps if s] == [1.0, 2.0, 4.0]
@@ -375,7 +396,6 @@ def test_bad_config_is_rejected_before_any_api_call(fake_gcp, tmp_path, monkeypa
 
 def test_public_needs_the_flag_and_then_warns(fake_gcp, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     assert cli_main.main(["up", "--yes", "--project", PROJECT, "--set", "access.mode=public", "--allow-public"]) == 0
     assert "anyone on the internet" in capsys.readouterr().err
     assert fake_gcp.state("run")[SERVICE]["invokerIamDisabled"] is True
@@ -395,7 +415,6 @@ def test_budget_error_names_the_knob():
 
 def test_no_secret_in_any_output_or_log(fake_gcp, tmp_path, monkeypatch, capsys, caplog):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     caplog.set_level(logging.DEBUG)
     assert cli_main.main(["--debug", "up", "--yes", "--project", PROJECT]) == 0
     assert cli_main.main(["plan", "--json", "--project", PROJECT]) == 0
@@ -460,8 +479,7 @@ def test_a_slow_operation_shows_progress_and_times_out_with_its_name(fake_gcp):
     up_to_database = make_cfg()
     sleeps: list[float] = []
     seen: list[tuple[str, float]] = []
-    clients = Clients.from_env(PROJECT, poll_interval=2, retry=gerrors.NO_RETRY,
-                               sleep=sleeps.append, clock=lambda: float(sum(sleeps)))
+    clients = make_ctx(up_to_database, sleeps=sleeps).clients
     fake_gcp.reset(op_polls=0)
     sql.create_instance(clients, desired.sql_instance(up_to_database))
     fake_gcp.op_polls = 10_000  # from now on, operations never finish
@@ -569,17 +587,17 @@ def test_a_tier_change_patches_only_the_instance_and_warns_of_the_restart(fake_g
 
 
 def test_a_busy_cloud_sql_instance_is_waited_out(fake_gcp):
+    fake_gcp.strict(False)  # as above
     fake_gcp.fail(409, method_id="sql.databases.insert", times=4, reason="operationInProgress",
                   message="Operation failed because another operation was already in progress.")
     sleeps: list[float] = []
-    up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=5), sleeps=sleeps)
+    up(make_cfg(), retry=gerrors.RetryPolicy(budget_seconds=5), sleeps=sleeps, poll_interval=0)
     assert [s for s in sleeps if s] == [1.0, 2.0, 4.0, 8.0], "longer than the default budget of 5 s here"
     assert plan(make_cfg()).empty
 
 
 def test_a_bucket_name_taken_elsewhere_says_to_pick_another(fake_gcp, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     fake_gcp.fail(409, method_id="storage.buckets.insert", grpc_status="CONFLICT",
                   message="The requested bucket name is not available. The bucket namespace is shared by all users.")
     assert cli_main.main(["up", "--yes", "--project", PROJECT]) == 1

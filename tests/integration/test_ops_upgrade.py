@@ -106,7 +106,6 @@ def test_the_build_gets_the_version_from_the_uploaded_dockerfile(deployed, fake_
 def wired(deployed, fake_gcp, plugin, stack, monkeypatch):
     """The deployed fake plus the client stack (ID tokens from a local IdP)."""
     monkeypatch.setenv("MLFLOW_GCP_API_ROOT", fake_gcp.url)  # the plugin fixture clears MLFLOW_GCP_*
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     return stack
 
 

@@ -111,7 +111,6 @@ def test_ten_cycles_with_random_faults_converge_to_the_uninterrupted_state(fake_
 @pytest.mark.parametrize("command", ["plan", "up"])
 def test_a_public_config_is_refused_before_any_api_call(fake_gcp, tmp_path, monkeypatch, capsys, command):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_GCP_POLL_SECONDS", "0")
     public = config.to_toml(make_cfg(access__mode="public"))
     (tmp_path / "mlflow-gcp.toml").write_text(public)
     args = [command, "--yes"] if command == "up" else [command]

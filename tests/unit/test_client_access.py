@@ -22,6 +22,7 @@ def deployed(fake_gcp, gcp_client, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     gcp_client("iam", "v1").projects().serviceAccounts().create(
         name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
+    fake_gcp.advance(fake_gcp.account_propagation_seconds)  # an account deployed a while ago
     gcp_client("run", "v2").projects().locations().services().create(
         parent=f"projects/{P}/locations/{R}", serviceId="mlflow-tracking",
         body={"template": {

@@ -66,10 +66,11 @@ def test_without_url_or_project_it_says_to_pass_url(capsys, monkeypatch, tmp_pat
 P, R = "proj-client", "europe-west9"
 
 
-def _deploy(gcp_client, service: str = "mlflow-tracking") -> None:
+def _deploy(fake_gcp, gcp_client, service: str = "mlflow-tracking") -> None:
     iam = gcp_client("iam", "v1")
     iam.projects().serviceAccounts().create(
         name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
+    fake_gcp.advance(fake_gcp.account_propagation_seconds)  # an account deployed a while ago
     run = gcp_client("run", "v2")
     run.projects().locations().services().create(
         parent=f"projects/{P}/locations/{R}", serviceId=service,
@@ -84,7 +85,7 @@ def _deploy(gcp_client, service: str = "mlflow-tracking") -> None:
 def test_env_reads_the_url_of_the_deployed_service(fake_gcp, gcp_client, capsys, monkeypatch,
                                                    tmp_path):
     monkeypatch.chdir(tmp_path)
-    _deploy(gcp_client)
+    _deploy(fake_gcp, gcp_client)
     assert main(["env", "--project", P, "--region", R, "--shell", "sh"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("export MLFLOW_TRACKING_URI=https://mlflow-tracking-")

@@ -92,7 +92,27 @@ def test_unknown_path_wrong_method_and_unimplemented(fake_gcp):
     assert r.status_code == 501 and r.json()["error"]["status"] == "UNIMPLEMENTED"
 
 
+def test_a_cloud_sql_creation_takes_minutes_on_the_fakes_clock(fake_gcp, sql):
+    op = sql.instances().insert(project=P, body=INSTANCE).execute()
+    poll = lambda: sql.operations().get(project=P, operation=op["name"]).execute()["status"]  # noqa: E731
+    assert [poll() for _ in range(5)] == ["RUNNING"] * 5, "polls alone do not finish it"
+    fake_gcp.advance(5 * 60)
+    assert poll() == "RUNNING", "Google: creating an instance takes 5 to 15 minutes"
+    assert fake_gcp.state("sqladmin")[f"{P}/db1"]["state"] == "PENDING_CREATE"
+    fake_gcp.advance(6 * 60)
+    assert poll() == "DONE"
+    assert fake_gcp.state("sqladmin")[f"{P}/db1"]["state"] == "RUNNABLE"
+
+
+def test_the_clock_moves_when_a_client_sleeps_on_it(fake_gcp):
+    before = requests.get(f"{fake_gcp.url}/_fake/clock").json()["now"]
+    after = requests.post(f"{fake_gcp.url}/_fake/clock:sleep", json={"seconds": 90}).json()["now"]
+    assert after == before + 90 == fake_gcp.now()
+    assert fake_gcp.requests == [], "the clock is not a Google API: not in the request log"
+
+
 def test_operation_completes_after_configured_polls(fake_gcp, sql):
+    fake_gcp.strict(False)  # polls only, to test them alone
     fake_gcp.op_polls = 3
     op = sql.instances().insert(project=P, body=INSTANCE).execute()
     assert op["status"] == "PENDING"
@@ -104,6 +124,7 @@ def test_operation_completes_after_configured_polls(fake_gcp, sql):
 
 
 def test_zero_polls_means_done_at_once(fake_gcp, gcp_client):
+    fake_gcp.strict(False)  # no duration either
     fake_gcp.op_polls = 0
     run = gcp_client("run", "v2")
     op = run.projects().locations().services().create(
@@ -170,17 +191,26 @@ def test_service_disabled_shape_and_enabling_lifts_it(fake_gcp, gcp_client, sql)
     su = gcp_client("serviceusage", "v1")
     name = f"projects/{P}/services/sqladmin.googleapis.com"
     assert su.services().get(name=name).execute()["state"] == "DISABLED"
-    op = su.services().enable(name=name, body={}).execute()
+    op = su.operations().get(name=su.services().enable(name=name, body={}).execute()["name"]).execute()
     assert not op["done"]
     with pytest.raises(HttpError):  # not enabled until the operation is done
         sql.instances().list(project=P).execute()
+    fake_gcp.advance(20)
     op = su.operations().get(name=op["name"]).execute()
     assert op["done"] and op["response"]["service"]["state"] == "ENABLED"
+    assert su.services().get(name=name).execute()["state"] == "ENABLED"
+    # Google: enabled, yet "If you enabled this API recently, wait a few minutes for the action to
+    # propagate to our systems and retry": the same 403 until then.
+    with pytest.raises(HttpError) as info:
+        sql.instances().list(project=P).execute()
+    assert error_of(info.value)["details"][0]["reason"] == "SERVICE_DISABLED"
+    assert "If you enabled this API recently, wait a few minutes" in error_of(info.value)["message"]
+    fake_gcp.advance(fake_gcp.api_propagation_seconds)
     assert sql.instances().list(project=P).execute()["kind"] == "sql#instancesList"
 
 
 def test_new_project_with_everything_disabled_batch_enable(gcp_client):
-    fake = FakeGcp(services_enabled=False, op_polls=0).start()
+    fake = FakeGcp(services_enabled=False, op_polls=0, strict=False).start()
     try:
         from tests.fakegcp.client import build_client
         su = build_client(fake.url, "serviceusage", "v1")
@@ -188,7 +218,10 @@ def test_new_project_with_everything_disabled_batch_enable(gcp_client):
             "run.googleapis.com", "iam.googleapis.com"]}).execute()
         assert op["done"] and len(op["response"]["services"]) == 2
         listed = su.services().list(parent=f"projects/{P}", filter="state:ENABLED").execute()
-        assert {s["config"]["name"] for s in listed["services"]} == {"run.googleapis.com", "iam.googleapis.com"}
+        assert {s["config"]["name"] for s in listed["services"]} == {
+            "run.googleapis.com", "iam.googleapis.com",
+            # on in every new project, as Google does
+            "storage.googleapis.com", "storage-api.googleapis.com", "logging.googleapis.com", "serviceusage.googleapis.com"}
         with pytest.raises(HttpError) as info:
             build_client(fake.url, "secretmanager", "v1").projects().secrets().list(parent=f"projects/{P}").execute()
         assert error_of(info.value)["details"][0]["metadata"]["service"] == "secretmanager.googleapis.com"
@@ -224,13 +257,16 @@ def _deploy_like(gcp_client, name="db1"):
 
 
 def test_snapshot_equal_for_identical_runs_and_shows_differences(fake_gcp, gcp_client):
+    fake_gcp.strict(False)  # _deploy_like polls each operation once
     _deploy_like(gcp_client)
     first = fake_gcp.snapshot()
     assert "random-1" not in repr(first) and first["sqladmin"]["users"][f"{P}/db1/u@"]["password"] == "<set>"
     fake_gcp.reset()
+    fake_gcp.strict(False)
     _deploy_like(gcp_client)
     assert fake_gcp.snapshot() == first
     fake_gcp.reset()
+    fake_gcp.strict(False)
     _deploy_like(gcp_client, name="db2")
     assert fake_gcp.snapshot()["sqladmin"] != first["sqladmin"]
 
@@ -283,7 +319,7 @@ def test_standalone_process_serves_the_same_contract():
     from tests.fakegcp.client import build_client
     from tests.fakegcp.standalone import StandaloneFake
 
-    with StandaloneFake(op_polls=0) as fake:
+    with StandaloneFake(op_polls=0, strict=False) as fake:
         sql = build_client(fake.url, "sqladmin", "v1")
         op = sql.instances().insert(project=P, body=INSTANCE).execute()
         assert op["status"] == "DONE"

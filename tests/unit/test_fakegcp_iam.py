@@ -17,6 +17,13 @@ P = "proj-iam"
 EMAIL = f"mlflow-server@{P}.iam.gserviceaccount.com"
 
 
+@pytest.fixture(autouse=True)
+def _polls_only(fake_gcp):
+    # These test each API's shapes and rules; Google's timing (durations, propagation) has its
+    # own tests (test_fakegcp_core.py, test_fakegcp_timing.py) and is on everywhere else.
+    fake_gcp.strict(False)
+
+
 @pytest.fixture
 def sas(gcp_client):
     return gcp_client("iam", "v1").projects().serviceAccounts()
@@ -103,21 +110,6 @@ def test_iamcredentials_tokens_for_existing_accounts(fake_gcp, gcp_client, sas):
     # A real RSA-SHA256 signature by the account's key: what a V4 signed URL's checker verifies.
     fake_gcp.api("iamcredentials").public_key(EMAIL).verify(
         base64.b64decode(signed), b"x", padding.PKCS1v15(), hashes.SHA256())
-
-
-def test_new_account_propagates_after_some_policy_sets(fake_gcp, gcp_client, sas):
-    fake_gcp.delay_iam_propagation(2)
-    sas.create(name=f"projects/{P}", body={"accountId": "mlflow-server"}).execute()
-    crm = gcp_client("cloudresourcemanager", "v1").projects()
-    binding = {"role": "roles/cloudsql.client", "members": [f"serviceAccount:{EMAIL}"]}
-    for _ in range(2):
-        policy = crm.getIamPolicy(resource=P, body={}).execute()
-        with pytest.raises(HttpError) as info:
-            crm.setIamPolicy(resource=P, body={"policy": {**policy, "bindings": policy["bindings"] + [binding]}}).execute()
-        assert info.value.status_code == 400 and b"does not exist" in info.value.content
-    policy = crm.getIamPolicy(resource=P, body={}).execute()
-    crm.setIamPolicy(resource=P, body={"policy": {**policy, "bindings": policy["bindings"] + [binding]}}).execute()
-    assert binding in crm.getIamPolicy(resource=P, body={}).execute()["bindings"]
 
 
 def test_deleted_account_bindings_are_renamed(gcp_client, sas):

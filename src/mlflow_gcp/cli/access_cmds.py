@@ -10,7 +10,9 @@ from mlflow_gcp.cli import options
 def _clients(cfg):
     from mlflow_gcp.gcp.clients import for_config
 
-    return for_config(cfg)
+    clients = for_config(cfg)
+    clients.progress = options.waiting_progress(lambda line: click.echo(line, err=True))
+    return clients
 
 
 def _echo_lines(lines: list[str], as_json: bool) -> None:

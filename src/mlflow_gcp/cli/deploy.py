@@ -29,19 +29,15 @@ def _ask_password(prompt: str) -> str | None:
     return click.prompt(prompt, hide_input=True, err=True) if sys.stdin.isatty() else None
 
 
-def _context(cfg, say=click.echo, import_password: bool = False):
+def _context(cfg, say=click.echo, wait_say=None, import_password: bool = False):
+    """The context of one command; its waits are shown through `wait_say` (default: `say`)."""
     from mlflow_gcp.gcp.clients import for_config
     from mlflow_gcp.plan.steps import Context
 
-    last: dict[str, float] = {}
-
-    def progress(what: str, elapsed: float) -> None:
-        # One line when a wait starts, then one every 15 s: visible, not noisy.
-        if what not in last or elapsed - last[what] >= 15:
-            last[what] = elapsed
-            say(f"  waiting for {what} ({elapsed:.0f}s)")
-
-    ctx = Context(cfg, for_config(cfg), say=say, progress=progress)
+    progress = options.waiting_progress(wait_say or say)
+    clients = for_config(cfg)
+    clients.progress = progress  # Google's propagation delays, met inside any call
+    ctx = Context(cfg, clients, say=say, progress=progress)
     if import_password:
         ctx.facts.update(import_password=True, ask_password=_ask_password)
     return ctx

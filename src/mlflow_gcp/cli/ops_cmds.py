@@ -16,7 +16,9 @@ def _ctx(cfg_source, quiet: bool = False):
     from mlflow_gcp.cli.deploy import _context
 
     cfg = cfg_source.load()
-    return _context(cfg, say=(lambda line: None) if quiet else click.echo)
+    if quiet:  # output that must stay clean (tables, --json): waits still show, on stderr
+        return _context(cfg, say=lambda line: None, wait_say=lambda line: click.echo(line, err=True))
+    return _context(cfg, say=click.echo)
 
 
 # ------------------------------------------------------------------ status

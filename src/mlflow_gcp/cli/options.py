@@ -79,6 +79,19 @@ def confirm(question: str, yes: bool) -> None:
         raise UserAborted("stopped; nothing more was changed")
 
 
+def waiting_progress(say: Callable[[str], None]) -> Callable[[str, float], None]:
+    """progress(what, elapsed) for long waits: one line when a wait starts, then one every 15 s
+    (visible, not noisy)."""
+    last: dict[str, float] = {}
+
+    def progress(what: str, elapsed: float) -> None:
+        if what not in last or elapsed - last[what] >= 15:
+            last[what] = elapsed
+            say(f"  waiting for {what} ({elapsed:.0f}s)")
+
+    return progress
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 

@@ -4,6 +4,13 @@ Every request goes through `execute()`: HttpError -> a subclass of mlflow_gcp.er
 (cause chained), 429/5xx and transport errors retried with exponential backoff inside a time budget.
 A 403 names the permission, the role that grants it and the gcloud command; a disabled API is
 raised as ApiDisabled naming the service, so `up` can enable it.
+
+Google is eventually consistent in two ways every command meets on a new project, and the same
+loop waits them out whatever the call's own policy (see PROPAGATION): an API enabled minutes ago
+still answers SERVICE_DISABLED (ApiNotReady), and a service account created a minute ago is
+"does not exist" to IAM policies and to the APIs that run as it (AccountNotReady). Telling those
+apart from a really disabled API or a really missing account needs a look at what exists, which
+the caller (gcp.clients.Clients) does in its `classify` hook.
 """
 
 from __future__ import annotations
@@ -39,6 +46,32 @@ class InvalidRequest(GcpError):
     """Google rejected the request as malformed or not allowed in the current state (400)."""
 
 
+class ApiNotReady(GcpError):
+    """SERVICE_DISABLED from an API that Service Usage says is enabled: the enablement has not
+    reached the rest of Google yet."""
+
+    def __init__(self, service: str, err: GcpError):
+        super().__init__(f"{err.message} (enabled, but Google has not finished enabling it)", hint=err.hint,
+                         status=err.status)
+        self.service = service
+        self.waiting_for = f"{service}, enabled recently, to answer (Google takes a few minutes)"
+
+
+class AccountNotReady(InvalidRequest):
+    """"Service account X does not exist" for an account that exists: it is too new for this API."""
+
+    def __init__(self, email: str, err: GcpError):
+        super().__init__(f"{err.message} (the account exists; Google has not made it known everywhere yet)",
+                         status=err.status)
+        self.account = email
+        self.waiting_for = f"the new service account {email} to be known (Google takes a minute or more)"
+
+
+class QuotaProjectMissing(GcpError):
+    """SERVICE_DISABLED naming another project as the consumer: user credentials without a
+    quota project bill gcloud's own project, where this API is off."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Which errors are retried, how fast, and for how long in total."""
@@ -60,6 +93,16 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 NO_RETRY = RetryPolicy(budget_seconds=0.0)
+# Google: "If you enabled this API recently, wait a few minutes for the action to propagate to our
+# systems and retry"; users report up to ~5 minutes.
+API_PROPAGATION = RetryPolicy(budget_seconds=300.0, initial_delay=5.0, max_delay=30.0, retryable=(ApiNotReady,))
+# Google (IAM, eventual consistency): a new service account may be unknown to policies and other
+# APIs for "60 seconds or more"; three minutes covers the slow cases without hiding a real error.
+ACCOUNT_PROPAGATION = RetryPolicy(budget_seconds=180.0, initial_delay=5.0, max_delay=20.0,
+                                  retryable=(AccountNotReady,))
+# Waited out on every call, whatever the call's own policy: a refused call did nothing, so even a
+# call that must not be repeated blindly (a build, a job run) may be sent again.
+PROPAGATION = (API_PROPAGATION, ACCOUNT_PROPAGATION)
 
 # Permission prefix -> the narrowest predefined role that holds it for what `up` does.
 _ROLE_FOR_PERMISSION = (
@@ -195,6 +238,7 @@ def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
                           hint=f"`mlflow-gcp up` enables it, or run `gcloud services enable {service} --project {project}`",
                           status=status)
         exc.service = service
+        exc.consumer = metadata.get("consumer")  # "projects/<number>": who Google billed
         return exc
     if status == 429 or (status == 403 and reasons & _RATE_REASONS) or state == "RESOURCE_EXHAUSTED":
         return RateLimited(text, status=status)
@@ -238,6 +282,18 @@ def translate(err: Any, what: str, *, project: str, uri: str = "") -> GcpError:
     return GcpError(f"{text} (HTTP {status})", status=status)
 
 
+_ACCOUNT_MISSING_RE = re.compile(
+    r"[Ss]ervice account (?:projects/[^/\s]+/serviceAccounts/)?([\w.+-]+@[\w-]+\.iam\.gserviceaccount\.com)"
+    r"[^.]*? does not exist")
+
+
+def missing_account(exc: GcpError) -> str | None:
+    """The service account a 400 "Service account X does not exist" names, if that is the error."""
+    if not isinstance(exc, InvalidRequest):
+        return None
+    return _first(_ACCOUNT_MISSING_RE, exc.message)
+
+
 def _first(pattern: re.Pattern, text: str) -> str | None:
     m = pattern.search(text)
     return m.group(1) if m else None
@@ -251,12 +307,16 @@ def execute(
     policy: RetryPolicy = DEFAULT_RETRY,
     sleep: Callable[[float], None],
     clock: Callable[[], float],
+    classify: Callable[[GcpError], GcpError] | None = None,
+    progress: Callable[[str, float], None] | None = None,
 ) -> dict:
-    """request.execute() with the error table and the retry policy applied."""
+    """request.execute() with the error table and the retry policies applied: `policy` for
+    transient errors, PROPAGATION for Google's eventual consistency (`classify` turns an error
+    into ApiNotReady / AccountNotReady when what exists says so; `progress` hears those waits)."""
     from googleapiclient.errors import HttpError
 
     start = clock()
-    delays = policy.delays()
+    delays: dict[int, Any] = {}
     attempt = 0
     while True:
         attempt += 1
@@ -268,13 +328,18 @@ def execute(
         except (OSError, socket.timeout) as err:
             exc = Unavailable(f"{what}: cannot reach Google ({err.__class__.__name__}: {err})")
             cause = err
-        if not isinstance(exc, policy.retryable):
+        if classify is not None:
+            exc = classify(exc)
+        matching = next((p for p in (policy, *PROPAGATION) if isinstance(exc, p.retryable)), None)
+        if matching is None:
             raise exc from cause
-        delay = next(delays)
+        delay = next(delays.setdefault(id(matching), matching.delays()))
         elapsed = clock() - start
-        if elapsed + delay > policy.budget_seconds:
+        if elapsed + delay > matching.budget_seconds:
             if attempt > 1:
                 exc.message = f"{exc.message} (still failing after {attempt} attempts in {elapsed:.0f}s)"
             raise exc from cause
         log.debug("retrying %s in %.1fs after: %s", what, delay, exc)
+        if progress is not None and matching in PROPAGATION:
+            progress(getattr(exc, "waiting_for", what), elapsed)
         sleep(delay)

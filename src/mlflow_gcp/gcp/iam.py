@@ -20,11 +20,14 @@ def create_service_account(clients, account_id: str, display_name: str, descript
     api = clients.api("iam").projects().serviceAccounts()
     body = {"accountId": account_id, "serviceAccount": {"displayName": display_name, "description": description}}
     try:
-        return clients.execute(
+        created = clients.execute(
             api.create(name=f"projects/{clients.project}", body=body), f"creating service account {account_id}"
         )
     except AlreadyExists:
         return None
+    # Other APIs may not know it for a minute or more: their refusals are waited out (clients.classify).
+    clients.known_accounts.add(created.get("email") or f"{account_id}@{clients.project}.iam.gserviceaccount.com")
+    return created
 
 
 def delete_service_account(clients, email: str) -> bool:

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mlflow_gcp.errors import OperationFailed
+from mlflow_gcp.errors import OperationFailed, RateLimited, Unavailable
+from mlflow_gcp.gcp.errors import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,13 @@ Progress = Callable[[str, float], None]
 
 # Poll interval grows to this; Cloud SQL creation takes 5-15 minutes, so ten seconds loses little.
 MAX_POLL_INTERVAL_SECONDS = 10.0
+# Waits allowed half an hour or more (a Cloud SQL creation, a build) poll up to every 30 s: a
+# minute in sixty of the timeout, so a long wait makes a few dozen calls, not hundreds.
+LONG_POLL_INTERVAL_SECONDS = 30.0
+
+
+def _max_interval(timeout: float) -> float:
+    return min(LONG_POLL_INTERVAL_SECONDS, max(MAX_POLL_INTERVAL_SECONDS, timeout / 60))
 
 
 def _is_done(op: dict, api: str) -> bool:
@@ -77,7 +85,7 @@ def wait(
         if progress:
             progress(what, elapsed)
         clients.sleep(interval)
-        interval = min(MAX_POLL_INTERVAL_SECONDS, interval * 1.5)
+        interval = min(_max_interval(timeout), interval * 1.5)
         op = clients.execute(_poll_request(clients, op, api), f"checking on {what}")
     message = _error(op, api)
     if message:
@@ -100,7 +108,7 @@ def wait_until(clients, read: Callable[[], Any], ready: Callable[[Any], bool], *
         if progress:
             progress(what, elapsed)
         clients.sleep(interval)
-        interval = min(MAX_POLL_INTERVAL_SECONDS, max(interval, 0.0) * 1.5)
+        interval = min(_max_interval(timeout), max(interval, 0.0) * 1.5)
         value = read()
     return value
 
@@ -128,3 +136,34 @@ def change(clients, request, what: str, *, api: str, wait_for: str, timeout: flo
         return False
     wait(clients, op, api=api, what=wait_for, timeout=timeout, progress=progress)
     return True
+
+
+# A refusal (429) means the call did nothing, so it is sent again as any call; an answer that may
+# have been lost (5xx, no answer at all) is not, see send_once.
+RESEND_REFUSED = RetryPolicy(retryable=(RateLimited,))
+
+
+def send_once(clients, request, what: str, find: Callable[[], Any], *,
+              policy: RetryPolicy | None = None) -> tuple[dict | None, Any]:
+    """Send a call that must not take effect twice (starting a build, running a job): after an
+    answer that may have been lost, `find()` looks for what the call would have made (marked
+    before sending) and only when it finds nothing is the call sent again.
+
+    Returns (response, None) when an answer came, or (None, found) when the call had taken effect
+    although its answer was lost. `policy` (default: the clients') bounds the resends."""
+    policy = policy or clients.retry
+    start = clients.clock()
+    delays = policy.delays()
+    while True:
+        try:
+            return clients.execute(request, what, retry=RESEND_REFUSED), None
+        except Unavailable as err:
+            found = find()
+            if found is not None:
+                log.debug("%s: the answer was lost but the call took effect: %s", what, err)
+                return None, found
+            delay = next(delays)
+            if clients.clock() - start + delay > policy.budget_seconds:
+                raise
+            log.debug("%s: no answer and nothing made; sending again in %.1fs", what, delay)
+            clients.sleep(delay)

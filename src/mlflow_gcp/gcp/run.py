@@ -147,22 +147,41 @@ def run_job(clients, region: str, job: str, progress=None, args: list[str] | Non
     """Execute the job (its container with other `args`, when given) and wait for it to finish;
     the Execution. OperationFailed if it failed."""
     # A job still being created or updated (by a run whose response was lost) cannot run yet.
-    operations.wait_until(
+    current = operations.wait_until(
         clients, lambda: get_job(clients, region, job), lambda j: j is None or not j.get("reconciling"),
         what=f"Cloud Run job {job} to be ready", timeout=300, progress=progress,
     )
     body = {"overrides": {"containerOverrides": [{"args": args}]}} if args else {}
-    op = clients.execute(_jobs(clients).run(name=job_name(clients, region, job), body=body),
-                         f"starting Cloud Run job {job}")
-    done = operations.wait(clients, op, api="run", what=f"job {job} to finish",
-                           timeout=JOB_TIMEOUT_SECONDS, progress=progress)
-    execution = done.get("response") or {}
+    # Running a job is not idempotent: sent again after a lost answer, it runs twice. The last
+    # execution read before sending tells a lost answer's execution apart.
+    before = ((current or {}).get("latestCreatedExecution") or {}).get("name")
+    what = f"job {job} to finish"
+    op, execution = operations.send_once(
+        clients, _jobs(clients).run(name=job_name(clients, region, job), body=body), f"starting Cloud Run job {job}",
+        lambda: _execution_since(clients, region, job, before))
+    if op is not None:
+        done = operations.wait(clients, op, api="run", what=what, timeout=JOB_TIMEOUT_SECONDS, progress=progress)
+        execution = done.get("response") or {}
+    else:
+        execution = operations.wait_until(
+            clients, lambda: _get_execution(clients, execution["name"]), lambda e: bool(e.get("completionTime")),
+            what=what, timeout=JOB_TIMEOUT_SECONDS, progress=progress)
     if execution.get("failedCount") or execution.get("cancelledCount"):
         raise OperationFailed(
             f"Cloud Run job {job} failed ({execution.get('failedCount', 0)} failed task(s))",
             hint=f"see its logs: {execution.get('logUri') or f'gcloud run jobs executions list --job {job}'}",
         )
     return execution
+
+
+def _execution_since(clients, region: str, job: str, before: str | None) -> dict | None:
+    """The job's latest execution when it is not `before` (one started since), else None."""
+    latest = ((get_job(clients, region, job) or {}).get("latestCreatedExecution") or {}).get("name")
+    return _get_execution(clients, latest) if latest and latest != before else None
+
+
+def _get_execution(clients, name: str) -> dict:
+    return clients.execute(_jobs(clients).executions().get(name=name), f"checking on execution {name.rsplit('/', 1)[-1]}")
 
 
 def delete_job(clients, region: str, job: str, progress=None) -> bool:

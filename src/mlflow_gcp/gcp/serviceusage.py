@@ -23,6 +23,7 @@ def disabled(clients, services: list[str]) -> list[str]:
             if s.get("state") == "ENABLED"
         }
         out += [s for s in chunk if s not in enabled]
+        clients.enabled_services.update(enabled)
     return out
 
 
@@ -36,3 +37,5 @@ def enable(clients, services: list[str], progress=None) -> None:
             f"enabling {', '.join(chunk)}",
         )
         operations.wait(clients, op, api="serviceusage", what="enabling APIs", timeout=600, progress=progress)
+        # Enabled, yet Google may refuse their calls for minutes: those refusals are waited out.
+        clients.enabled_services.update(chunk)

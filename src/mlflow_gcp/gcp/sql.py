@@ -85,7 +85,7 @@ def delete_instance(clients, name: str, *, final_backup_days: int | None, progre
     return operations.change(
         clients, _instances(clients).delete(project=clients.project, instance=name, **kwargs),
         f"deleting Cloud SQL instance {name}", api="sqladmin", wait_for=f"Cloud SQL instance {name} to be deleted",
-        timeout=PATCH_TIMEOUT_SECONDS, progress=progress, tolerate=(NotFound,),
+        timeout=PATCH_TIMEOUT_SECONDS, progress=progress, retry=_retry(clients), tolerate=(NotFound,),
     )
 
 

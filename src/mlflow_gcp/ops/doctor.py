@@ -17,10 +17,12 @@ from mlflow_gcp.config import PUBLIC_MEMBERS
 from mlflow_gcp.errors import GcpError, MlflowGcpError, PermissionDenied
 from mlflow_gcp.gcp import (artifactregistry, iam, iampolicy, resourcemanager, run, secretmanager, serviceusage,
                             sql, storage)
+from mlflow_gcp.gcp.errors import QuotaProjectMissing
 from mlflow_gcp.ops import leftovers, live, status
 from mlflow_gcp.plan import desired
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
+QUOTA = "quota project"
 INVOKER = "roles/run.invoker"
 # Project roles that include run.routes.invoke.
 PROJECT_INVOKE_ROLES = (INVOKER, "roles/run.admin", "roles/run.developer", "roles/editor", "roles/owner")
@@ -93,6 +95,20 @@ class _Facts:
 def _credentials(f: _Facts) -> Check:
     number = resourcemanager.project_number(f.ctx.clients)
     return Check("credentials and project", PASS, f"project {f.ctx.cfg.project} (number {number}) is readable")
+
+
+def _quota_project(f: _Facts) -> Check:
+    """User credentials without a quota project make Service Usage and IAM Credentials bill
+    gcloud's own project: every API then looks disabled (gcp.clients.Clients.classify says which)."""
+    project = f.ctx.cfg.project
+    try:
+        serviceusage.disabled(f.ctx.clients, ["serviceusage.googleapis.com"])
+    except QuotaProjectMissing as err:
+        return Check(QUOTA, FAIL, f"Google bills project {err.consumer}, not {project}, for Service Usage calls",
+                     f"gcloud auth application-default set-quota-project {project}")
+    except PermissionDenied:
+        return Check(QUOTA, WARN, "not checked: no permission to use Service Usage")
+    return Check(QUOTA, PASS, f"API calls are billed to {project}")
 
 
 def _apis(f: _Facts) -> Check:
@@ -393,9 +409,9 @@ def _compute_roles(f: _Facts) -> Check:
                  "\n".join(command for _, command in found))
 
 
-CHECKS = (_credentials, _apis, _service_ready, _health, _invoker, _public, _database, _storage_and_roles,
+CHECKS = (_credentials, _quota_project, _apis, _service_ready, _health, _invoker, _public, _database, _storage_and_roles,
           _builder, _allowed_hosts, _schema, _version_skew, _budget, _lifecycle, _old_keys, _compute_roles)
-NAMES = ("credentials and project", "APIs enabled", "service ready", "health (ID token)", "caller may invoke",
+NAMES = ("credentials and project", QUOTA, "APIs enabled", "service ready", "health (ID token)", "caller may invoke",
          "no public access", "Cloud SQL running", "bucket and server permissions", BUILDER, "allowed hosts",
          "schema at head", "client/server MLflow versions", "connection budget", "lifecycle safety", KEYS, COMPUTE)
 

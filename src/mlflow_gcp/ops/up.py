@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,13 +44,14 @@ class UpResult:
     digest: str | None = None
 
 
-def apply(ctx: Context, plan: Plan, *, clock: Callable[[], float] = time.monotonic,
+def apply(ctx: Context, plan: Plan, *, clock: Callable[[], float] | None = None,
           result: UpResult | None = None) -> UpResult:
     """Re-inspect and apply each step in order; steps with nothing to do make no write.
 
     `result` (when given) is filled as steps complete, so a caller still knows what was applied
     when a later step fails."""
     result = result if result is not None else UpResult(plan)
+    clock = clock or ctx.clients.clock
     ctx.applying = True
     all_steps = steps()
     total = len(all_steps)

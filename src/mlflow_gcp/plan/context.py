@@ -10,12 +10,7 @@ from typing import Any
 from mlflow_gcp.config import Config
 from mlflow_gcp.errors import ApiDisabled
 from mlflow_gcp.gcp import iampolicy, resourcemanager
-from mlflow_gcp.gcp.errors import InvalidRequest
 from mlflow_gcp.plan.model import Action
-
-# A new service account takes a few seconds to be visible to IAM policies.
-_IAM_PROPAGATION_TRIES = 6
-_IAM_PROPAGATION_DELAY = 5.0
 
 
 @dataclass
@@ -60,13 +55,5 @@ class Step:
 
 
 def ensure_bindings(ctx: Context, get: Callable[[], dict], set_: Callable[[dict], Any], add, remove) -> None:
-    """iampolicy.ensure, waiting out a member that IAM does not know yet."""
-    for attempt in range(_IAM_PROPAGATION_TRIES):
-        try:
-            iampolicy.ensure(get, set_, add, remove)
-            return
-        except InvalidRequest as err:
-            # A service account created seconds ago is not yet known to IAM everywhere.
-            if "does not exist" not in str(err) or attempt == _IAM_PROPAGATION_TRIES - 1:
-                raise
-            ctx.clients.sleep(_IAM_PROPAGATION_DELAY)
+    """iampolicy.ensure (a member IAM does not know yet is waited out by every call: gcp.errors)."""
+    iampolicy.ensure(get, set_, add, remove)

@@ -38,6 +38,12 @@ class CloudBuild(ApiModule):
         self.state: dict[str, dict] = {}  # build id -> Build
         self.ops: dict[str, Operation] = {}
 
+    def project_of(self, req: Request) -> str | None:
+        name = req.params.get("name") or ""
+        if name.startswith("operations/build/"):  # the global operation: operations/build/{project}/{id}
+            return name.split("/")[2]
+        return super().project_of(req)
+
     def snapshot(self) -> dict:
         return {"builds": [f"{b['status']}:{','.join(b.get('images') or [])}" for b in self.state.values()]}
 
@@ -141,6 +147,7 @@ class CloudBuild(ApiModule):
         if email not in self.fake.modules["iam"].state:
             raise GcpError(403, f"Permission 'iam.serviceaccounts.actAs' denied on service account {email} "
                            "(or it may not exist).", "PERMISSION_DENIED")
+        self.fake.check_account_reference(email, "build.service_account")
         options = body.get("options") or {}
         if not (body.get("logsBucket") or options.get("defaultLogsBucketBehavior") == "REGIONAL_USER_OWNED_BUCKET"
                 or options.get("logging") in ("CLOUD_LOGGING_ONLY", "STACKDRIVER_ONLY", "NONE")):
@@ -203,6 +210,15 @@ class CloudBuild(ApiModule):
     def list(self, req: Request) -> dict:
         project = req.get("projectId") or req.get("parent").split("/")[1]
         items = [copy.deepcopy(b) for b in reversed(list(self.state.values())) if b["projectId"] == project]
+        flt = (req.get("filter") or "").strip()
+        if flt:
+            # Cloud Build filters by fields; the fake understands only tags="T", which finds a
+            # build by the request tag its client gave it.
+            m = re.fullmatch(r'tags\s*=\s*"([^"]+)"', flt)
+            if m is None:
+                raise GcpError(400, f"The fake understands only tags=\"T\" filters, not {flt!r}.",
+                               "INVALID_ARGUMENT")
+            items = [b for b in items if m.group(1) in (b.get("tags") or [])]
         return {"builds": items} if items else {}
 
     @handles("cloudbuild.operations.get", "cloudbuild.projects.locations.operations.get")

@@ -36,6 +36,11 @@ class ResourceManager(ApiModule):
         self.known[project_number(ref)] = ref
         return ref
 
+    def project_of(self, req: Request) -> str | None:
+        # v1 names the project bare: projects/{resource}:getIamPolicy, projects/{projectId}.
+        ref = req.params.get("resource") or req.params.get("projectId") or req.params.get("name") or ""
+        return self.project_id(ref) if ref else None
+
     def policy(self, project: str) -> dict:
         """The project's policy (created with an owner binding on first sight)."""
         pid = self.project_id(project)

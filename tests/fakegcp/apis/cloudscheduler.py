@@ -70,8 +70,7 @@ class CloudScheduler(ApiModule):
             raise GcpError(404, f"Job not found.", "NOT_FOUND")
         return job
 
-    @staticmethod
-    def _validate(job: dict) -> None:
+    def _validate(self, job: dict) -> None:
         schedule = job.get("schedule") or ""
         fields = schedule.split()
         if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
@@ -85,6 +84,10 @@ class CloudScheduler(ApiModule):
         retries = (job.get("retryConfig") or {}).get("retryCount")
         if retries is not None and not 0 <= int(retries) <= 5:
             raise invalid_argument("retry_count must be between 0 and 5.", field="job.retry_config.retry_count")
+        for token in ("oidcToken", "oauthToken"):
+            email = (http.get(token) or {}).get("serviceAccountEmail")
+            if email:
+                self.fake.check_account_reference(email, f"job.http_target.{token}.service_account_email")
 
     @handles("cloudscheduler.projects.locations.jobs.create")
     def create(self, req: Request) -> dict:

@@ -23,8 +23,7 @@ class Iam(ApiModule):
         self.state: dict[str, dict] = {}  # email -> ServiceAccount
         self.keys: dict[str, dict] = {}  # key name -> ServiceAccountKey (without private data)
         self.iam = IamPolicies(member_check=self.fake.check_member)  # key: email
-        self.propagation_calls = 0  # see FakeGcp.delay_iam_propagation
-        self.unpropagated: dict[str, int] = {}  # email -> policy sets that still miss it
+        self.created_at: dict[str, float] = {}  # email -> fake clock time (see FakeGcp.account_visible)
 
     def snapshot(self) -> dict:
         return {"accounts": self.state, "keys": sorted(k.split("/keys/")[0] for k in self.keys),
@@ -65,8 +64,7 @@ class Iam(ApiModule):
             if given.get(field):
                 sa[field] = given[field]
         self.state[email] = sa
-        if self.propagation_calls:
-            self.unpropagated[email] = self.propagation_calls
+        self.created_at[email] = self.fake.now()
         return dict(sa)
 
     @handles("iam.projects.serviceAccounts.get")

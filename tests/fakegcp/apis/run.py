@@ -87,6 +87,7 @@ class Run(RunJobs, RunKnative, ApiModule):
         if account not in self.fake.modules["iam"].state:
             raise GcpError(403, f"Permission 'iam.serviceaccounts.actAs' denied on service "
                            f"account {account} (or it may not exist).", "PERMISSION_DENIED")
+        self.fake.check_account_reference(account, "template.service_account")
 
     def _check_containers(self, template: dict, field: str, service: bool) -> None:
         containers = template.get("containers") or []

@@ -166,7 +166,9 @@ class RunJobs:
                                                  completionStatus=status)
             return self._execution(execution)
 
-        return self._lro(name, self._execution(execution), "Execution", done)
+        op = self._lro(name, self._execution(execution), "Execution", done)
+        execution["_op"] = op["name"]  # reading the execution advances it (time passes for its reader)
+        return op
 
     @staticmethod
     def _task_env(project: str, template: dict) -> dict[str, str]:
@@ -223,7 +225,7 @@ class RunJobs:
 
     @staticmethod
     def _execution(execution: dict) -> dict:
-        return {k: copy.deepcopy(v) for k, v in execution.items() if k != "overrides"}
+        return {k: copy.deepcopy(v) for k, v in execution.items() if k not in ("overrides", "_op")}
 
     def execution_overrides(self, name: str) -> dict:
         """For tests: the overrides a run was started with."""
@@ -234,6 +236,9 @@ class RunJobs:
         execution = self.executions.get(req.get("name"))
         if execution is None:
             raise GcpError(404, f"Execution {req.get('name')} does not exist.", "NOT_FOUND")
+        op = self.ops.get(execution.get("_op"))
+        if op is not None:
+            op.poll()
         return self._execution(execution)
 
     @handles("run.projects.locations.jobs.executions.list")

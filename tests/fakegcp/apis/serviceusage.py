@@ -26,6 +26,11 @@ TITLES = {
 }
 
 
+# Google enables these in every new project (Cloud docs, "Services enabled by default").
+ON_IN_NEW_PROJECTS = {"storage.googleapis.com", "storage-api.googleapis.com", "logging.googleapis.com",
+                      "serviceusage.googleapis.com"}
+
+
 class ServiceUsage(ApiModule):
     name = "serviceusage"
     versions = ("v1",)
@@ -36,6 +41,7 @@ class ServiceUsage(ApiModule):
         # "projects/<number>/services/<service>" -> "ENABLED" | "DISABLED" (explicit states only)
         self.state: dict[str, str] = {}
         self.ops: dict = {}
+        self.enabled_at: dict[str, float] = {}  # key -> fake clock time it was enabled through the API
 
     # -- the switch the server consults ----------------------------------------------------
 
@@ -49,6 +55,13 @@ class ServiceUsage(ApiModule):
         for key in [k for k in self.state if k.endswith(f"/services/{service}")]:
             del self.state[key]
 
+    def is_usable(self, project: str | None, service: str) -> bool:
+        """Enabled, and long enough ago for the rest of Google to know (FakeGcp.api_propagation_seconds)."""
+        if not self.is_enabled(project, service):
+            return False
+        since = self.enabled_at.get(self._key(project, service)) if project is not None else None
+        return since is None or self.fake.now() >= since + self.fake.api_propagation_seconds
+
     def is_enabled(self, project: str | None, service: str) -> bool:
         if project is not None:
             explicit = self.state.get(self._key(project, service))
@@ -56,7 +69,7 @@ class ServiceUsage(ApiModule):
                 return explicit == "ENABLED"
         if service in self.fake.globally_disabled:
             return False
-        return self.fake.services_enabled_by_default
+        return self.fake.services_enabled_by_default or service in ON_IN_NEW_PROJECTS
 
     # -- resources --------------------------------------------------------------------------
 
@@ -105,6 +118,8 @@ class ServiceUsage(ApiModule):
         def done(op):
             if op.error is None:
                 for service, value in changes:
+                    if value == "ENABLED" and not self.is_enabled(project, service):
+                        self.enabled_at[self._key(project, service)] = self.fake.now()
                     self.set_state(project, service, value)
             services = [self._service(project, s) for s, _ in changes]
             body = {"services": services} if batch else {"service": services[0]}

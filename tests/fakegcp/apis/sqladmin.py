@@ -155,6 +155,8 @@ class SqlAdmin(SqlData, ApiModule):
 
     def _check_idle(self, key: str) -> None:
         name = self.busy.get(key)
+        if name is not None:
+            self.ops[name].refresh()
         if name is not None and not self.ops[name].done:
             raise _err(409, "Operation failed because another operation was already in progress. "
                        "Try your request after the current operation is complete.",

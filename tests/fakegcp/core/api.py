@@ -109,15 +109,19 @@ class Request:
 
 
 class Operation:
-    """A long-running operation that is done after `polls` reads (0: done at once)."""
+    """A long-running operation that is done once `seconds` have passed on `clock` and it has
+    been read `polls` times (0 and 0: done at once). refresh() finishes it on time alone."""
 
     _ids = itertools.count(1)
 
     def __init__(self, name: str, polls: int, on_done: Callable[[], Any] | None = None,
-                 metadata: dict | None = None, error: GcpError | None = None, kind: str = ""):
+                 metadata: dict | None = None, error: GcpError | None = None, kind: str = "",
+                 seconds: float = 0.0, clock: Callable[[], float] | None = None):
         self.name = name
         self.id = name.rsplit("/", 1)[-1]
         self.polls_left = polls
+        self.clock = clock
+        self.deadline = (clock() + seconds) if clock is not None and seconds > 0 else None
         self.on_done = on_done
         self.metadata = metadata or {}
         self.response: Any = None
@@ -126,7 +130,7 @@ class Operation:
         self.kind = kind
         self.created = now()
         self.ended: str | None = None
-        if polls <= 0:
+        if polls <= 0 and self.deadline is None:
             self._finish()
 
     def _finish(self) -> None:
@@ -146,7 +150,12 @@ class Operation:
         if self.done:
             return
         self.polls_left -= 1
-        if self.polls_left <= 0:
+        if self.polls_left <= 0 and (self.deadline is None or self.clock() >= self.deadline):
+            self._finish()
+
+    def refresh(self) -> None:
+        """Finish it if its time has come, read or not (Google does not wait for a poll)."""
+        if not self.done and self.deadline is not None and self.clock() >= self.deadline:
             self._finish()
 
     def lro(self) -> dict:
@@ -302,7 +311,8 @@ class ApiModule:
                       target: str = "") -> Operation:
         """target ("<resource name> <kind>") is what fail_next_operation(target_regex=) matches."""
         error = self.fake._take_operation_failure(self.name, target)
-        return Operation(name, self.op_polls(), on_done, metadata, error, kind)
+        return Operation(name, self.op_polls(), on_done, metadata, error, kind,
+                         seconds=self.fake.operation_seconds(self.name, target), clock=self.fake.clock)
 
     @staticmethod
     def state_copy(obj):
