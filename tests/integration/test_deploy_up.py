@@ -482,6 +482,7 @@ def test_a_slow_operation_shows_progress_and_times_out_with_its_name(fake_gcp):
     clients = make_ctx(up_to_database, sleeps=sleeps).clients
     fake_gcp.reset(op_polls=0)
     sql.create_instance(clients, desired.sql_instance(up_to_database))
+    sleeps.clear()  # the creation's own polls (up to every 30 s: a half-hour timeout)
     fake_gcp.op_polls = 10_000  # from now on, operations never finish
     with pytest.raises(OperationFailed) as err:
         sql.create_database(clients, "mlflow-db", "mlflow", progress=lambda what, t: seen.append((what, t)))

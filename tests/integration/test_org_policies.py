@@ -103,7 +103,8 @@ def test_create_sa_key_refused_by_the_org_policy_says_why_and_points_at_imperson
     key = workdir / "nightly.json"
     code, out, err = run_cli(capsys, "access", "create-sa", "nightly-jobs", "--key", str(key))
     assert code == 1
-    assert err.strip() == (
+    # (after the lines that show the wait for the new account to be known)
+    assert err.strip().splitlines()[-1] == (
         f"Error: no key written for {email}: the organization policy iam.disableServiceAccountKeyCreation forbids "
         "service-account keys (the account exists and may use the server) (impersonate it instead: mlflow-gcp "
         "access create-sa nightly-jobs --impersonator user:YOU@example.com, then export "

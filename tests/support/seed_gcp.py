@@ -46,11 +46,12 @@ class Seed:
                 f"?host=/cloudsql/{self.project}:{self.region}:{self.instance}")
 
 
-def _until_done(get, what: str, tries: int = 20) -> dict:
+def _until_done(fake, get, what: str, tries: int = 40) -> dict:
     for _ in range(tries):
         op = get()
         if op.get("done") or op.get("status") == "DONE":
             return op
+        fake.advance(60)  # the old deployment was made long ago: Google's time passes
     raise AssertionError(f"{what} never finished on the fake")
 
 
@@ -63,11 +64,11 @@ def seed_deployment(fake, seed: Seed = Seed()) -> Seed:
         "settings": {"tier": "db-f1-micro", "backupConfiguration": {"enabled": True, "startTime": "03:00"},
                      "maintenanceWindow": {"day": 7, "hour": 4}},
     }).execute()
-    _until_done(lambda: sql.operations().get(project=p, operation=op["name"]).execute(), "the instance")
+    _until_done(fake, lambda: sql.operations().get(project=p, operation=op["name"]).execute(), "the instance")
     for body, call in (({"name": seed.database}, sql.databases()),
                        ({"name": seed.user, "password": seed.password}, sql.users())):
         op = call.insert(project=p, instance=seed.instance, body=body).execute()
-        _until_done(lambda: sql.operations().get(project=p, operation=op["name"]).execute(), str(body["name"]))
+        _until_done(fake, lambda: sql.operations().get(project=p, operation=op["name"]).execute(), str(body["name"]))
     # The old server created the tables, connected as the hand-made user: they are its own.
     fake.api("sqladmin").set_table_owner(p, seed.instance, seed.database, seed.user)
 
@@ -81,7 +82,7 @@ def seed_deployment(fake, seed: Seed = Seed()) -> Seed:
     op = registry.projects().locations().repositories().create(
         parent=f"projects/{p}/locations/{seed.region}", repositoryId="mlflow-repo",
         body={"format": "DOCKER"}).execute()
-    _until_done(lambda: registry.projects().locations().operations().get(name=op["name"]).execute(), "the repo")
+    _until_done(fake, lambda: registry.projects().locations().operations().get(name=op["name"]).execute(), "the repo")
 
     run = build_client(root, "run", "v2")
     services = run.projects().locations().services()
@@ -96,13 +97,14 @@ def seed_deployment(fake, seed: Seed = Seed()) -> Seed:
                             "volumeMounts": [{"name": "cloudsql", "mountPath": "/cloudsql"}]}],
         }}).execute()
     name = f"projects/{p}/locations/{seed.region}/services/{seed.service}"
-    _until_done(lambda: run.projects().locations().operations().get(name=op["name"]).execute(), "the service")
+    _until_done(fake, lambda: run.projects().locations().operations().get(name=op["name"]).execute(), "the service")
     services.setIamPolicy(resource=name, body={"policy": {"bindings": [
         {"role": "roles/run.invoker", "members": ["allUsers"]}]}}).execute()
 
     iam = build_client(root, "iam", "v1")
     iam.projects().serviceAccounts().create(name=f"projects/{p}", body={
         "accountId": "mlflow-client", "serviceAccount": {"displayName": "MLflow client"}}).execute()
+    fake.advance(fake.account_propagation_seconds)  # known everywhere long before the takeover
     iam.projects().serviceAccounts().keys().create(
         name=f"projects/{p}/serviceAccounts/{seed.client_account}", body={}).execute()
     crm = build_client(root, "cloudresourcemanager", "v1")
