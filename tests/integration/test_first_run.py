@@ -148,3 +148,25 @@ def test_a_refused_jobs_run_is_sent_again(fake_gcp, workdir, capsys):
     assert code == 0, out + err
     assert len(fake_gcp.api("run").executions) == 1
     assert [r.status for r in fake_gcp.requests if r.method_id == "run.projects.locations.jobs.run"] == [503, 200]
+
+
+# ------------------------------------------------------------------ the waits end
+
+
+def test_an_api_that_never_becomes_usable_is_reported_after_five_minutes(deployed, fake_gcp, capsys):
+    fake_gcp.api_propagation_seconds = 3600
+    fake_gcp.enable_api("run", PROJECT, just_now=True)
+    start = fake_gcp.now()
+    code, out, err = run_cli(capsys, "access", "grant", "user:bob@example.com")
+    assert code == 1
+    assert "enabled, but Google has not finished enabling it" in err and "still failing after" in err
+    assert 240 <= fake_gcp.now() - start <= 330, "about the 5 minutes Google asks for, not forever"
+
+
+def test_an_account_that_never_becomes_known_is_reported_after_three_minutes(deployed, fake_gcp, capsys):
+    fake_gcp.account_propagation_seconds = 3600
+    start = fake_gcp.now()
+    code, out, err = run_cli(capsys, "access", "create-sa", "ci-jobs")
+    assert code == 1
+    assert "the account exists; Google has not made it known everywhere yet" in err
+    assert 150 <= fake_gcp.now() - start <= 200
