@@ -65,8 +65,10 @@ def test_ui_files_are_gzip_for_browsers_and_decode_to_mlflows_files(ours):
     # Same type as MLflow's answer; the hashed name is cached for a year, immutable.
     assert packed.headers["content-type"] == plain.headers["content-type"]
     assert packed.headers["cache-control"] == "public, max-age=31536000, immutable"
-    # Compressed once, on the first request (no image build step here), kept on disk.
-    assert [p.name for p in ours.ui_cache.rglob("main.*.gz")]
+    # Compressed once, on the first request (no image build step here), kept on disk, readable
+    # by other users (the image compresses as root at build and serves as uid 10001).
+    copies = list(ours.ui_cache.rglob("main.*.gz"))
+    assert copies and all(p.stat().st_mode & 0o044 == 0o044 for p in copies)
 
     again = raw_get(f"{ours.url}/{script}", {**GZIP, "If-None-Match": packed.headers["etag"]})
     assert again.status_code == 304 and again.wire == b""

@@ -116,6 +116,9 @@ class Compressed:
             target.parent.mkdir(parents=True, exist_ok=True)
             data = gzip.compress(source.read_bytes(), compresslevel=LEVEL, mtime=0)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            # Public content; mkstemp's 0600 would keep the image's runtime user (not the
+            # build's root) from reading the copies made at build.
+            os.fchmod(fd, 0o644)
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
             os.replace(tmp, target)  # concurrent first requests each write whole files
@@ -175,7 +178,8 @@ class StaticFiles:
 
         try:
             copy = await anyio.to_thread.run_sync(self.compressed.copy, source)
-        except OSError as err:  # a read-only or full cache: MLflow serves the file as it is
+            body = b"" if scope["method"] == "HEAD" else await anyio.to_thread.run_sync(copy.read_bytes)
+        except OSError as err:  # an unreadable, read-only or full cache: MLflow serves the file
             print(f"WARNING UI file not compressed: {err}", file=sys.stderr, flush=True)
             await self.app(scope, receive, _add_vary(send))
             return
@@ -186,7 +190,6 @@ class StaticFiles:
                         "headers": [h for h in answer if h[0] not in (b"content-length", b"content-type")]})
             await send({"type": "http.response.body", "body": b""})
             return
-        body = b"" if scope["method"] == "HEAD" else await anyio.to_thread.run_sync(copy.read_bytes)
         await send({"type": "http.response.start", "status": 200, "headers": answer})
         await send({"type": "http.response.body", "body": body})
 
