@@ -204,6 +204,15 @@ def test_a_service_account_job_is_its_own_mlflow_user(deployment, as_user):
     run = job.create_run(exp_id)
     job.log_metric(run.info.run_id, "auc", 0.9)
     assert job.get_run(run.info.run_id).info.user_id == JOB
+    # mlflow.set_tags() goes through log-batch: the user tag still names the caller.
+    from mlflow.entities import Metric, RunTag
+
+    job.log_batch(run.info.run_id, metrics=[Metric("auc", 0.95, 1, 1)],
+                  tags=[RunTag("mlflow.user", ALICE), RunTag("team", "ml")])
+    tags = job.get_run(run.info.run_id).data.tags
+    assert tags["mlflow.user"] == JOB and tags["team"] == "ml"
+    job.set_tag(run.info.run_id, "mlflow.user", BOB)
+    assert job.get_run(run.info.run_id).data.tags["mlflow.user"] == JOB
     with refused():
         as_user(ALICE).log_metric(run.info.run_id, "auc", 0.1)
 
