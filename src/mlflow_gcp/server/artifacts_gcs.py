@@ -288,8 +288,13 @@ class UploadableGCSArtifactRepository(GCSArtifactRepository):
             # No headers: the client's part PUT carries none we signed, and no Authorization.
             return MultipartUploadCredential(url=url, part_number=number, headers={})
 
-        with ThreadPoolExecutor(max_workers=min(SIGNING_THREADS, num_parts)) as pool:
-            creds = list(pool.map(sign, range(1, num_parts + 1)))
+        try:
+            with ThreadPoolExecutor(max_workers=min(SIGNING_THREADS, num_parts)) as pool:
+                creds = list(pool.map(sign, range(1, num_parts + 1)))
+        except BaseException:
+            # No URL reached the client, so nothing can ever complete or abort this upload.
+            self._delete_upload(bucket, upload_id)
+            raise
         return CreateMultipartUploadResponse(upload_id=upload_id, credentials=creds)
 
     def complete_multipart_upload(self, local_file, upload_id, parts=None, artifact_path=None):
