@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg2
 
-from mlflow_gcp.server import local
+from mlflow_gcp.server import local, permissions
 from tests.conftest import process_tree, tree_rss_mb
 
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
@@ -140,6 +140,8 @@ class Server:
     def cleanup(self) -> None:
         self.stop()
         drop_database(self.database)
+        # Our server's schema step also creates the permission store's database beside it.
+        drop_database(self.database + permissions.DB_SUFFIX)
         if self.kind == "ours":
             shutil.rmtree(self.ui_cache, ignore_errors=True)
 
