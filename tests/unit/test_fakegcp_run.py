@@ -1,6 +1,11 @@
-"""Cloud Run v2 in the fake: services with operations, revisions and IAM; jobs and executions."""
+"""Cloud Run v2 in the fake: services with operations, revisions and IAM; jobs and executions;
+the v1 (Knative) view that gcloud reads and deploys through."""
 
 from __future__ import annotations
+
+import http.client
+import json
+from urllib.parse import urlsplit
 
 import pytest
 from googleapiclient.errors import HttpError
@@ -196,3 +201,100 @@ def test_failed_rollout_keeps_the_ready_revision_and_traffic_can_go_back(fake_gc
     with pytest.raises(HttpError) as info:
         services(run).patch(name=NAME, body=back).execute()
     assert info.value.status_code == 400
+
+
+def v1_call(fake, method, path, body=None, region=R):
+    """A Cloud Run v1 write as gcloud sends it: to the regional endpoint, which the fake (as
+    gcloud's proxy) tells from the Host header."""
+    root = urlsplit(fake.url)
+    conn = http.client.HTTPConnection(root.hostname, root.port, timeout=30)
+    headers = {"Content-Type": "application/json"}
+    if region:
+        headers["Host"] = f"{region}-{root.hostname}:{root.port}"
+    conn.request(method, f"/run/apis/serving.knative.dev/v1/{path}", json.dumps(body) if body else None, headers)
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read() or b"null")
+
+
+def knative_body(image="europe-west1-docker.pkg.dev/p/r/mlflow:latest", env=None):
+    """What `gcloud run deploy --add-cloudsql-instances --max-instances 10 --set-env-vars` posts."""
+    return {
+        "apiVersion": "serving.knative.dev/v1", "kind": "Service",
+        "metadata": {"name": "mlflow", "namespace": P, "labels": {},
+                     "annotations": {"run.googleapis.com/client-name": "gcloud"}},
+        "spec": {"template": {
+            "metadata": {"annotations": {"autoscaling.knative.dev/maxScale": "10",
+                                         "run.googleapis.com/cloudsql-instances": f"{P}:{R}:mlflow-db",
+                                         "run.googleapis.com/startup-cpu-boost": "True"},
+                         "labels": {"client.knative.dev/nonce": "abcde"}},
+            "spec": {"serviceAccountName": SA, "containers": [{
+                "name": "", "image": image, "ports": [{"containerPort": 8080}],
+                "env": env if env is not None else [{"name": "DB_URI", "value": "postgresql://u@/mlflow"}]}]}}},
+        "status": {"address": {}},
+    }
+
+
+def ready(svc):
+    return {c["type"]: c["status"] for c in svc["status"]["conditions"]}.get("Ready")
+
+
+def test_v1_create_and_replace_are_the_v2_service(fake_gcp, run, gcp_client):
+    code, created = v1_call(fake_gcp, "POST", f"namespaces/{P}/services", knative_body())
+    assert code == 200 and created["metadata"]["name"] == "mlflow" and ready(created) == "Unknown"
+    v2 = services(run).get(name=NAME).execute()
+    assert v2["reconciling"] is True and v2["client"] == "gcloud"
+    tpl = v2["template"]
+    assert tpl["serviceAccount"] == SA and tpl["scaling"]["maxInstanceCount"] == 10
+    assert tpl["volumes"] == [{"name": "cloudsql", "cloudSqlInstance": {"instances": [f"{P}:{R}:mlflow-db"]}}]
+    container = tpl["containers"][0]
+    assert container["volumeMounts"] == [{"name": "cloudsql", "mountPath": "/cloudsql"}]
+    assert container["env"] == [{"name": "DB_URI", "value": "postgresql://u@/mlflow"}]
+    assert container["resources"]["startupCpuBoost"] is True
+    # v1 has no operation: gcloud polls the service until Ready is True.
+    svc = created
+    for _ in range(20):
+        code, svc = v1_call(fake_gcp, "GET", f"namespaces/{P}/services/mlflow")
+        if ready(svc) == "True":
+            break
+    assert ready(svc) == "True" and svc["status"]["observedGeneration"] == 1
+    assert svc["status"]["latestReadyRevisionName"] == services(run).get(name=NAME).execute()[
+        "latestReadyRevision"].rsplit("/", 1)[-1]
+
+    # replaceService sends back what it read, changed: a full replace, a new revision.
+    svc["spec"]["template"]["spec"]["containers"][0]["image"] = "europe-west1-docker.pkg.dev/p/r/mlflow:2"
+    code, replaced = v1_call(fake_gcp, "PUT", f"namespaces/{P}/services/mlflow", svc)
+    assert code == 200 and replaced["metadata"]["generation"] == 2, replaced
+    v2 = services(run).get(name=NAME).execute()
+    assert v2["template"]["containers"][0]["image"].endswith("mlflow:2")
+    assert v2["template"]["containers"][0]["volumeMounts"] == [{"name": "cloudsql", "mountPath": "/cloudsql"}]
+    code, stale = v1_call(fake_gcp, "PUT", f"namespaces/{P}/services/mlflow", svc)
+    assert code == 409 and "resourceVersion" in stale["error"]["message"]
+
+    # --allow-unauthenticated: v1 IAM on the same policy v2 serves.
+    v1 = gcp_client("run", "v1").projects().locations().services()
+    v1.setIamPolicy(resource=NAME, body={"policy": {"bindings": [
+        {"role": "roles/run.invoker", "members": ["allUsers"]}]}}).execute()
+    assert services(run).getIamPolicy(resource=NAME).execute()["bindings"] == [
+        {"role": "roles/run.invoker", "members": ["allUsers"]}]
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda b: b["spec"]["template"]["spec"].update(containers=[]), "spec.template.spec.containers"),
+    (lambda b: b.update(kind="Configuration"), "kind"),
+    (lambda b: b["metadata"].update(namespace="other-project"), "metadata.namespace"),
+    (lambda b: b["spec"]["template"]["spec"]["containers"][0].update(env=[{"name": "PORT", "value": "1"}]), "PORT"),
+    (lambda b: b["spec"]["template"]["metadata"]["annotations"].update(
+        {"autoscaling.knative.dev/maxScale": "many"}), "maxScale"),
+])
+def test_v1_create_refuses_an_invalid_body_and_stores_nothing(fake_gcp, run, change, field):
+    body = knative_body()
+    change(body)
+    code, err = v1_call(fake_gcp, "POST", f"namespaces/{P}/services", body)
+    assert code == 400 and field in err["error"]["message"], err
+    assert fake_gcp.api("run").state == {}
+
+
+def test_v1_writes_need_the_regional_endpoint(fake_gcp, run):
+    code, err = v1_call(fake_gcp, "POST", f"namespaces/{P}/services", knative_body(), region=None)
+    assert code == 400 and "regional endpoint" in err["error"]["message"]
+    assert fake_gcp.api("run").state == {}

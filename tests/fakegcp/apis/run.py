@@ -25,7 +25,7 @@ from .run_knative import RunKnative
 
 class Run(RunJobs, RunKnative, ApiModule):
     name = "run"
-    versions = ("v2", "v1")  # v1: a read-only Knative view for gcloud (apis/run_knative.py)
+    versions = ("v2", "v1")  # v1: the Knative view gcloud reads and deploys through (run_knative.py)
     service = "run.googleapis.com"
     title = "Cloud Run Admin API"
 
@@ -35,6 +35,7 @@ class Run(RunJobs, RunKnative, ApiModule):
         self.jobs: dict[str, dict] = {}  # job name -> Job
         self.executions: dict[str, dict] = {}  # execution name -> Execution
         self.ops: dict[str, Operation] = {}
+        self.v1_rollouts: dict[str, str] = {}  # service name -> its last v1 write's operation
         self.iam = IamPolicies(member_check=self.fake.check_member)  # key: service or job name
         # Optional stand-in for a task's container: runner(project, job id, env, args) -> (error
         # it printed or None when it exited 0, its other output). Both go to the fake Cloud
