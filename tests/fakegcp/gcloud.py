@@ -14,8 +14,8 @@ the user's gcloud configuration and credentials are never read or touched:
 - usage reporting, update checks and prompts are off.
 - the fake is also gcloud's HTTP proxy: `gcloud run` derives a regional endpoint by prefixing
   the host (http://europe-west1-127.0.0.1:PORT/run/), which only resolves through a proxy; the
-  fake reads the region from the Host header and serves Cloud Run v1 (Knative) reads from its v2
-  state. It also means an https call to a real Google host (an API without an override) is
+  fake reads the region from the Host header and serves Cloud Run v1 (Knative) reads and the
+  writes of `gcloud run deploy` on its v2 state. It also means an https call to a real Google host (an API without an override) is
   refused by the fake rather than sent to the network.
 """
 

@@ -4,9 +4,8 @@ its artifacts to gs:// locations; the fake holds the old scripts' Google resourc
 explains, `up` backs up then migrates with the real entrypoint as that owner (the fake's job
 runs it), `relocate-artifacts --apply` serves the old artifacts through the server, and an
 invoker-only MLflow client reads everything back identical through the token-checking front.
-
-Not done here: the seed's Google resources are made with the REST calls of the old scripts'
-gcloud commands (tests/support/seed_gcp.py), not with the gcloud CLI itself."""
+The seed's Google resources are made by the real gcloud CLI with the old scripts' commands
+(tests/support/seed_gcp.py)."""
 
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from mlflow_gcp.server import local as local_mod
 from mlflow_gcp.server import migrate
 from tests.conftest import pg_url
 from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server, gcp_client  # noqa: F401
+from tests.fakegcp.gcloud import gcloud_available
 from tests.integration.ops_support import run_cli, workdir  # noqa: F401
 from tests.support import seed
 from tests.support.clientenv import clean_env
@@ -30,7 +30,8 @@ from tests.support.cloudrun_front import CloudRunFront
 from tests.support.idp import LocalIdentityProvider
 from tests.support.seed_gcp import Seed, seed_deployment
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres,
+              pytest.mark.skipif(not gcloud_available(), reason="the gcloud CLI is not installed")]
 
 FRONT_HOST = "mlflow-tracking-574299766670.europe-west9.run.app"
 INVOKER = "trainer@acme-ml-prod.iam.gserviceaccount.com"

@@ -11,8 +11,12 @@ from mlflow_gcp import config
 from mlflow_gcp.cli import main as cli_main
 from mlflow_gcp.errors import OperationFailed
 from tests.fakegcp.fixtures import _fake_gcp_clients, fake_gcp, fake_gcp_server, gcp_client  # noqa: F401
+from tests.fakegcp.gcloud import gcloud_available
 from tests.integration.ops_support import ctx_for, run_cli, workdir  # noqa: F401
 from tests.support.seed_gcp import Seed, seed_deployment
+
+# The seed is made by the real gcloud CLI (tests/support/seed_gcp.py).
+pytestmark = pytest.mark.skipif(not gcloud_available(), reason="the gcloud CLI is not installed")
 
 SEED = Seed()
 MEMBER = "group:ml@acme.com"

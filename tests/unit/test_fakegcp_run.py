@@ -298,3 +298,12 @@ def test_v1_writes_need_the_regional_endpoint(fake_gcp, run):
     code, err = v1_call(fake_gcp, "POST", f"namespaces/{P}/services", knative_body(), region=None)
     assert code == 400 and "regional endpoint" in err["error"]["message"]
     assert fake_gcp.api("run").state == {}
+
+
+def test_v1_dry_run_checks_and_stores_nothing(fake_gcp, run):
+    code, checked = v1_call(fake_gcp, "POST", f"namespaces/{P}/services?dryRun=all", knative_body())
+    assert code == 200 and checked["metadata"]["name"] == "mlflow"
+    assert fake_gcp.api("run").state == {}
+    code, err = v1_call(fake_gcp, "POST", f"namespaces/{P}/services?dryRun=all",
+                        knative_body(env=[{"name": "K_SERVICE", "value": "x"}]))
+    assert code == 400 and "K_SERVICE" in err["error"]["message"]

@@ -208,7 +208,7 @@ def v2_from_knative(body: dict, namespace: str, name: str | None = None) -> dict
                                field="spec.template.spec.containers")
     tpl: dict = {"containers": [_v2_container(c, f"spec.template.spec.containers[{i}]")
                                 for i, c in enumerate(containers)]}
-    if _user(tpl_meta.get("labels")) or (tpl_meta.get("labels") or {}).get("client.knative.dev/nonce"):
+    if tpl_meta.get("labels"):  # gcloud's client.knative.dev/nonce among them
         tpl["labels"] = dict(tpl_meta["labels"])
     if tpl_meta.get("name"):
         tpl["revision"] = tpl_meta["name"]
