@@ -90,6 +90,17 @@ def _pg_connect(dbname: str = "postgres"):
     return conn
 
 
+def pg_admin(*statements: str) -> None:
+    """Run statements (CREATE/DROP DATABASE, roles...) as the superuser, outside a transaction."""
+    conn = _pg_connect()
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+    finally:
+        conn.close()
+
+
 def pg_url(dbname: str) -> str:
     return f"postgresql+psycopg2://{PG_USER}@{PG_HOST}:{PG_PORT}/{dbname}"
 
@@ -113,23 +124,12 @@ def new_database(postgres_admin_url):
 
     def make(prefix: str = "mlflow_gcp_test") -> str:
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        conn = _pg_connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            conn.close()
+        pg_admin(f'CREATE DATABASE "{name}"')
         made.append(name)
         return pg_url(name)
 
     yield make
-    conn = _pg_connect()
-    try:
-        with conn.cursor() as cur:
-            for name in made:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        conn.close()
+    pg_admin(*(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in made))
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from mlflow_gcp.cli.main import cli
 from mlflow_gcp.client import tokens
 
-from tests.conftest import _pg_connect
+from tests.conftest import pg_admin
 from tests.support.cloudrun_front import CloudRunFront
 from tests.support.idp import LocalIdentityProvider
 
@@ -63,12 +63,8 @@ def deployment(new_database, start_server, tmp_path_factory):
     front.close()
     idp.close()
     server.stop()
-    conn = _pg_connect()
-    try:
-        with conn.cursor() as cur:  # the permission store's database, made by the server
-            cur.execute(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
-    finally:
-        conn.close()
+    # the permission store's database, made by the server
+    pg_admin(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -285,12 +281,7 @@ def test_turning_permissions_on_keeps_experiments_with_their_users(new_database,
         for front in fronts:
             front.close()
         idp.close()
-        conn = _pg_connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
-        finally:
-            conn.close()
+        pg_admin(f'DROP DATABASE IF EXISTS "{db_uri.rsplit("/", 1)[1]}_permissions" WITH (FORCE)')
 
 
 def test_the_ui_shows_each_user_what_they_may_see(deployment, as_user, tmp_path):

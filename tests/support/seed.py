@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import _pg_connect, pg_url
+from tests.conftest import pg_admin, pg_url
 
 SEED_MLFLOW = "2.9.2"
 SEED_REVISION = "acf3f17fdcc7"  # MLflow 2.9.2's schema head (its migration scripts)
@@ -29,14 +29,6 @@ MLFLOW2_REQUIREMENTS = [f"mlflow=={SEED_MLFLOW}", "psycopg2-binary", "numpy<2", 
                         "google-cloud-storage", "sqlalchemy<2.1"]
 
 
-def _admin(sql: str) -> None:
-    conn = _pg_connect()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql)
-    finally:
-        conn.close()
-
 
 @contextlib.contextmanager
 def pg_roles(*prefixes: str):
@@ -44,27 +36,27 @@ def pg_roles(*prefixes: str):
     another's tables: nothing); dropped afterwards with whatever they own."""
     names = [f"{p}_{uuid.uuid4().hex[:8]}" for p in prefixes]
     for name in names:
-        _admin(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+        pg_admin(f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
     try:
         yield names
     finally:
         for name in names:
             with contextlib.suppress(Exception):
-                _admin(f'DROP ROLE IF EXISTS "{name}"')
+                pg_admin(f'DROP ROLE IF EXISTS "{name}"')
 
 
 def owned_database(owner: str, readers: tuple[str, ...] = ()) -> tuple[str, str]:
     """(name, admin URL) of a new database owned by `owner`; `readers` may connect. The caller
     drops it (drop_database) before the roles."""
     name = f"mlflow_gcp_seed_{uuid.uuid4().hex[:12]}"
-    _admin(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+    pg_admin(f'CREATE DATABASE "{name}" OWNER "{owner}"')
     for reader in readers:
-        _admin(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
+        pg_admin(f'GRANT CONNECT ON DATABASE "{name}" TO "{reader}"')
     return name, pg_url(name)
 
 
 def drop_database(name: str) -> None:
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def as_user(url: str, user: str) -> str:
