@@ -79,6 +79,24 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_tracking_uri_restored():
+    """Undo a test's `mlflow.set_tracking_uri`: it sets a process-wide global and exports
+    MLFLOW_TRACKING_URI, so every later test's fluent calls, and the gcp plugin's token scope
+    (tokens go only to the tracking URI's origin), would keep pointing at that test's server."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")  # never import MLflow here
+    before = utils._tracking_uri if utils else None
+    yield
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    if utils is not None and utils._tracking_uri != before:
+        utils.set_tracking_uri(before)
+    if env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 
