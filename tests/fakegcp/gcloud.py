@@ -28,6 +28,8 @@ import subprocess
 import tempfile
 from urllib.parse import urlsplit
 
+from mlflow_gcp.redaction import redact
+
 # gcloud's api_endpoint_overrides property name -> the suffix after the fake root.
 OVERRIDES = {
     "sql": "sqladmin/",
@@ -47,7 +49,8 @@ OVERRIDES = {
 
 class GcloudError(RuntimeError):
     def __init__(self, args: list[str], code: int, stderr: str):
-        super().__init__(f"gcloud {' '.join(args)} exited {code}: {stderr.strip()[-2000:]}")
+        # The arguments may carry passwords (sql users create --password, a DB_URI env var).
+        super().__init__(redact(f"gcloud {' '.join(args)} exited {code}: {stderr.strip()[-2000:]}"))
         self.code = code
         self.stderr = stderr
 

@@ -80,3 +80,13 @@ def test_no_password_survives_in_a_longer_line(password, noise):
 def test_redaction_is_stable():
     for text in ("postgresql://u:***@h/db", "password=*** host=h", "sqlite:////data/mlflow.db", "gs://bucket/a:b@c"):
         assert redact(redact(text)) == redact(text) == text
+
+
+def test_a_failed_gcloud_command_does_not_echo_the_passwords_in_its_arguments():
+    from tests.fakegcp.gcloud import GcloudError
+
+    err = GcloudError(["sql", "users", "create", "mlflow", "--password=Seed-pass_1", "--root-password=root-Pass_1",
+                       "--set-env-vars=DB_URI=postgresql://mlflow:Seed-pass_1@/mlflow?host=/cloudsql/p:r:i"],
+                      1, "ERROR: (gcloud.sql.users.create) boom")
+    assert "Seed-pass_1" not in str(err) and "root-Pass_1" not in str(err)
+    assert "gcloud sql users create mlflow" in str(err) and "boom" in str(err)
