@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import tempfile
 import threading
 from pathlib import Path
@@ -84,6 +85,9 @@ def ui_cmd(url: str | None, port: int, no_browser: bool, cfg_source) -> None:
         opener = write_opener(proxy.login_url)
         click.echo(f"Opening it in your browser; {SECRET_NOTE}")
         threading.Timer(0.5, webbrowser.open, args=(opener.as_uri(),)).start()
+    # Ctrl-C (SIGINT) stops it even when started from a script's background job, which starts
+    # with SIGINT ignored (and Python then installs no KeyboardInterrupt for it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         proxy.serve_forever()
     except KeyboardInterrupt:
