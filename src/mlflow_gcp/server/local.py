@@ -108,6 +108,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as sock:
+        # As uvicorn binds: a port whose last connections sit in TIME_WAIT (a server just
+        # stopped) is free to listen on; only a listening socket makes it taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
