@@ -483,6 +483,7 @@ def history_workload(url: str) -> dict:
     for at in range(0, len(points), 1000):
         client.log_batch(run_id, metrics=points[at:at + 1000])
     client.log_metric(run_id, "short", 0.5, timestamp=T0, step=1)
+    runs = chart_runs(client, run_id)
     out = {"client": [(repr(m.value), m.timestamp, m.step) for m in client.get_metric_history(run_id, "loss")]}
     api = f"{url}/api/2.0/mlflow/metrics/get-history"
     first = {"run_uuid": run_id, "run_id": run_id, "metric_key": "loss", "max_results": 25000}
@@ -498,6 +499,7 @@ def history_workload(url: str) -> dict:
         "zero_results": (api, {"run_id": run_id, "metric_key": "loss", "max_results": 0}),
         "bad_token": (api, {"run_id": run_id, "metric_key": "loss", "page_token": "nonsense"}),
         "no_key": (api, {"run_id": run_id}),
+        **chart_requests(url, runs),
     }
     out["raw"], out["wire"] = {}, {}
     for name, (where, params) in requests_.items():
@@ -505,9 +507,52 @@ def history_workload(url: str) -> dict:
             resp = requests.get(where, params=params, headers={"Accept-Encoding": encoding}, stream=True, timeout=120)
             wire = resp.raw.read(decode_content=False)
             body = gzip.decompress(wire) if resp.headers.get("content-encoding") == "gzip" else wire
+            for n, rid in enumerate(runs):  # ids differ between the servers: names instead
+                body = body.replace(rid.encode(), f"CHART_RUN{n}".encode())
             out["raw"][f"{name}/{encoding}"] = (resp.status_code, resp.headers.get("content-type"), body)
             out["wire"][f"{name}/{encoding}"] = (resp.headers.get("content-encoding"), resp.headers.get("content-length"))
     return out
+
+
+def chart_runs(client, long_run: str) -> list[str]:
+    """Runs for the UI's chart request (bulk-interval): uneven lengths, repeated steps, NaN and
+    the infinities, one without the metric; the long run's name goes first."""
+    from mlflow.entities import Metric
+
+    exp = client.get_run(long_run).info.experiment_id
+    runs = [long_run]
+    for n, count in enumerate([1, 2, 321, 700, 0]):
+        rid = client.create_run(exp, run_name=f"chart-{n}").info.run_id
+        points = [Metric("loss", history_values(i * (n + 3)), T0 + i % 5, (i * (n + 1)) // 3) for i in range(count)]
+        for at in range(0, count, 1000):
+            client.log_batch(rid, metrics=points[at:at + 1000])
+        runs.append(rid)
+    return runs
+
+
+def chart_requests(url: str, runs: list[str]) -> dict:
+    """The chart request as MLflow's UI builds it, its edges, and bad input."""
+    where = f"{url}/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval"
+    ids = [("run_ids", r) for r in runs]
+    key = [("metric_key", "loss")]
+    return {f"chart_{name}": (where, params) for name, params in {
+        "ui": ids + key + [("max_results", 320)],
+        "default": list(reversed(ids)) + key,
+        "one": ids + key + [("max_results", 1)],
+        "two": ids[1:] + key + [("max_results", 2)],
+        "max": ids + key + [("max_results", 2500)],
+        "range": ids + key + [("start_step", 10), ("end_step", 200), ("max_results", 7)],
+        "negative_range": ids + key + [("start_step", -5), ("end_step", 0)],
+        "unknown_key": ids + [("metric_key", "nothing")],
+        "zero": ids + key + [("max_results", 0)],
+        "too_many": ids + key + [("max_results", 2501)],
+        "half_range": ids + key + [("start_step", 3)],
+        "reversed_range": ids + key + [("start_step", 9), ("end_step", 3)],
+        "no_runs": key,
+        "no_key": ids,
+        "twice": ids[:2] + ids[:1] + key + [("max_results", 3)],
+        "101_runs": [("run_ids", f"{i:032x}") for i in range(101)] + key,
+    }.items()}
 
 
 def compact(body: bytes) -> bytes:
@@ -529,7 +574,8 @@ def test_metric_histories_and_compressed_answers_are_stocks(servers):
         # (ours are compact, server/app.py); MLflow's error bodies are the same on both.
         assert got[2] == (compact(body) if status == 200 else body), name
     # Large answers left ours compressed when the client accepted it; never otherwise.
-    assert ours["wire"]["page1/gzip"][0] == ours["wire"]["ui_all/gzip"][0] == "gzip"
+    assert ours["wire"]["page1/gzip"][0] == ours["wire"]["ui_all/gzip"][0] == ours["wire"]["chart_max/gzip"][0] == "gzip"
+    assert stock["raw"]["chart_ui/gzip"][2].count(b'"run_id"') > 600  # the chart answers held points
     assert all(encoding is None for name, (encoding, _) in ours["wire"].items() if name.endswith("/identity"))
     assert ours["wire"]["short/gzip"][0] is None
     # Ours streamed the long histories (no length known up front; stock's Flask answer has one).

@@ -1,4 +1,5 @@
-"""A metric's history (`metrics/get-history`) read in one query and streamed into its JSON answer.
+"""A metric's history (`metrics/get-history`) read in one query and streamed into its JSON answer;
+the UI's chart request (`metrics/get-history-bulk-interval`) routed to server/chart.py the same way.
 
 Why: MLflow's handler loads every point as an ORM object, turns each into an entity, then a
 protobuf message, then a dict, then JSON; for a 100,000-point metric that is seconds of CPU and
@@ -51,7 +52,8 @@ def parse(query_string: bytes) -> tuple[str, str, int | None, str | None] | None
     return run_id, key, max_results, args.get("page_token") or None
 
 
-def _value(value: float, is_nan: bool) -> str:
+def metric_value(value: float, is_nan: bool) -> str:
+    """A metric's value as MLflow's JSON writes it (NaN is stored as 0 with is_nan)."""
     if is_nan:
         return '"NaN"'
     if math.isinf(value):
@@ -62,36 +64,63 @@ def _value(value: float, is_nan: bool) -> str:
 def rows_json(key_json: str, rows) -> str:
     """The metrics of `rows` as MLflow's compact JSON writes them, comma-separated."""
     return ",".join(
-        f'{{"key":{key_json},"value":{_value(v, nan)},"timestamp":{ts},"step":{step}}}' for v, ts, step, nan in rows
+        f'{{"key":{key_json},"value":{metric_value(v, nan)},"timestamp":{ts},"step":{step}}}' for v, ts, step, nan in rows
     )
 
 
 class History:
-    """ASGI: plain get-history requests answered from one streamed query; others to `app`."""
+    """ASGI: plain get-history and chart (bulk-interval) requests answered from one query each;
+    others to `app`."""
 
-    def __init__(self, app, paths: frozenset[str]):
-        self.app, self.paths = app, paths
+    def __init__(self, app, histories: frozenset[str], charts: frozenset[str] = frozenset()):
+        self.app, self.histories, self.charts = app, histories, charts
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] in self.paths:
-            request = parse(scope.get("query_string", b""))
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = scope["path"]
+            if path in self.histories:
+                request, answer = parse(scope.get("query_string", b"")), self._answer
+            elif path in self.charts:
+                from mlflow_gcp.server import chart
+
+                request, answer = chart.parse(scope.get("query_string", b"")), self._chart
+            else:
+                request = None
             if request is not None:
                 import anyio
 
-                if await anyio.to_thread.run_sync(self._answer, request, send):
+                if await anyio.to_thread.run_sync(answer, request, send):
                     return
         await self.app(scope, receive, send)
+
+    def _chart(self, request, send) -> bool:
+        """In a worker thread: the whole chart answer, or False (nothing sent) for MLflow."""
+        from anyio.from_thread import run as on_loop
+
+        from mlflow_gcp.server import chart
+
+        store = _bulk_store()
+        if store is None:
+            return False
+        try:
+            body = chart.answer(store, request)
+        except Exception:
+            return False  # MLflow runs its own read and answers, error included
+        on_loop(send, {"type": "http.response.start", "status": 200,
+                       "headers": [(b"content-type", b"application/json"),
+                                   (b"content-length", str(len(body)).encode())]})
+        on_loop(send, {"type": "http.response.body", "body": body})
+        return True
 
     def _answer(self, request, send) -> bool:
         """In a worker thread: stream the answer and return True, or False (nothing sent) to
         leave the request to MLflow."""
         from anyio.from_thread import run as on_loop
-        from mlflow.server.handlers import _get_tracking_store
         from mlflow.utils.search_utils import SearchUtils
 
         run_id, key, max_results, page_token = request
-        store = _get_tracking_store()
-        if type(store).__name__ != "BulkPostgresStore":
+        store = _bulk_store()
+        if store is None:
             return False
         try:
             offset = SearchUtils.parse_start_offset_from_page_token(page_token)
@@ -141,8 +170,17 @@ class History:
             raise
 
 
-def _routes() -> frozenset[str] | None:
-    """MLflow's GET paths for its get-history handler, or None where they are not plain."""
+def _bulk_store():
+    """MLflow's tracking store where it is our PostgreSQL bulk store (the SQL here is its
+    database's), else None."""
+    from mlflow.server.handlers import _get_tracking_store
+
+    store = _get_tracking_store()
+    return store if type(store).__name__ == "BulkPostgresStore" else None
+
+
+def _routes(name: str) -> frozenset[str]:
+    """MLflow's GET paths for its handler `name`, or none where they are not plain."""
     import os
 
     from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
@@ -151,21 +189,22 @@ def _routes() -> frozenset[str] | None:
     from mlflow.server import handlers
 
     if MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
-        return None
-    handler = getattr(handlers, "_get_metric_history", None)
+        return frozenset()
+    handler = getattr(handlers, name, None)
     paths = frozenset(
         rule.rule for rule in flask_app.url_map.iter_rules()
         if handler is not None and flask_app.view_functions.get(rule.endpoint) is handler
         and "GET" in (rule.methods or ()) and not rule.arguments
     )
-    return paths or None
+    return paths
 
 
 def wrap(app):
-    """`app` with streamed metric histories in front, or `app` itself where they cannot be exact."""
+    """`app` with metric histories and charts in front, or `app` itself where they cannot be exact."""
     try:
-        paths = _routes()
+        histories = _routes("_get_metric_history")
+        charts = _routes("get_metric_history_bulk_interval_handler")
     except Exception as err:  # an MLflow that changed shape: its own path for everything
         print(f"INFO streamed metric history off: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
         return app
-    return app if not paths else History(app, paths)
+    return app if not histories and not charts else History(app, histories, charts)
