@@ -134,7 +134,11 @@ def create_app():
         # (MLflow checks only that the module imports). A None entry makes the import fail at
         # once with the same ImportError, so MLflow skips its auth code.
         sys.modules.setdefault("mlflow.server.auth", None)
-    from mlflow.server.fastapi_app import app
+    from mlflow_gcp.server import optional_modules
+
+    # pyarrow and scipy: ~40 MiB of each worker's memory for nothing (server/optional_modules.py).
+    with optional_modules.hidden():
+        from mlflow.server.fastapi_app import app
 
     compact_json()
 
