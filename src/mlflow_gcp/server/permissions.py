@@ -20,13 +20,22 @@ Settings (environment):
 from __future__ import annotations
 
 import os
-import secrets
 import tempfile
 import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 from mlflow_gcp import budget
+
+
+def _secrets():
+    """`secrets`, imported when a token is made: it loads OpenSSL's libcrypto (~4 MiB of RSS), and
+    the supervisor, which imports this module and lives as long as the container, makes none
+    unless permissions are on."""
+    import secrets
+
+    return secrets
+
 
 PERMISSIONS_ENV = "MLFLOW_GCP_PERMISSIONS"
 ADMINS_ENV = "MLFLOW_GCP_ADMINS"
@@ -88,7 +97,7 @@ def config_text(database_uri: str, env=os.environ) -> str:
         f"database_uri = {database_uri}",
         f"admin_username = {names[0] if names else FALLBACK_ADMIN}",
         # Only used if that admin does not exist yet; nobody logs in with a password here.
-        f"admin_password = {secrets.token_urlsafe(24)}",
+        f"admin_password = {_secrets().token_urlsafe(24)}",
         f"authorization_function = {AUTHORIZATION_FUNCTION}",
         "",
     ])
@@ -105,7 +114,7 @@ def configure(db_uri: str, env=os.environ) -> str:
     env[AUTH_CONFIG_ENV] = path
     # MLflow's auth app protects its sign-up form with CSRF and wants a static secret; we serve
     # no form that needs it across workers, so a per-process secret does.
-    env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", secrets.token_hex(32))
+    env.setdefault("MLFLOW_FLASK_SERVER_SECRET_KEY", _secrets().token_hex(32))
     return path
 
 
@@ -123,7 +132,7 @@ def launch_env(db_uri: str, pooled: bool, env=os.environ) -> dict[str, str]:
         # workers only open it, as under `mlflow server` (MLflow's own flag for that).
         "_MLFLOW_AUTH_ADMIN_BOOTSTRAPPED": "true",
         # One secret for all workers of this boot (MLflow's CSRF check on its sign-up form).
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": env.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or _secrets().token_hex(32),
     }
 
 
@@ -200,7 +209,7 @@ def grant_existing(db_uri: str, store) -> int:
         grants.setdefault(key, "MANAGE" if first else "EDIT")
     for (experiment_id, user), permission in grants.items():
         if not store.has_user(user):
-            store.create_user(user, secrets.token_urlsafe(24))
+            store.create_user(user, _secrets().token_urlsafe(24))
         store.grant_user_resource_permission(user, "experiment", experiment_id, permission)
     return len(grants)
 
@@ -222,7 +231,7 @@ def _ensure_user(email: str) -> None:
     with _known_lock:
         if not store.has_user(email):
             try:
-                store.create_user(email, secrets.token_urlsafe(24), is_admin=want_admin)
+                store.create_user(email, _secrets().token_urlsafe(24), is_admin=want_admin)
             except MlflowException:
                 pass  # another worker created it meanwhile
         if store.get_user(email).is_admin is not want_admin:
