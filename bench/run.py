@@ -11,7 +11,9 @@ RSS is the sum over the whole process tree a few seconds after that. Then the lo
 after the other: log-batch, log-metric and search_runs through MLflow's own client (`MlflowClient`
 in client processes, bench/clients.py), artifact put+get as raw REST calls (bench/loads.py; marked
 "raw" in the table, not a figure of MLflow's client). Stock and ours run one after the other,
-never at the same time. Prints a markdown table with the ratio ours/stock.
+never at the same time. Then ours runs once more with one worker (WORKERS=1, Cloud Run's 1 vCPU)
+through the same loads at quick counts, for its idle and peak RSS (absolute limits, issue 17).
+Prints a markdown table with the ratio ours/stock.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ UI_HISTORY = "UI get-history request, 100,000 points (one GET, parsed)"
 CHART = "UI chart request (get-history-bulk-interval), 20 runs x 10,000 points"
 UI_BYTES = "UI first load (experiments page): bytes on the wire"
 UI_TIME = "UI first load, 20 Mbit/s 40 ms RTT: time to the experiment list"
+# Ours again with one worker (Cloud Run's 1 vCPU), through every load at quick counts: issue 17's
+# memory goals are absolute (a 512 MiB instance must be safe), so these rows have limits, no ratio.
+ONE_IDLE = "idle RSS, whole process tree, one worker (WORKERS=1)"
+ONE_PEAK = "peak RSS during every load, whole process tree, one worker (WORKERS=1)"
+LIMITS = {ONE_IDLE: 200, ONE_PEAK: 400}  # MiB
 # name, unit, better ("higher"/"lower"), goal ratio ours/stock (None: no goal); goals of issue 17
 FIGURES = [
     ("MlflowClient.log_batch 100 metrics, 1 client", "metrics/s", "higher", None),
@@ -47,6 +54,8 @@ FIGURES = [
     ("idle RSS, whole process tree", "MiB", "lower", None),
     ("RSS after the loads, whole process tree", "MiB", "lower", None),
     (PEAK, "MiB", "lower", None),
+    (ONE_IDLE, "MiB", "lower", None),
+    (ONE_PEAK, "MiB", "lower", None),
     (HISTORY, "s", "lower", 1 / 5),
     (UI_HISTORY, "s", "lower", 1 / 5),
     (CHART, "s", "lower", 1 / 3),
@@ -120,6 +129,20 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
     return figures, errors
 
 
+def one_worker_memory(ours_env: dict[str, str], errors: dict[str, int]) -> dict[str, float]:
+    """Ours with WORKERS=1 through every load of the bench at quick counts (~1 min): idle RSS and
+    the peak while the loads run (the figures of `measure`, kept only for memory)."""
+    server = Server("ours", extra_env={**ours_env, "WORKERS": "1"})
+    log("ours again with one worker (WORKERS=1), quick counts: memory under every load")
+    try:
+        figures, seen = measure(server, QUICK)
+    finally:
+        server.cleanup()
+    errors["ours"] = errors.get("ours", 0) + seen
+    log(f"ours, one worker: idle {figures['idle RSS, whole process tree']:.0f} MiB, peak {figures[PEAK]:.0f} MiB")
+    return {ONE_IDLE: figures["idle RSS, whole process tree"], ONE_PEAK: figures[PEAK]}
+
+
 class PeakRss:
     """The largest tree RSS seen from now until stop(), sampled in a thread."""
 
@@ -171,7 +194,9 @@ def table(results: dict[str, dict[str, float]]) -> str:
     for name, unit, better, goal in FIGURES:
         s, o = stock.get(name), ours.get(name)
         ratio = o / s if s and o is not None else None
-        if goal is None or ratio is None:
+        if name in LIMITS and o is not None:
+            goal_txt, met = f"<= {LIMITS[name]} MiB", "yes" if o <= LIMITS[name] else "no"
+        elif goal is None or ratio is None:
             goal_txt, met = "-", "-"
         else:
             goal_txt = f"{'>=' if better == 'higher' else '<='} {goal:.3g}x"
@@ -216,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             results[kind], errors[kind] = measure(server, counts)
         finally:
             server.cleanup()
+    if "ours" in results:
+        results["ours"].update(one_worker_memory(ours_env, errors))
     load_after = os.getloadavg()
     print(f"{started:%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"{'quick' if args.quick else 'full'} run; load average {load_before[0]:.2f} before, "
