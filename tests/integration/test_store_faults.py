@@ -342,3 +342,62 @@ def test_bulk_writers_of_the_same_keys_in_opposite_orders_never_deadlock(stores)
     time.sleep(pgfaults.STATS_DELAY_S)  # PostgreSQL publishes a backend's counters when it idles
     assert pgfaults.deadlocks(dbname) == before
     assert contend(stores["mlflow"]) == [("ok",)] * 2 * rounds
+
+
+def test_a_metrics_batch_is_one_statement_with_no_begin_or_commit(stores):
+    # server/store.py: the run check and both writes in one autocommitted statement; a run that
+    # is not active gets MLflow's own check and error, and nothing is written.
+    from mlflow.entities import Metric
+    from sqlalchemy import event
+
+    target = stores["bulk"]
+    statements: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args):
+        statements.append(statement.split(None, 1)[0].upper())
+
+    run_id = target.new_run()
+    event.listen(target.store.engine, "before_cursor_execute", count)
+    try:
+        target.store.log_batch(run_id, [Metric(f"k{i % 3}", i / 3, T0, i) for i in range(9)], [], [])
+        written = list(statements)
+        target.admin.delete_run(run_id)
+        statements.clear()
+        refused = target.write("log_batch", run_id, "k0", 9.0, 99)
+    finally:
+        event.remove(target.store.engine, "before_cursor_execute", count)
+    assert written == ["WITH"]
+    assert refused[:2] == ("MlflowException", "INVALID_PARAMETER_VALUE"), refused
+    assert statements[0] == "WITH" and len(statements) > 1  # then MLflow's check raised
+    target.admin.restore_run(run_id)
+    assert target.latest(run_id) == {"k0": 2.0, "k1": 7 / 3, "k2": 8 / 3}
+
+
+def test_our_server_replaces_connections_closed_while_idle_in_its_pool(servers):
+    # The pool's ping (server/pool_plugin.py quiet_ping) skips its round trip only while the
+    # socket is quiet; a backend terminated while its connection sat in the pool leaves the
+    # server's FATAL message and the end of the stream there, and the real ping replaces it.
+    from tests.conftest import _pg_connect as connect
+
+    target = servers["ours"]
+    run_id = target.new_run()
+    for kind in KINDS:
+        assert target.write(kind, run_id, f"idle.{kind}", 1.0, 0) == ("ok",)
+    admin = connect(target.dbname)
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+                        "AND state = 'idle'", (target.dbname,))
+            pids = [row[0] for row in cur.fetchall()]
+            assert pids
+            cur.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s) AS pid", (pids,))
+
+            def gone():
+                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,))
+                return cur.fetchone()[0] == 0
+
+            assert _wait_for(gone)
+    finally:
+        admin.close()
+    for step, kind in enumerate(KINDS * 3, start=1):
+        assert target.write(kind, run_id, f"idle.{kind}", 2.0, step) == ("ok",), kind

@@ -3,9 +3,11 @@
 `install(dbname)` adds, to a database that already has MLflow's schema, triggers and an index
 that act only on metric keys starting with `fault.` (everything else is untouched):
 
-- `fault.timeout`: the metrics row sets a 200 ms statement_timeout for the rest of its
-  transaction, and the latest_metrics row then sleeps: PostgreSQL cancels that statement
-  ("canceling statement due to statement timeout", SQLSTATE 57014), whoever issued it.
+- `fault.timeout`: the metrics row fails as PostgreSQL fails a statement that ran out of its
+  statement_timeout ("canceling statement due to statement timeout", SQLSTATE 57014), whoever
+  issued it. Raised by the trigger with PostgreSQL's own code and message: a real timeout is armed
+  when a statement starts, so a trigger can arm one only for a later statement of its
+  transaction, and the bulk store writes a batch in one statement.
 - `fault.wait`: the metrics row waits for advisory lock `ADVISORY_KEY`, which `Blocker` holds,
   so a test can act while a writer sits inside its INSERT (terminate it, delete its run).
 - `fault.unique*`: a unique index on latest_metrics (run_uuid, value) for these keys: two such
@@ -32,7 +34,7 @@ _DDL = f"""
 CREATE FUNCTION fault_metrics() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   IF NEW.key = 'fault.timeout' THEN
-    PERFORM set_config('statement_timeout', '200', true);
+    RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
   ELSIF NEW.key = 'fault.wait' THEN
     PERFORM pg_advisory_xact_lock_shared({ADVISORY_KEY});
   END IF;
@@ -40,13 +42,6 @@ BEGIN
 END $$;
 CREATE TRIGGER fault_metrics BEFORE INSERT ON metrics
   FOR EACH ROW WHEN (NEW.key LIKE 'fault.%') EXECUTE FUNCTION fault_metrics();
-CREATE FUNCTION fault_latest() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pg_sleep(30);
-  RETURN NEW;
-END $$;
-CREATE TRIGGER fault_latest BEFORE INSERT ON latest_metrics
-  FOR EACH ROW WHEN (NEW.key = 'fault.timeout') EXECUTE FUNCTION fault_latest();
 CREATE UNIQUE INDEX fault_unique ON latest_metrics (run_uuid, value) WHERE key LIKE 'fault.unique%';
 """
 

@@ -7,8 +7,11 @@ retries. Here the same work is one multi-row `INSERT ... ON CONFLICT DO NOTHING`
 (MLflow's duplicate rule: a metric identical in key, timestamp, step, value and NaN-ness to a
 stored one is skipped, others are kept) and one multi-row upsert into latest_metrics that replaces
 a row only when the new (step, timestamp, value) is strictly greater, as MLflow's comparison does
-(PostgreSQL compares row values lexicographically, like Python tuples). Everything else,
-validation, the run check and its error messages included, is MLflow's own code.
+(PostgreSQL compares row values lexicographically, like Python tuples). Both go to PostgreSQL
+with the run check as one autocommitted statement (data-modifying CTEs that write only if the
+run is active): one round trip, no BEGIN or COMMIT of its own. Everything else, validation and
+the run check's error messages included (a run that is missing or not active), is MLflow's own
+code.
 
 Same behaviour under contention and errors (issue 13): the statements run through SQLAlchemy
 (`exec_driver_sql`), so a PostgreSQL error becomes the SQLAlchemy error MLflow's session handling
@@ -44,12 +47,16 @@ def _execute(session, statement: str, params=None):
     return session.connection().exec_driver_sql(statement, params)
 
 
-def _insert_rows(session, *inserts: tuple[str, str, list[tuple]]) -> None:
+def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple | None = None):
     """Each (head, tail, rows) as `head VALUES (..),(..) tail`, all sent in one round trip and
     run in order. The VALUES are rendered by psycopg2 on the client, as its execute_values does
     (an executemany is a round trip per row; SQLAlchemy compiling 6,000 bind parameters costs
     more than the database work), and the statements run through SQLAlchemy (`_execute`). An
-    error names the statements, not their 1,000 rows."""
+    error names the statements, not their 1,000 rows.
+
+    With `guard` (query, its one parameter, a value), one statement instead: the query as a CTE
+    whose rows it returns, and each insert a data-modifying CTE that inserts only if the query's
+    first column has that value."""
     from psycopg2.extensions import encodings
     from sqlalchemy.exc import DBAPIError
 
@@ -62,13 +69,34 @@ def _insert_rows(session, *inserts: tuple[str, str, list[tuple]]) -> None:
         for head, tail, rows in inserts:
             template = "(" + ",".join(["%s"] * len(rows[0])) + ")"
             values = b",".join([cursor.mogrify(template, row) for row in rows]).decode(encoding)
-            statements.append(f"{head} VALUES {values} {tail}")
+            statements.append((head, values, tail))
+        if guard is not None:
+            query, param, wanted = guard
+            with_guard = cursor.mogrify(f"WITH guard(state) AS ({query})", (param,)).decode(encoding)
+            passes = cursor.mogrify("WHERE EXISTS (SELECT FROM guard WHERE state = %s)", (wanted,)).decode(encoding)
     finally:
         cursor.close()
+    if guard is None:
+        sql = ";\n".join(f"{head} VALUES {values} {tail}" for head, values, tail in statements)
+        shown = ";\n".join(f"{head} VALUES <{len(rows)} rows> {tail}" for head, tail, rows in inserts)
+    else:
+        # Each insert runs once, to completion, and all see the guard's one snapshot. PostgreSQL
+        # runs data-modifying CTEs the final SELECT does not read last to first; each insert
+        # reading its predecessor's RETURNING first keeps them in order instead (the lock order
+        # of _write_metric_rows).
+        def one(shown_values):
+            parts = [with_guard]
+            for n, ((head, _, tail), values) in enumerate(zip(statements, shown_values)):
+                after = f" AND (SELECT count(*) FROM w{n - 1}) >= 0" if n else ""
+                parts.append(f"w{n} AS ({head} SELECT * FROM (VALUES {values}) AS v {passes}{after} {tail} RETURNING 1)")
+            return ",\n".join(parts) + "\nSELECT state FROM guard"
+
+        sql = one([values for _, values, _ in statements])
+        shown = one([f"<{len(rows)} rows>" for _, _, rows in inserts])
     try:
-        connection.exec_driver_sql(";\n".join(statements))
+        return connection.exec_driver_sql(sql)
     except DBAPIError as err:
-        err.statement = ";\n".join(f"{head} VALUES <{len(rows)} rows> {tail}" for head, tail, rows in inserts)
+        err.statement = shown
         raise
 
 
@@ -229,12 +257,38 @@ def _make_class():
                 seen.add(metric)
                 is_nan, value = self.sanitize_metric_value(metric.value)
                 rows.append((metric.key, value, metric.timestamp, metric.step, is_nan, run_id))
+            if rows and self._write_if_active(run_id, rows):
+                return
+            # No rows, or the run is missing or not active (MLflow's check then raises its error).
             with self.ManagedSessionMaker(read_only=False) as session:
                 self._check_run_for_metrics(session, run_id)
                 if rows:
                     self._write_metric_rows(session, rows)
 
+        def _write_if_active(self, run_id, rows) -> bool:
+            """The run check and both writes as one statement in one round trip, committed by
+            PostgreSQL itself (autocommit: no BEGIN and COMMIT round trips); True when written.
+            One statement sees one snapshot, so the rows are written exactly when the check
+            passes, as MLflow's check-then-write in one transaction would; False (nothing
+            written) when the run is missing or not active."""
+            with self.ManagedSessionMaker(read_only=False) as session:
+                # psycopg2's own switch, client-side: SQLAlchemy's AUTOCOMMIT isolation level
+                # would send a SET before and after (two more round trips). No transaction is
+                # open yet (psycopg2 sends its BEGIN with the first statement), so it may switch.
+                raw = session.connection().connection.dbapi_connection
+                raw.autocommit = True
+                try:
+                    row = _insert_rows(session, *self._metric_inserts(rows),
+                                       guard=(run_state, run_id, LifecycleStage.ACTIVE)).first()
+                finally:
+                    if not raw.closed:  # back as the pool handed it out, before it goes back
+                        raw.autocommit = False
+            return row is not None and row[0] == LifecycleStage.ACTIVE
+
         def _write_metric_rows(self, session, rows):
+            _insert_rows(session, *self._metric_inserts(rows))
+
+        def _metric_inserts(self, rows):
             # Per key, the first of the greatest (step, timestamp, value): MLflow's loop
             # replaces its candidate only on strictly greater.
             latest: dict[str, tuple] = {}
@@ -245,8 +299,8 @@ def _make_class():
             # One order for every writer (metrics by their primary key, latest rows by key): two
             # batches over the same keys then wait for each other instead of deadlocking.
             # 1,000 metrics, MLflow's batch limit, make one statement each; both go in one round trip.
-            _insert_rows(session, (*insert_metrics, sorted(rows, key=_metric_pk)),
-                         (*upsert_latest, [latest[k] for k in sorted(latest)]))
+            return ((*insert_metrics, sorted(rows, key=_metric_pk)),
+                    (*upsert_latest, [latest[k] for k in sorted(latest)]))
 
         # search_runs: MLflow builds the query (filters, ordering, paging, inputs) and loads the
         # runs; their metrics, params and tags, which MLflow hydrates as ~25 ORM objects per
