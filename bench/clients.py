@@ -56,7 +56,17 @@ def _search_runs(client, experiment_id):
     return call
 
 
-OPS = {"log_batch": _log_batch, "log_metric": _log_metric, "search_runs": _search_runs}
+def _search_traces(client, experiment_id):
+    def call(_i):
+        traces = client.search_traces(locations=[experiment_id], max_results=100)
+        if len(traces) != 100 or not all(trace.data.spans for trace in traces):
+            raise AssertionError(f"search_traces returned {len(traces)} traces, not 100 with their spans")
+
+    return call
+
+
+OPS = {"log_batch": _log_batch, "log_metric": _log_metric, "search_runs": _search_runs,
+       "search_traces": _search_traces}
 
 
 def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, results):
@@ -108,8 +118,16 @@ def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, ex
                 for threads in per_proc]
     for child in children:
         child.start()
-    # Generous: each process imports MLflow and warms up first, on a busy machine.
-    barrier.wait(timeout=300)
+    # Generous: each process imports MLflow and warms up first, on a busy machine. A process that
+    # died on the way (its setup failed) ends the wait at once instead of after the timeout.
+    waiting_until = time.monotonic() + 300
+    while barrier.n_waiting < procs:
+        if any(child.exitcode is not None for child in children) or time.monotonic() > waiting_until:
+            for child in children:
+                child.kill()
+            return Result(ops=0, seconds=0.0, errors=1, latencies=[])
+        time.sleep(0.1)
+    barrier.wait(timeout=60)
     began = time.perf_counter()
     flat: list[float] = []
     errors = 0

@@ -9,7 +9,8 @@ served through it. It is started once to create the schema, stopped, then starte
 second start (existing schema, process start to the first /health 200) is the cold start. Idle
 RSS is the sum over the whole process tree a few seconds after that. Then the loads run, one
 after the other: log-batch, log-metric and search_runs through MLflow's own client (`MlflowClient`
-in client processes, bench/clients.py), artifact put+get as raw REST calls (bench/loads.py; marked
+in client processes, bench/clients.py), trace ingest and search_traces through it too
+(bench/traces.py), artifact put+get as raw REST calls (bench/loads.py; marked
 "raw" in the table, not a figure of MLflow's client). Stock and ours run one after the other,
 never at the same time. Then ours runs once more with one worker (WORKERS=1, Cloud Run's 1 vCPU)
 through the same loads at quick counts, for its idle and peak RSS (absolute limits, issue 17).
@@ -26,7 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from bench import clients, history, loads, ui
+from bench import clients, history, loads, traces, ui
 from bench.servers import Server
 
 PEAK = "peak RSS during the loads, whole process tree (sampled every 0.25 s)"
@@ -40,6 +41,8 @@ UI_TIME = "UI first load, 20 Mbit/s 40 ms RTT: time to the experiment list"
 ONE_IDLE = "idle RSS, whole process tree, one worker (WORKERS=1)"
 ONE_PEAK = "peak RSS during every load, whole process tree, one worker (WORKERS=1)"
 LIMITS = {ONE_IDLE: 200, ONE_PEAK: 400}  # MiB
+TRACE_INGEST = "mlflow.trace ingest (8-span traces, client's async export), 8 clients"
+SEARCH_TRACES = "MlflowClient.search_traces 100 traces with spans, 4 clients"
 # name, unit, better ("higher"/"lower"), goal ratio ours/stock (None: no goal); goals of issue 17
 FIGURES = [
     ("MlflowClient.log_batch 100 metrics, 1 client", "metrics/s", "higher", None),
@@ -47,6 +50,8 @@ FIGURES = [
     ("MlflowClient.log_batch 100 metrics, 16 clients", "metrics/s", "higher", 8.0),
     ("MlflowClient.log_metric p50, 1 client", "ms", "lower", 1 / 4),
     ("MlflowClient.search_runs 100 runs, 4 clients", "req/s", "higher", 8.0),
+    (TRACE_INGEST, "spans/s", "higher", 4.0),
+    (SEARCH_TRACES, "req/s", "higher", 3.0),
     ("raw artifact put+get 2 KiB, 1 client", "ops/s", "higher", None),
     ("raw artifact put+get 2 KiB, 4 clients", "ops/s", "higher", None),
     ("raw artifact put+get 2 KiB, 16 clients", "ops/s", "higher", None),
@@ -65,10 +70,10 @@ FIGURES = [
 
 FULL = {"batch": {1: 60, 4: 40, 16: 40}, "metric": 300, "search_runs": 200, "search": 40,
         "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0,
-        "ui_tries": 2, "history_tries": 5}
+        "ui_tries": 2, "history_tries": 5, "traces": 25, "search_traces": 10}
 QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "metric": 60, "search_runs": 100, "search": 4,
          "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0,
-         "ui_tries": 1, "history_tries": 2}
+         "ui_tries": 1, "history_tries": 2, "traces": 13, "search_traces": 3}
 
 
 def log(msg: str) -> None:
@@ -113,6 +118,8 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
     figures["MlflowClient.search_runs 100 runs, 4 clients"] = r.per_second
     errors += r.errors
     log(f"{server.kind}: search {r.per_second:.1f} req/s ({r.ops} req, {r.errors} err)")
+    figures.update(trace_figures(server, counts))
+    errors += figures.pop("errors")
     for n, per in counts["artifacts"].items():
         r = loads.artifacts(base, n, per, deadline)
         figures[f"raw artifact put+get 2 KiB, {n} client{'s' if n > 1 else ''}"] = r.per_second
@@ -141,6 +148,17 @@ def one_worker_memory(ours_env: dict[str, str], errors: dict[str, int]) -> dict[
     errors["ours"] = errors.get("ours", 0) + seen
     log(f"ours, one worker: idle {figures['idle RSS, whole process tree']:.0f} MiB, peak {figures[PEAK]:.0f} MiB")
     return {ONE_IDLE: figures["idle RSS, whole process tree"], ONE_PEAK: figures[PEAK]}
+
+
+def trace_figures(server: Server, counts: dict) -> dict[str, float]:
+    """Trace ingest through MLflow's client, then search_traces over the traces it left (at
+    least 100: 8 clients x 13 traces in the quick run)."""
+    exp = loads.Client(server.url).experiment(f"bench-traces-{server.kind}")
+    r = traces.ingest(server.url, server.database, exp, 8, counts["traces"], counts["deadline"])
+    log(f"{server.kind}: trace ingest {r.per_second:.0f} spans/s ({r.ops} spans in {r.seconds:.1f} s, {r.errors} err)")
+    s = clients.run(server.url, "search_traces", 4, counts["search_traces"], counts["deadline"], exp)
+    log(f"{server.kind}: search_traces {s.per_second:.2f} req/s ({s.ops} req, {s.errors} err)")
+    return {TRACE_INGEST: r.per_second, SEARCH_TRACES: s.per_second, "errors": r.errors + s.errors}
 
 
 class PeakRss:

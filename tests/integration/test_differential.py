@@ -580,3 +580,134 @@ def test_metric_histories_and_compressed_answers_are_stocks(servers):
     assert ours["wire"]["short/gzip"][0] is None
     # Ours streamed the long histories (no length known up front; stock's Flask answer has one).
     assert ours["wire"]["page1/identity"][1] is None and stock["wire"]["page1/identity"][1] is not None
+
+
+# Traces: MLflow 3 tracing through MLflow's client (its async export: OTLP span posts, then
+# StartTraceV3), read back by search_traces (with spans, the client's batch-get) and get_trace.
+# Most traces carry explicit times, which the answers must echo; the decorated ones have clock
+# times, compared as present/absent only. Ids are random: replaced by each trace's "case" tag and
+# its spans' names.
+TRACE_T0_NS = T0 * 1_000_000
+TRACE_CASES = 6
+
+
+def trace_workload(url: str) -> dict:
+    import base64
+    import json as jsonlib
+
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(url)  # also resets the client's tracer provider to this server
+    client = MlflowClient(url)
+    exp = client.create_experiment("traces")
+    mlflow.set_experiment(experiment_id=exp)
+    for n in range(TRACE_CASES):
+        at = TRACE_T0_NS + n * 10**9
+        root = mlflow.start_span_no_context(
+            f"root-{n}", span_type="AGENT", inputs={"question": f"q{n}", "n": n}, attributes={"k": n},
+            tags={"case": f"c{n}", "group": "ab"[n % 2]}, metadata={"m": str(n % 3)}, experiment_id=exp,
+            start_time_ns=at)
+        child = mlflow.start_span_no_context("retrieve", span_type="RETRIEVER", parent_span=root,
+                                             inputs={"query": f"q{n}"}, start_time_ns=at + 1000)
+        leaf = mlflow.start_span_no_context("embed", parent_span=child, inputs="text", start_time_ns=at + 2000)
+        leaf.end(outputs=[0.5, n], end_time_ns=at + 3000)
+        child.end(outputs=[{"doc": "d", "score": 0.25}], end_time_ns=at + 4000 + n)
+        root.end(outputs={"answer": f"a{n}"}, status="ERROR" if n == 3 else "OK", end_time_ns=at + 10**6 * (n + 1))
+
+    @mlflow.trace(span_type="TOOL")
+    def tool(x):
+        return x * 2
+
+    @mlflow.trace(name="agent")
+    def agent(case, x):
+        mlflow.update_current_trace(tags={"case": case}, metadata={"m": "decorated"})
+        with mlflow.start_span("inner") as span:
+            span.set_inputs({"x": x})
+            span.set_outputs(tool(x))
+        return {"out": tool(x + 1)}
+
+    agent("d0", 1)
+    agent("d1", 2)
+    # The export is asynchronous; on a loaded machine the flush's own wait (30 s) may end before
+    # the last post: wait until every trace is there with all its spans.
+    for _ in range(120):
+        mlflow.flush_trace_async_logging()
+        everything = client.search_traces(locations=[exp], max_results=100, order_by=["timestamp_ms ASC"])
+        if sum(len(t.data.spans) for t in everything) == 3 * TRACE_CASES + 2 * 4:
+            break
+        time.sleep(0.5)
+    ids = {t.info.trace_id: t.info.tags["case"] for t in everything}
+    spans = {s.span_id: f"{ids[t.info.trace_id]}/{s.name}" for t in everything for s in t.data.spans}
+
+    def norm(value):
+        text = jsonlib.dumps(value, sort_keys=True, default=str)
+        for real, name in [*ids.items(), *spans.items()]:
+            hex_id = real.removeprefix("tr-")
+            as_base64 = base64.b64encode(bytes.fromhex(hex_id)).decode()  # to_dict's span form
+            text = text.replace(real, name).replace(hex_id, name).replace(as_base64, name)
+        text = re.sub(r'"[^"]*?/traces/([^/"]+)/artifacts"', r'"ROOT/traces/\1/artifacts"', text)
+        return jsonlib.loads(text)
+
+    def trace_dict(trace):
+        out = trace.to_dict()
+        if trace.info.tags["case"].startswith("d"):  # clock times: present or not
+            info = out["info"]
+            for key in ("request_time", "execution_duration", "execution_duration_ms"):
+                info[key] = info.get(key) is not None
+            for key in ("mlflow.trace.sizeBytes", "mlflow.trace.sizeStats"):  # times' digits count
+                info["trace_metadata"][key] = key in info["trace_metadata"]
+            for span in out["data"]["spans"]:
+                for key in ("start_time_unix_nano", "end_time_unix_nano"):
+                    span[key] = span.get(key) is not None
+                for event in span.get("events", []):
+                    event["time_unix_nano"] = None
+        return norm(out)
+
+    def cases(found):
+        return [ids.get(t.info.trace_id, t.info.trace_id) for t in found]
+
+    out: dict = {"all": [trace_dict(t) for t in everything], "searches": {}, "errors": {}}
+    searches = {
+        "status_error": dict(filter_string="trace.status = 'ERROR'"),
+        "tag": dict(filter_string="tags.group = 'a'", order_by=["timestamp_ms DESC"]),
+        "metadata": dict(filter_string="metadata.m = '1'"),
+        "name": dict(filter_string="trace.name = 'root-2'"),
+        "duration": dict(filter_string="trace.execution_time_ms > 2 AND tags.group = 'b'",
+                         order_by=["execution_time_ms DESC"]),
+        "timestamp": dict(filter_string=f"trace.timestamp_ms > {T0 + 2500}"),
+        "span_name": dict(filter_string="span.name = 'embed'"),
+        "no_spans": dict(include_spans=False),
+    }
+    for name, kwargs in searches.items():
+        kwargs.setdefault("order_by", ["timestamp_ms ASC"])
+        found = client.search_traces(locations=[exp], max_results=100, **kwargs)
+        out["searches"][name] = [trace_dict(t) if name == "no_spans" else ids[t.info.trace_id] for t in found]
+    pages, token = [], None
+    while True:
+        page = client.search_traces(locations=[exp], max_results=3, order_by=["timestamp_ms DESC"], page_token=token)
+        pages.append(cases(page))
+        token = page.token
+        if not token:
+            break
+    out["searches"]["pages"] = pages
+    by_case = {case: trace_id for trace_id, case in ids.items()}
+    client.set_trace_tag(by_case["c1"], "reviewed", "yes")
+    client.delete_trace_tag(by_case["c2"], "group")
+    out["get"] = {case: trace_dict(client.get_trace(by_case[case])) for case in ("c1", "c2", "d0")}
+    out["errors"]["unknown_trace"] = attempt(lambda: client.get_trace("tr-" + "0" * 32))
+    out["errors"]["bad_filter"] = attempt(lambda: client.search_traces(locations=[exp], filter_string="trace.nope = 1"))
+    out["errors"]["unknown_tag_delete"] = norm(attempt(lambda: client.delete_trace_tag(by_case["c1"], "absent")))
+    return out
+
+
+def test_traces_answer_as_stock(servers):
+    stock_url, our_server = servers
+    stock, ours = trace_workload(stock_url), trace_workload(our_server.url)
+    assert len(stock["all"]) == TRACE_CASES + 2 and all(t["data"]["spans"] for t in stock["all"])
+    assert stock["searches"]["status_error"] == ["c3"]
+    for section in ("searches", "get", "errors"):
+        for key in stock[section]:
+            assert ours[section][key] == stock[section][key], f"{section}/{key} differs"
+    for n, trace in enumerate(stock["all"]):
+        assert ours["all"][n] == trace, f"trace {n} differs"
+    assert ours == stock
