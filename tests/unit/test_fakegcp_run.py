@@ -107,6 +107,37 @@ def test_validation_of_containers_env_and_accounts(run):
         services(run).create(parent=PARENT, serviceId="mlflow", body=unmounted).execute()
 
 
+@pytest.mark.parametrize("cpu, memory, environment, refused", [
+    ("1", "512Mi", "EXECUTION_ENVIRONMENT_GEN2", None),
+    ("1", "256Mi", "EXECUTION_ENVIRONMENT_GEN2", "below the minimum of 512Mi"),
+    ("1", "256Mi", "", None),  # unspecified: Cloud Run may pick the first generation (128Mi)
+    ("1", "100Mi", "", "below the minimum of 128Mi"),
+    ("1", "4Gi", "", None),
+    ("1", "5Gi", "", "requires at least 2 CPUs"),
+    ("2", "16Gi", "", "requires at least 4 CPUs"),
+    ("4", "1Gi", "", "4 CPUs require at least 2Gi"),
+    ("8", "2Gi", "", "8 CPUs require at least 4Gi"),
+    ("1500m", "1Gi", "", "whole number"),
+    ("500m", "1Gi", "", None),
+    ("500m", "2Gi", "", "at least 1 CPU"),
+    ("250m", "1Gi", "", "at least 0.5 CPU"),
+    ("500m", "512Mi", "EXECUTION_ENVIRONMENT_GEN2", "first generation"),
+    ("1", "33Gi", "", "maximum of 32Gi"),
+])
+def test_cpu_and_memory_limits_follow_cloud_runs_rules(run, cpu, memory, environment, refused):
+    body = service_body()
+    body["template"]["containers"][0]["resources"] = {"limits": {"cpu": cpu, "memory": memory}}
+    if environment:
+        body["template"]["executionEnvironment"] = environment
+    create = services(run).create(parent=PARENT, serviceId="mlflow", body=body)
+    if refused is None:
+        assert wait(run, create.execute())["done"]
+        return
+    with pytest.raises(HttpError) as info:
+        create.execute()
+    assert info.value.status_code == 400 and refused in info.value.content.decode()
+
+
 def test_secrets_must_exist_and_be_readable_by_the_runtime_account(run, gcp_client):
     env = [{"name": "DB_PASSWORD", "valueSource": {"secretKeyRef": {"secret": "pw", "version": "latest"}}}]
     op = wait(run, services(run).create(parent=PARENT, serviceId="mlflow", body=service_body(env=env)).execute())

@@ -14,6 +14,7 @@ Faithful where the deploy depends on it:
 from __future__ import annotations
 
 import copy
+import re
 
 from ..core.api import (ApiModule, IamPolicies, Operation, Request, apply_mask, handles, new_id,
                         now, project_number)
@@ -22,6 +23,50 @@ from .run_common import _ENV, _ID, _RESERVED_ENV, SERVICE_INPUT, _ready, _suffix
 from .run_jobs import RunJobs
 from .run_knative import RunKnative
 
+
+
+_MEMORY_UNITS = {"": 1, "k": 1000, "M": 1000**2, "G": 1000**3, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+_MEMORY = re.compile(r"^([0-9]+)(|k|M|G|Ki|Mi|Gi)$")
+_GIB = 1024**3
+# Cloud Run's documented limits (configuring/services/memory-limits and .../cpu): the least CPU
+# each memory size needs, the least memory each CPU count needs, and the smallest memory of each
+# execution environment (a job always runs in the second generation).
+_CPU_FOR_MEMORY = ((24 * _GIB, 8), (16 * _GIB, 6), (8 * _GIB, 4), (4 * _GIB, 2))
+_MEMORY_FOR_CPU = {4: 2 * _GIB, 6: 4 * _GIB, 8: 4 * _GIB}
+
+
+def resource_problem(cpu: str, memory: str, environment: str, service: bool) -> str | None:
+    """What Cloud Run says of a container's cpu/memory limits, or None when it accepts them."""
+    m = _MEMORY.match(str(memory))
+    if not m:
+        return f"invalid memory quantity {memory!r}."
+    mem = int(m.group(1)) * _MEMORY_UNITS[m.group(2)]
+    text = str(cpu)
+    try:
+        cpus = int(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    except ValueError:
+        return f"invalid cpu quantity {cpu!r}."
+    if not 0.08 <= cpus <= 8 or (cpus > 1 and cpus != int(cpus)):
+        return f"cpu {cpu!r}: expected 0.08 to 1, or a whole number up to 8."
+    gen2 = environment == "EXECUTION_ENVIRONMENT_GEN2" or not service
+    floor = 512 * 1024**2 if gen2 else 128 * 1024**2
+    if mem < floor:
+        return (f"memory {memory!r} is below the minimum of {'512Mi' if gen2 else '128Mi'} "
+                f"for the {'second' if gen2 else 'first'} generation execution environment.")
+    if mem > 32 * _GIB:
+        return f"memory {memory!r} exceeds the maximum of 32Gi."
+    for above, least in _CPU_FOR_MEMORY:
+        if mem > above and cpus < least:
+            return f"memory {memory!r} requires at least {least} CPUs; got {cpu!r}."
+    if cpus < 1:
+        if gen2:
+            return "less than 1 CPU requires the first generation execution environment."
+        if mem > _GIB or (mem > 512 * 1024**2 and cpus < 0.5):
+            return f"memory {memory!r} requires at least {1 if mem > _GIB else 0.5} CPU; got {cpu!r}."
+    need = _MEMORY_FOR_CPU.get(int(cpus)) if cpus == int(cpus) else None
+    if need and mem < need:
+        return f"{int(cpus)} CPUs require at least {need // _GIB}Gi of memory; got {memory!r}."
+    return None
 
 class Run(RunJobs, RunKnative, ApiModule):
     name = "run"
@@ -125,6 +170,11 @@ class Run(RunJobs, RunKnative, ApiModule):
                 if ref is not None and not ref.get("secret"):
                     raise invalid_argument(f"{where}.env[{name}]: secretKeyRef.secret is required.",
                                            field=f"{where}.env.valueSource.secretKeyRef.secret")
+            limits = (c.get("resources") or {}).get("limits") or {}
+            problem = resource_problem(limits.get("cpu", "1"), limits.get("memory", "512Mi"),
+                                       template.get("executionEnvironment", ""), service)
+            if problem:
+                raise invalid_argument(f"{where}.resources.limits: {problem}", field=f"{where}.resources.limits")
             for m in c.get("volumeMounts") or []:
                 if m.get("name") not in volumes:
                     raise invalid_argument(f"{where}.volumeMounts: volume {m.get('name')!r} is not "
