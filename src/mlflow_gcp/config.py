@@ -61,6 +61,9 @@ _VERSION_RE = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
 PUBLIC_MEMBERS = ("allUsers", "allAuthenticatedUsers")
 CLOUD_RUN_CPUS = ("1", "2", "4", "6", "8")
+# Cloud Run's memory range (GiB) for each CPU count (docs: configuring/services/cpu and
+# memory-limits); the 0.5 GiB floor is the second generation execution environment's.
+CLOUD_RUN_MEMORY_GIB = {"1": (0.5, 4), "2": (0.5, 8), "4": (2, 16), "6": (4, 24), "8": (4, 32)}
 WEEKDAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 # Days of transaction logs (point-in-time recovery) each Cloud SQL edition keeps at most.
 LOG_RETENTION_MAX_DAYS = {"ENTERPRISE": 7, "ENTERPRISE_PLUS": 35}
@@ -95,7 +98,8 @@ class ServiceConfig(_Section):
     min_instances: int = Field(0, ge=0, le=100, description="Instances kept warm (0 = scale to zero).")
     max_instances: int = Field(10, ge=1, le=100, description="Upper bound on instances.")
     cpu: str = Field("1", description="vCPUs per instance (Cloud Run: 1, 2, 4, 6 or 8).")
-    memory: str = Field("1Gi", description="Memory per instance, e.g. 1Gi or 512Mi.")
+    memory: str = Field("1Gi", description="Memory per instance, e.g. 1Gi or 512Mi (Cloud Run: 512Mi-4Gi "
+                        "at 1 CPU, up to 8Gi at 2, 2-16Gi at 4, 4-24Gi at 6, 4-32Gi at 8).")
     workers: int = Field(1, ge=1, le=16, description="Server processes per instance.")
     concurrency: int = Field(80, ge=1, le=1000, description="Requests one instance serves at once.")
     # The maximum: a proxied artifact download is one request, and at 300 s a 5 GiB model would
@@ -178,6 +182,11 @@ class ServiceConfig(_Section):
         # One account for both would give the running server the right to push images.
         if self.build_service_account == self.service_account:
             raise ValueError("build_service_account must differ from service_account")
+        low, high = CLOUD_RUN_MEMORY_GIB[self.cpu]
+        gib = int(self.memory[:-2]) / (1 if self.memory.endswith("Gi") else 1024)
+        if not low <= gib <= high:
+            raise ValueError(f"Cloud Run gives cpu = \"{self.cpu}\" {low:g}Gi to {high:g}Gi of memory; "
+                             f"change memory ({self.memory}) or cpu")
         return self
 
 

@@ -109,6 +109,9 @@ def test_env_values_are_parsed_like_file_values():
         # One image kept would leave nothing to roll back to.
         ('project = "acme-ml-prod"\n[service]\nimages_kept = 1', "service.images_kept"),
         ('project = "acme-ml-prod"\n[service]\nmin_instances = 5\nmax_instances = 2', "service"),
+        # Cloud Run's CPU/memory pairs: 1 CPU takes at most 4Gi, 4 CPUs at least 2Gi.
+        ('project = "acme-ml-prod"\n[service]\nmemory = "8Gi"', "service"),
+        ('project = "acme-ml-prod"\n[service]\ncpu = "4"\nmemory = "1Gi"', "service"),
         ('project = "acme-ml-prod"\n[service]\nbuild_service_account = "mlflow-server"', "service"),
         ('project = "acme-ml-prod"\n[service]\nbuild_service_account = "Builder"', "service.build_service_account"),
         ('project = "acme-ml-prod"\n[database]\nprivate_ip = true', "database"),
