@@ -12,6 +12,8 @@ its build), sent as a browser does, accepting gzip.
 
 from __future__ import annotations
 
+import gzip
+import json
 import statistics
 import time
 
@@ -110,4 +112,63 @@ def chart_request(base: str, seeded: dict, tries: int) -> float:
             times.append(time.perf_counter() - began)
         if points < CHART_RUNS * (CHART_MAX_RESULTS - 1):
             raise AssertionError(f"chart answer has {points} points")
+    return statistics.median(times)
+
+
+def client_floor(base: str, seeded: dict, tries: int) -> float:
+    """Median seconds of MlflowClient.get_metric_history for the same 100,000 points against a
+    stand-in that answers each page at once with the bytes this server sent (recorded once, its
+    encoding kept): the client's own cost (HTTP, gzip, JSON -> protobuf -> Metric), which no
+    server can go under. stock / floor is the best ratio any server could show on that row."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from urllib.parse import parse_qs, urlsplit
+
+    from mlflow import MlflowClient
+
+    url = f"{base}/api/2.0/mlflow/metrics/get-history"
+    params = {"run_uuid": seeded["long_run"], "run_id": seeded["long_run"], "metric_key": "loss",
+              "max_results": 25000}
+    pages: dict[str, tuple[bytes, dict]] = {}
+    token = ""
+    with requests.Session() as session:
+        while token is not None:
+            resp = session.get(url, params={**params, **({"page_token": token} if token else {})},
+                               headers={"Accept-Encoding": "gzip, deflate"}, stream=True, timeout=300)
+            resp.raise_for_status()
+            raw = resp.raw.read(decode_content=False)
+            pages[token] = (raw, {k: v for k, v in resp.headers.items() if k.lower() in ("content-type", "content-encoding")})
+            body = gzip.decompress(raw) if resp.headers.get("content-encoding") == "gzip" else raw
+            token = json.loads(body).get("next_page_token")
+
+    class Replay(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body, headers = pages[parse_qs(urlsplit(self.path).query).get("page_token", [""])[0]]
+            self.send_response(200)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    Replay.protocol_version = "HTTP/1.1"
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Replay)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = MlflowClient(f"http://127.0.0.1:{server.server_port}")
+        times = []
+        for attempt in range(tries + 1):
+            began = time.perf_counter()
+            history = client.get_metric_history(seeded["long_run"], "loss")
+            if attempt:
+                times.append(time.perf_counter() - began)
+            if len(history) != LONG_POINTS:
+                raise AssertionError(f"replayed history has {len(history)} points, not {LONG_POINTS}")
+    finally:
+        server.shutdown()
+        server.server_close()
     return statistics.median(times)

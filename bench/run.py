@@ -32,6 +32,7 @@ from bench.servers import Server
 
 PEAK = "peak RSS during the loads, whole process tree (sampled every 0.25 s)"
 HISTORY = "MlflowClient.get_metric_history, 100,000 points"
+FLOOR = "  floor of that row: the client alone, answers replayed (no server)"
 UI_HISTORY = "UI get-history request, 100,000 points (one GET, parsed)"
 CHART = "UI chart request (get-history-bulk-interval), 20 runs x 10,000 points"
 UI_BYTES = "UI first load (experiments page): bytes on the wire"
@@ -62,6 +63,7 @@ FIGURES = [
     (ONE_IDLE, "MiB", "lower", None),
     (ONE_PEAK, "MiB", "lower", None),
     (HISTORY, "s", "lower", 1 / 5),
+    (FLOOR, "s", "lower", None),
     (UI_HISTORY, "s", "lower", 1 / 5),
     (CHART, "s", "lower", 1 / 3),
     (UI_BYTES, "KiB", "lower", 1 / 3),
@@ -127,9 +129,10 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
         log(f"{server.kind}: artifacts x{n}: {r.per_second:.1f} ops/s ({r.errors} err)")
     seeded = history.seed(base, server.database)
     figures[HISTORY] = history.get_metric_history(base, seeded, counts["history_tries"])
+    figures[FLOOR] = history.client_floor(base, seeded, counts["history_tries"])
     figures[UI_HISTORY] = history.ui_history(base, seeded, counts["history_tries"])
     figures[CHART] = history.chart_request(base, seeded, counts["history_tries"])
-    log(f"{server.kind}: get_metric_history {figures[HISTORY]:.2f} s, UI get-history {figures[UI_HISTORY]:.2f} s, "
+    log(f"{server.kind}: get_metric_history {figures[HISTORY]:.2f} s (client alone {figures[FLOOR]:.2f} s), UI get-history {figures[UI_HISTORY]:.2f} s, "
         f"chart request {figures[CHART]:.2f} s")
     figures["RSS after the loads, whole process tree"] = server.tree_rss_mib()
     figures[PEAK] = peak.stop()
