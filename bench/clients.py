@@ -9,7 +9,9 @@ share one GIL, and the client's own protobuf and JSON work would cap the load), 
 `MAX_PROCESSES`, each running one or more client threads. Each process creates its runs and makes
 `WARM_UP` untimed calls per client (a fresh worker's first requests pay one-off costs), then all
 start together and call up to `per_client` times or until the deadline. MLflow's client retries
-are off, so a failure counts as an error instead of hiding as latency.
+are off, so a failure counts as an error instead of hiding as latency. Each process also counts
+its own CPU time over the timed calls: what MLflow's client itself spends per call (for a search,
+parsing the answer into protobuf and entities), whatever the server does.
 """
 
 from __future__ import annotations
@@ -65,8 +67,18 @@ def _search_traces(client, experiment_id):
     return call
 
 
+def _search_runs_by_start(client, experiment_id):
+    # Issue 17's second shape: no filter, MLflow's default order (start time, newest first).
+    def call(_i):
+        runs = client.search_runs([experiment_id], max_results=100)
+        if len(runs) != 100:
+            raise AssertionError(f"search returned {len(runs)} runs, not 100")
+
+    return call
+
+
 OPS = {"log_batch": _log_batch, "log_metric": _log_metric, "search_runs": _search_runs,
-       "search_traces": _search_traces}
+       "search_traces": _search_traces, "search_runs_by_start": _search_runs_by_start}
 
 
 def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, results):
@@ -85,6 +97,7 @@ def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, 
     errors = [0] * len(calls)
     barrier.wait()
     stop_at = time.perf_counter() + deadline_s
+    cpu_began = time.process_time()  # this client process's own CPU (all its threads)
 
     def loop(n):
         for i in range(per_client):
@@ -103,7 +116,7 @@ def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, 
         w.start()
     for w in workers:
         w.join()
-    results.put(([x for lat in latencies for x in lat], sum(errors)))
+    results.put(([x for lat in latencies for x in lat], sum(errors), time.process_time() - cpu_began))
 
 
 def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, experiment_id: str) -> Result:
@@ -131,11 +144,13 @@ def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, ex
     began = time.perf_counter()
     flat: list[float] = []
     errors = 0
+    cpu = 0.0
     try:
         for _ in children:
-            lats, errs = results.get(timeout=deadline_s + 120)
+            lats, errs, spent = results.get(timeout=deadline_s + 120)
             flat += lats
             errors += errs
+            cpu += spent
     except queue_mod.Empty:
         errors += 1
     seconds = time.perf_counter() - began
@@ -143,4 +158,4 @@ def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, ex
         child.join(30)
         if child.is_alive():
             child.kill()
-    return Result(ops=len(flat), seconds=seconds, errors=errors, latencies=flat)
+    return Result(ops=len(flat), seconds=seconds, errors=errors, latencies=flat, client_cpu=cpu)

@@ -23,6 +23,12 @@ class Result:
     seconds: float
     errors: int
     latencies: list[float]
+    client_cpu: float = 0.0  # CPU seconds the client processes spent over the timed calls
+
+    @property
+    def client_cpu_ms(self) -> float:
+        """Client CPU per call (ms)."""
+        return self.client_cpu / self.ops * 1000 if self.ops else float("nan")
 
     @property
     def per_second(self) -> float:
@@ -116,8 +122,8 @@ class Op:
         return self.fn(state, i)
 
 
-def seed_search(base: str, experiment_id: str, runs: int) -> None:
-    """`runs` runs with 10 params, 5 tags and 10 metrics each (what a search returns)."""
+def seed_search(base: str, experiment_id: str, runs: int, tags: int = 5) -> None:
+    """`runs` runs with 10 params, `tags` tags and 10 metrics each (what a search returns)."""
     client = Client(base)
     for n in range(runs):
         run_id = client.run(experiment_id)
@@ -125,7 +131,7 @@ def seed_search(base: str, experiment_id: str, runs: int) -> None:
         client.post("/runs/log-batch", {
             "run_id": run_id,
             "params": [{"key": f"p{k}", "value": f"v{n % 7}-{k}"} for k in range(10)],
-            "tags": [{"key": f"t{k}", "value": f"tag{n % 3}"} for k in range(5)],
+            "tags": [{"key": f"t{k}", "value": f"tag{n % 3}"} for k in range(tags)],
             "metrics": [{"key": f"m{k}", "value": n + k / 10, "timestamp": now, "step": 0} for k in range(10)],
         })
 

@@ -137,6 +137,20 @@ class Server:
     def tree_rss_mib(self) -> float:
         return tree_rss_mib(self.proc.pid)
 
+    def cpu_seconds(self) -> dict[int, float]:
+        """CPU time (user + system) so far of each process of the server's tree and of each
+        PostgreSQL backend connected to its database, by pid (negative pids: backends). Load on
+        the machine disturbs this much less than wall time."""
+        out = {pid: _cpu_seconds(pid) for pid in process_tree(self.proc.pid)}
+        conn = _admin()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))
+                out.update({-pid: _cpu_seconds(pid) for (pid,) in cur.fetchall()})
+        finally:
+            conn.close()
+        return out
+
     def cleanup(self) -> None:
         self.stop()
         drop_database(self.database)
@@ -168,3 +182,19 @@ def tree_rss_mib(pid: int) -> float:
     """Sum of VmRSS over `pid` and all its descendants (what a container's memory limit sees,
     give or take shared pages)."""
     return tree_rss_mb(process_tree(pid))
+
+
+def cpu_spent(before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """(server tree, database backends) CPU seconds between two `cpu_seconds()` samples; a
+    process started in between counts from zero."""
+    spent = {pid: t - before.get(pid, 0.0) for pid, t in after.items()}
+    return sum(t for pid, t in spent.items() if pid > 0), sum(t for pid, t in spent.items() if pid < 0)
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -176,6 +176,17 @@ def workload(url: str) -> dict:
         out["searches"][name] = [names[r.info.run_id] for r in found]
         if name == "all":
             out["searches"]["all_full"] = [run_dict(r) for r in found]
+    # Issue 17's second search shape: no filter and no order (MLflow's default, start time),
+    # every field of every run, as a whole answer and walked in pages.
+    out["searches"]["default_order_full"] = [run_dict(r) for r in client.search_runs([exp_id], max_results=100)]
+    pages, token = [], None
+    while True:
+        page = client.search_runs([exp_id], max_results=3, page_token=token)
+        pages.append([names[r.info.run_id] for r in page])
+        token = page.token
+        if not token:
+            break
+    out["searches"]["default_order_pages"] = pages
     # Paging: page tokens must walk the same runs in the same order.
     pages, token = [], None
     while True:

@@ -282,7 +282,8 @@ def test_any_other_error_of_a_metrics_only_batch_is_mlflows_internal_error(store
 
 def test_search_loads_run_data_in_bulk_with_no_query_per_run(stores):
     # The runs a search loads get their metrics, params and tags from three queries whatever
-    # their number (server/store.py; SQLAlchemy's deprecated `noload` no longer needed).
+    # their number (server/store.py; SQLAlchemy's deprecated `noload` no longer needed), with the
+    # very values MLflow's ORM loads (infinities, doubles that print long, empty strings).
     from mlflow.entities import Metric, Param, RunTag, ViewType
     from sqlalchemy import event
 
@@ -304,7 +305,9 @@ def test_search_loads_run_data_in_bulk_with_no_query_per_run(stores):
             exp = admin.create_experiment(f"search-{size}")
             for n in range(size):
                 run_id = admin.create_run(exp, "u", T0 + n, [RunTag("n", str(n))], f"run-{n}").info.run_id
-                admin.log_batch(run_id, [Metric("m", n / 2, T0, 0)], [Param("p", str(n))], [RunTag("t", "x")])
+                admin.log_batch(run_id, [Metric("m", n / 2, T0, 0), Metric("odd", 0.1 + 0.2 * n, T0 + n, -n),
+                                         Metric("inf", float("-inf") if n % 2 else float("inf"), T0, 2**40)],
+                                [Param("p", str(n)), Param("e", "")], [RunTag("t", "x"), RunTag("u", "é" * n)])
             runs, queries = search(exp)
             assert [r.to_dictionary() for r in runs] == [r.to_dictionary() for r in admin.search_runs([exp], "", ViewType.ACTIVE_ONLY, max_results=100)]
             counts.append(queries)
