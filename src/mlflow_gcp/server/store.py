@@ -144,9 +144,11 @@ def _make_class():
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
     from mlflow.store.tracking.dbmodels.models import SqlInput, SqlLatestMetric, SqlMetric, SqlRun
+    from mlflow.store.db import utils as db_utils
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.utils import validation
     from mlflow.utils.validation import _validate_metric
+    from sqlalchemy.orm import sessionmaker
 
     if not all(hasattr(SqlAlchemyStore, name) for name in ("_log_metrics_once", "_run_with_deadlock_retry")):
         # MLflow restructured its metric path or its deadlock retry: keep its store rather than guess.
@@ -191,7 +193,19 @@ def _make_class():
     any_run_output = (f"SELECT 1 FROM {inputs} WHERE source_type = 'RUN_OUTPUT' "
                       "AND destination_type = 'MODEL_OUTPUT' AND source_id = ANY(%s) LIMIT 1")
 
+    from mlflow_gcp.server import trace_merges
+
+    merge_session = trace_merges.session_class(_insert_rows)
+
     class BulkPostgresStore(SqlAlchemyStore):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # MLflow's own session factory (its __init__ without a read replica), with trace tag
+            # and metadata merges batched (server/trace_merges.py).
+            maker = getattr(db_utils, "_get_managed_session_maker", None)
+            if merge_session is not None and maker is not None and getattr(self, "read_engine", 1) is None:
+                self.ManagedSessionMaker = maker(sessionmaker(bind=self.engine, class_=merge_session), self.db_type)
+
         if all(batch_checks):
 
             def log_batch(self, run_id, metrics, params, tags):
