@@ -119,8 +119,10 @@ def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, 
     results.put(([x for lat in latencies for x in lat], sum(errors), time.process_time() - cpu_began))
 
 
-def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, experiment_id: str) -> Result:
-    """`clients` MlflowClients doing `op` at once; latencies of the timed calls."""
+def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, experiment_id: str,
+        at_start=None) -> Result:
+    """`clients` MlflowClients doing `op` at once; latencies of the timed calls. `at_start()`
+    runs as the timed calls begin (after every client's warm-up)."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state from the bench
     procs = min(clients, MAX_PROCESSES)
     per_proc = [clients // procs + (1 if n < clients % procs else 0) for n in range(procs)]
@@ -141,6 +143,8 @@ def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, ex
             return Result(ops=0, seconds=0.0, errors=1, latencies=[])
         time.sleep(0.1)
     barrier.wait(timeout=60)
+    if at_start is not None:
+        at_start()
     began = time.perf_counter()
     flat: list[float] = []
     errors = 0

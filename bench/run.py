@@ -27,7 +27,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from bench import clients, history, loads, traces, ui
+from bench import clients, history, loads, pglimit, servers, traces, ui
 from bench.servers import Server, cpu_spent
 
 PEAK = "peak RSS during the loads, whole process tree (sampled every 0.25 s)"
@@ -46,11 +46,23 @@ ONE_PEAK = "peak RSS during every load, whole process tree, one worker (WORKERS=
 LIMITS = {ONE_IDLE: 200, ONE_PEAK: 400}  # MiB
 TRACE_INGEST = "mlflow.trace ingest (8-span traces, client's async export), 8 clients"
 SEARCH_TRACES = "MlflowClient.search_traces 100 traces with spans, 4 clients"
+BATCH16 = "MlflowClient.log_batch 100 metrics, 16 clients"
+CPU_CLIENT = "log_batch 16 clients: MLflow client processes' CPU per request"
+CPU_SERVER = "log_batch 16 clients: server process tree's CPU per request"
+CPU_PG = "log_batch 16 clients: PostgreSQL backends' CPU per request"
+PG_LIMIT = "PostgreSQL alone, the same rows (bench/pglimit.py: one process, no MLflow)"
+PG_LIMIT_CPU = "PostgreSQL alone: backends' CPU per 100 rows"
+PG_LIMIT_GOAL = 0.6  # issue 17: ours at 16 clients >= 60% of the limit
 # name, unit, better ("higher"/"lower"), goal ratio ours/stock (None: no goal); goals of issue 17
 FIGURES = [
     ("MlflowClient.log_batch 100 metrics, 1 client", "metrics/s", "higher", None),
     ("MlflowClient.log_batch 100 metrics, 4 clients", "metrics/s", "higher", None),
-    ("MlflowClient.log_batch 100 metrics, 16 clients", "metrics/s", "higher", 8.0),
+    (BATCH16, "metrics/s", "higher", 8.0),
+    (CPU_CLIENT, "ms", "lower", None),
+    (CPU_SERVER, "ms", "lower", None),
+    (CPU_PG, "ms", "lower", None),
+    (PG_LIMIT, "metrics/s", "higher", None),
+    (PG_LIMIT_CPU, "ms", "lower", None),
     ("MlflowClient.log_metric p50, 1 client", "ms", "lower", 1 / 4),
     (SEARCH_A, "req/s", "higher", 8.0),
     (SEARCH_B, "req/s", "higher", 8.0),
@@ -73,10 +85,10 @@ FIGURES = [
     (UI_TIME, "s", "lower", 1 / 2),
 ]
 
-FULL = {"batch": {1: 60, 4: 40, 16: 40}, "metric": 300, "search_runs": 200, "search": 40,
+FULL = {"batch": {1: 60, 4: 40, 16: 40}, "pglimit": 2000, "metric": 300, "search_runs": 200, "search": 40,
         "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0,
         "ui_tries": 2, "history_tries": 5, "traces": 25, "search_traces": 10}
-QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "metric": 60, "search_runs": 100, "search": 4,
+QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "pglimit": 400, "metric": 60, "search_runs": 100, "search": 4,
          "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0,
          "ui_tries": 1, "history_tries": 2, "traces": 13, "search_traces": 3}
 
@@ -85,13 +97,15 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
+def measure(server: Server, counts: dict, pg_limit: bool = False) -> tuple[dict[str, float], int]:
     """Every figure for one server kind; returns (figures, errors seen by the clients)."""
     figures: dict[str, float] = {}
     errors = 0
     log(f"{server.kind}: first start (creates the schema)")
     server.start()
     server.stop()
+    # The limit's database: MLflow's schema as the server just created it, before any load.
+    limit_db = pglimit.copy_schema(server.database) if pg_limit else None
     colds = []
     for _ in range(counts["cold_tries"]):
         colds.append(server.start())
@@ -109,10 +123,23 @@ def measure(server: Server, counts: dict) -> tuple[dict[str, float], int]:
         figures.update(ui_figures(server, client, counts["ui_tries"]))
     exp = client.experiment(f"bench-{server.kind}")
     for n, per in counts["batch"].items():
-        r = clients.run(base, "log_batch", n, per, deadline, exp)
+        cpu_before = {}
+        r = clients.run(base, "log_batch", n, per, deadline, exp, at_start=lambda: cpu_before.update(server.cpu_seconds()))
+        if n == 16 and r.ops:
+            server_cpu, pg_cpu = cpu_spent(cpu_before, server.cpu_seconds())
+            figures.update({CPU_CLIENT: r.client_cpu / r.ops * 1000, CPU_SERVER: server_cpu / r.ops * 1000,
+                            CPU_PG: pg_cpu / r.ops * 1000})
+            log(f"{server.kind}: log_batch x16 CPU per request: client {figures[CPU_CLIENT]:.2f} ms, "
+                f"server {figures[CPU_SERVER]:.2f} ms, PostgreSQL {figures[CPU_PG]:.2f} ms")
         figures[f"MlflowClient.log_batch 100 metrics, {n} client{'s' if n > 1 else ''}"] = r.per_second * 100
         errors += r.errors
         log(f"{server.kind}: log_batch x{n}: {r.per_second * 100:.0f} metrics/s ({r.ops} req, {r.errors} err)")
+    if limit_db is not None:
+        try:
+            figures[PG_LIMIT], figures[PG_LIMIT_CPU] = pglimit.measure(limit_db, counts["pglimit"], deadline_s=deadline)
+        finally:
+            servers.drop_database(limit_db)
+        log(f"PostgreSQL limit: {figures[PG_LIMIT]:.0f} metrics/s, {figures[PG_LIMIT_CPU]:.2f} ms CPU per 100 rows")
     r = clients.run(base, "log_metric", 1, counts["metric"], deadline, exp)
     figures["MlflowClient.log_metric p50, 1 client"] = r.p50_ms
     errors += r.errors
@@ -274,6 +301,25 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def limit_lines(ours: dict[str, float]) -> str:
+    """Ours at 16 clients as a fraction of what PostgreSQL alone sustains for the same rows, and
+    the ceiling the clients' own CPU puts on that fraction on this machine."""
+    if not ours.get(PG_LIMIT) or BATCH16 not in ours:
+        return "PostgreSQL limit: not measured"
+    fraction = ours[BATCH16] / ours[PG_LIMIT]
+    lines = [f"log_batch at 16 clients, ours: {fraction:.0%} of the PostgreSQL limit "
+             f"({_fmt(ours[BATCH16])} of {_fmt(ours[PG_LIMIT])} metrics/s; goal >= {PG_LIMIT_GOAL:.0%}: "
+             f"{'met' if fraction >= PG_LIMIT_GOAL else 'not met'})"]
+    if ours.get(CPU_CLIENT) and ours.get(PG_LIMIT_CPU):
+        # The clients run on the same CPUs as PostgreSQL: even a server that cost nothing would
+        # leave PostgreSQL only its share of each request's CPU.
+        share = ours[PG_LIMIT_CPU] / (ours[PG_LIMIT_CPU] + ours[CPU_CLIENT])
+        lines.append(f"ceiling here with a server that cost no CPU: PostgreSQL {ours[PG_LIMIT_CPU]:.2f} ms + "
+                     f"MLflow's client {ours[CPU_CLIENT]:.2f} ms per request on the same {os.cpu_count()} CPUs "
+                     f"= {share:.0%} of the limit")
+    return "\n".join(lines)
+
+
 def machine() -> str:
     cpu = "?"
     try:
@@ -307,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         server = Server(kind, extra_env=ours_env if kind == "ours" else {})
         try:
-            results[kind], errors[kind] = measure(server, counts)
+            results[kind], errors[kind] = measure(server, counts, pg_limit=kind == "ours")
         finally:
             server.cleanup()
     if "ours" in results:
@@ -325,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\nsearch_runs, CPU per answer and the bound MLflow's own client sets (clients and servers "
               "share this machine's CPUs):")
         print("\n".join(bound))
+    print()
+    print(limit_lines(results.get("ours", {})))
     if any(errors.values()):
         print(f"\nclient errors: {errors}")
     if args.json:

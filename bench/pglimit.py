@@ -1,0 +1,120 @@
+"""What PostgreSQL itself sustains for the rows of the log_batch load: the limit row (issue 17).
+
+The same rows as bench/clients.py's log_batch (per request 100 metrics over 10 keys, one run per
+client, steps and values as there), written as MLflow's schema stores a logged metric: a
+multi-row `INSERT ... ON CONFLICT DO NOTHING` into metrics and the multi-row upsert of
+latest_metrics (every batch MLflow logs writes both, and search reads the second: leaving it out
+would measure rows MLflow never writes alone). One transaction per batch, committed with the
+server's own durability settings, as an acknowledged log_batch is. No run check (a read, not the
+rows), no MLflow, no HTTP: one process, the statements rendered before the clock starts,
+`CONNECTIONS` connections (threads; psycopg2 releases the GIL while it waits) so that both the
+database's CPUs and its group commit are used, as 16 clients use them.
+
+Into a fresh database with MLflow's schema: a copy (CREATE DATABASE ... TEMPLATE) of the server's
+database right after its first start migrated it, before any load.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import psycopg2
+
+from bench import servers
+
+CONNECTIONS = 16  # the 16 clients' concurrency; 1, 4 and 8 measured lower (bench docs)
+METRICS = 100
+COLUMNS = '"key", "value", "timestamp", "step", "is_nan", "run_uuid"'
+INSERT = f"INSERT INTO metrics ({COLUMNS}) VALUES {{}} ON CONFLICT DO NOTHING"
+UPSERT = (f"INSERT INTO latest_metrics ({COLUMNS}) VALUES {{}} "
+          'ON CONFLICT ("key", "run_uuid") DO UPDATE SET "value" = EXCLUDED."value", '
+          '"timestamp" = EXCLUDED."timestamp", "step" = EXCLUDED."step", "is_nan" = EXCLUDED."is_nan" '
+          'WHERE (EXCLUDED."step", EXCLUDED."timestamp", EXCLUDED."value") > '
+          '(latest_metrics."step", latest_metrics."timestamp", latest_metrics."value")')
+
+
+def copy_schema(template: str) -> str:
+    """A new database with `template`'s contents (nobody may be connected to `template`)."""
+    name = f"bench_pglimit_{uuid.uuid4().hex[:10]}"
+    servers._admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+def _rows(run_id: str, i: int) -> list[tuple]:
+    # bench/clients.py's batch i: Metric(f"m{k % 10}", k * 0.5 + i, now, i * 100 + k)
+    now = int(time.time() * 1000)
+    return [(f"m{k % 10}", k * 0.5 + i, now, i * 100 + k, False, run_id) for k in range(METRICS)]
+
+
+def _statements(cursor, rows: list[tuple]) -> str:
+    latest: dict[str, tuple] = {}
+    for row in rows:  # per key the greatest (step, timestamp, value), as the store sends it
+        best = latest.get(row[0])
+        if best is None or (row[3], row[2], row[1]) > (best[3], best[2], best[1]):
+            latest[row[0]] = row
+
+    def values(batch):
+        return b",".join(cursor.mogrify("(%s,%s,%s,%s,%s,%s)", r) for r in batch).decode()
+
+    ordered = sorted(rows, key=lambda r: (r[0], r[2], r[3], r[5], r[1], r[4]))
+    return INSERT.format(values(ordered)) + ";\n" + UPSERT.format(values([latest[k] for k in sorted(latest)]))
+
+
+def measure(database: str, batches: int, connections: int = CONNECTIONS, deadline_s: float = 30.0) -> tuple[float, float]:
+    """Metrics (rows of metrics) per second that `connections` connections of one process write
+    into `database` in `batches` 100-metric transactions in all, and the backends' CPU
+    milliseconds per transaction."""
+
+    conns = [psycopg2.connect(dbname=database, **servers.PG) for _ in range(connections)]
+    try:
+        work: list[list[str]] = []
+        for conn in conns:
+            run_id = uuid.uuid4().hex
+            with conn.cursor() as cur:
+                now = int(time.time() * 1000)
+                cur.execute("INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, "
+                            "last_update_time) VALUES (%s, '', 'active', %s, %s) RETURNING experiment_id",
+                            (f"pglimit-{run_id}", now, now))
+                cur.execute("INSERT INTO runs (run_uuid, name, experiment_id, lifecycle_stage, status, "
+                            "source_type, source_name, user_id, start_time, artifact_uri) "
+                            "VALUES (%s, 'pglimit', %s, 'active', 'RUNNING', 'LOCAL', '', 'bench', %s, '')",
+                            (run_id, cur.fetchone()[0], now))
+                conn.commit()
+                # 3 untimed batches, as each client warms up
+                work.append([_statements(cur, _rows(run_id, i)) for i in range(-3, batches // connections)])
+        done = [0] * connections
+        pids = [conn.get_backend_pid() for conn in conns]
+        barrier = threading.Barrier(connections + 1)
+        stop_at = [0.0]
+
+        def writer(n: int) -> None:
+            with conns[n].cursor() as cur:
+                for sql in work[n][:3]:
+                    cur.execute(sql)
+                    conns[n].commit()
+                barrier.wait()
+                for sql in work[n][3:]:
+                    if time.perf_counter() > stop_at[0]:
+                        break
+                    cur.execute(sql)
+                    conns[n].commit()
+                    done[n] += 1
+
+        threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(connections)]
+        for t in threads:
+            t.start()
+        stop_at[0] = time.perf_counter() + 600
+        barrier.wait(timeout=120)
+        cpu_before = sum(servers._cpu_seconds(pid) for pid in pids)
+        began = time.perf_counter()
+        stop_at[0] = began + deadline_s
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - began
+        cpu_ms = (sum(servers._cpu_seconds(pid) for pid in pids) - cpu_before) * 1000
+        return sum(done) * METRICS / elapsed, cpu_ms / max(1, sum(done))
+    finally:
+        for conn in conns:
+            conn.close()
