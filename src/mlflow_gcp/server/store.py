@@ -129,6 +129,7 @@ def build_store(store_uri: str, artifact_uri: str | None = None, **_):
 
 
 _CLASS = None
+_CHECKED = threading.local()  # .metrics: the list log_batch just validated in this thread
 _SEARCHING = threading.local()  # set while MLflow's _search_runs builds its query in this thread
 
 
@@ -218,12 +219,17 @@ def _make_class():
                 metrics, params, tags = validate_data(metrics, params, tags)
                 validate_limits(metrics, params, tags)
                 validate_unique(params)
+                # validate_data just ran MLflow's per-metric check on this very list: the write
+                # (_log_metrics_once, below MLflow's _log_metrics) skips running it a second time.
+                _CHECKED.metrics = metrics
                 try:
                     self._log_metrics(run_id, metrics)
                 except MlflowException:
                     raise
                 except Exception as err:  # as MLflow's log_batch wraps whatever its writes raise
                     raise MlflowException(err, INTERNAL_ERROR) from err
+                finally:
+                    _CHECKED.metrics = None
 
         def _log_params(self, run_id, params):
             # MLflow's own code. Two batches logging the same new keys at once both read "absent"
@@ -263,9 +269,11 @@ def _make_class():
             rows = []
             seen = set()
             single = len(metrics) == 1
+            checked = getattr(_CHECKED, "metrics", None) is metrics
             for idx, metric in enumerate(metrics):
-                _validate_metric(metric.key, metric.value, metric.timestamp, metric.step,
-                                 path="" if single else f"metrics[{idx}]")
+                if not checked:
+                    _validate_metric(metric.key, metric.value, metric.timestamp, metric.step,
+                                     path="" if single else f"metrics[{idx}]")
                 if metric in seen:
                     continue
                 seen.add(metric)
