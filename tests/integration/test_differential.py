@@ -638,6 +638,9 @@ def trace_workload(url: str) -> dict:
         return {"out": tool(x + 1)}
 
     agent("d0", 1)
+    # Distinct start milliseconds: with equal timestamps the order ties break on the random trace
+    # ids, so d0/d1 came back in either order (seen once on a loaded machine).
+    time.sleep(0.005)
     agent("d1", 2)
     # The export is asynchronous; on a loaded machine the flush's own wait (30 s) may end before
     # the last post: wait until every trace is there with all its spans.
