@@ -124,8 +124,6 @@ def client_floor(base: str, seeded: dict, tries: int) -> float:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlsplit
 
-    from mlflow import MlflowClient
-
     url = f"{base}/api/2.0/mlflow/metrics/get-history"
     params = {"run_uuid": seeded["long_run"], "run_id": seeded["long_run"], "metric_key": "loss",
               "max_results": 25000}
@@ -159,16 +157,7 @@ def client_floor(base: str, seeded: dict, tries: int) -> float:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        client = MlflowClient(f"http://127.0.0.1:{server.server_port}")
-        times = []
-        for attempt in range(tries + 1):
-            began = time.perf_counter()
-            history = client.get_metric_history(seeded["long_run"], "loss")
-            if attempt:
-                times.append(time.perf_counter() - began)
-            if len(history) != LONG_POINTS:
-                raise AssertionError(f"replayed history has {len(history)} points, not {LONG_POINTS}")
+        return get_metric_history(f"http://127.0.0.1:{server.server_port}", seeded, tries)
     finally:
         server.shutdown()
         server.server_close()
-    return statistics.median(times)
