@@ -98,6 +98,17 @@ class WebSocket:
         self.sock.close()
 
 
+# What DevTools answers while the page is between two documents: a navigation from about:blank to
+# a site moves the page to a new renderer process (site isolation), and a call sent during the
+# swap fails once (seen in a full CI run: Runtime.evaluate, then Page.captureScreenshot).
+_SWAP_ERRORS = ("Inspected target navigated or closed", "Not attached to an active page",
+                "Cannot find context with specified id", "Execution context was destroyed")
+
+
+def _between_documents(err: RuntimeError) -> bool:
+    return any(marker in str(err) for marker in _SWAP_ERRORS)
+
+
 class Browser:
     """One headless Chromium with one page; `evaluate`, `navigate`, `screenshot`."""
 
@@ -163,14 +174,26 @@ class Browser:
         deadline = time.monotonic() + timeout
         body = ""
         while time.monotonic() < deadline:
-            body = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            try:
+                body = self.evaluate("document.body ? document.body.innerText : ''") or ""
+            except RuntimeError as err:
+                if not _between_documents(err):
+                    raise
             if text in body:
                 return body
             time.sleep(0.5)
         raise TimeoutError(f"{text!r} not on the page after {timeout}s; it shows: {body[:500]!r}")
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.call("Page.captureScreenshot", format="png")["data"]
+    def screenshot(self, path: Path, timeout: float = 15) -> Path:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                data = self.call("Page.captureScreenshot", format="png")["data"]
+                break
+            except RuntimeError as err:
+                if not _between_documents(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.25)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
