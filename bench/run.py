@@ -1,7 +1,7 @@
 """Stock MLflow vs our server, same machine, same PostgreSQL, same run (issue 7).
 
-    .venv/bin/python -m bench              # full (~3 min on 2 cores)
-    .venv/bin/python -m bench --quick      # small counts (~3 min)
+    .venv/bin/python -m bench              # full (~10 min on 2 idle cores)
+    .venv/bin/python -m bench --quick      # small counts
     .venv/bin/python -m bench --only ours --ours-env WORKERS=2   # try a lever on ours alone
 
 Each server gets a fresh PostgreSQL database on 127.0.0.1:5432 and a local artifact directory
@@ -333,7 +333,7 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small counts (~3 min)")
+    parser.add_argument("--quick", action="store_true", help="small counts")
     parser.add_argument("--only", choices=("stock", "ours"), help="measure one server only")
     parser.add_argument("--ours-env", action="append", default=[], metavar="KEY=VALUE",
                         help="extra environment for our server (repeatable), e.g. WORKERS=2")
