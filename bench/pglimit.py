@@ -23,16 +23,12 @@ import uuid
 import psycopg2
 
 from bench import servers
+from mlflow_gcp.server import store
 
 CONNECTIONS = 16  # the 16 clients' concurrency; 1, 4 and 8 measured lower (bench docs)
 METRICS = 100
-COLUMNS = '"key", "value", "timestamp", "step", "is_nan", "run_uuid"'
-INSERT = f"INSERT INTO metrics ({COLUMNS}) VALUES {{}} ON CONFLICT DO NOTHING"
-UPSERT = (f"INSERT INTO latest_metrics ({COLUMNS}) VALUES {{}} "
-          'ON CONFLICT ("key", "run_uuid") DO UPDATE SET "value" = EXCLUDED."value", '
-          '"timestamp" = EXCLUDED."timestamp", "step" = EXCLUDED."step", "is_nan" = EXCLUDED."is_nan" '
-          'WHERE (EXCLUDED."step", EXCLUDED."timestamp", EXCLUDED."value") > '
-          '(latest_metrics."step", latest_metrics."timestamp", latest_metrics."value")')
+# The store's own two statements (server/store.py), so the limit writes exactly what it writes.
+STATEMENTS = store.metric_statements("metrics", "latest_metrics")
 
 
 def copy_schema(template: str) -> str:
@@ -49,17 +45,11 @@ def _rows(run_id: str, i: int) -> list[tuple]:
 
 
 def _statements(cursor, rows: list[tuple]) -> str:
-    latest: dict[str, tuple] = {}
-    for row in rows:  # per key the greatest (step, timestamp, value), as the store sends it
-        best = latest.get(row[0])
-        if best is None or (row[3], row[2], row[1]) > (best[3], best[2], best[1]):
-            latest[row[0]] = row
-
     def values(batch):
         return b",".join(cursor.mogrify("(%s,%s,%s,%s,%s,%s)", r) for r in batch).decode()
 
-    ordered = sorted(rows, key=lambda r: (r[0], r[2], r[3], r[5], r[1], r[4]))
-    return INSERT.format(values(ordered)) + ";\n" + UPSERT.format(values([latest[k] for k in sorted(latest)]))
+    return ";\n".join(f"{head} VALUES {values(batch)} {tail}"
+                       for head, tail, batch in store.metric_inserts(rows, STATEMENTS))
 
 
 def measure(database: str, batches: int, connections: int = CONNECTIONS, deadline_s: float = 30.0) -> tuple[float, float]:

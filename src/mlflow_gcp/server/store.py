@@ -172,16 +172,7 @@ def _make_class():
         'SELECT run_uuid, "key", "value" FROM tags WHERE run_uuid = ANY(%s)',
     )
 
-    names = ", ".join(f'"{c}"' for c in COLUMNS)
-    insert_metrics = (f"INSERT INTO {SqlMetric.__tablename__} ({names})", "ON CONFLICT DO NOTHING")
-    latest = SqlLatestMetric.__tablename__
-    upsert_latest = (
-        f"INSERT INTO {latest} ({names})",
-        'ON CONFLICT ("key", "run_uuid") DO UPDATE SET '
-        '"value" = EXCLUDED."value", "timestamp" = EXCLUDED."timestamp", "step" = EXCLUDED."step", '
-        '"is_nan" = EXCLUDED."is_nan" WHERE (EXCLUDED."step", EXCLUDED."timestamp", EXCLUDED."value") > '
-        f'({latest}."step", {latest}."timestamp", {latest}."value")',
-    )
+    statements = metric_statements(SqlMetric.__tablename__, SqlLatestMetric.__tablename__)
 
     batch_checks = [getattr(validation, name, None) for name in (
         "_validate_run_id", "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_param_keys_unique")]
@@ -311,18 +302,7 @@ def _make_class():
             _insert_rows(session, *self._metric_inserts(rows))
 
         def _metric_inserts(self, rows):
-            # Per key, the first of the greatest (step, timestamp, value): MLflow's loop
-            # replaces its candidate only on strictly greater.
-            latest: dict[str, tuple] = {}
-            for row in rows:
-                best = latest.get(row[0])
-                if best is None or (row[3], row[2], row[1]) > (best[3], best[2], best[1]):
-                    latest[row[0]] = row
-            # One order for every writer (metrics by their primary key, latest rows by key): two
-            # batches over the same keys then wait for each other instead of deadlocking.
-            # 1,000 metrics, MLflow's batch limit, make one statement each; both go in one round trip.
-            return ((*insert_metrics, sorted(rows, key=_metric_pk)),
-                    (*upsert_latest, [latest[k] for k in sorted(latest)]))
+            return metric_inserts(rows, statements)
 
         # search_runs: MLflow builds the query (filters, ordering, paging, inputs) and loads the
         # runs; their metrics, params and tags, which MLflow hydrates as ~25 ORM objects per
@@ -366,6 +346,38 @@ def _make_class():
                 return out
 
     return BulkPostgresStore
+
+
+def metric_statements(metrics: str, latest: str) -> tuple[tuple[str, str], tuple[str, str]]:
+    """(head, tail) of the multi-row metrics insert and of the latest-metrics upsert, for the
+    tables `metrics` and `latest` (MLflow's model table names; bench/pglimit.py writes the same)."""
+    names = ", ".join(f'"{c}"' for c in COLUMNS)
+    insert_metrics = (f"INSERT INTO {metrics} ({names})", "ON CONFLICT DO NOTHING")
+    upsert_latest = (
+        f"INSERT INTO {latest} ({names})",
+        'ON CONFLICT ("key", "run_uuid") DO UPDATE SET '
+        '"value" = EXCLUDED."value", "timestamp" = EXCLUDED."timestamp", "step" = EXCLUDED."step", '
+        '"is_nan" = EXCLUDED."is_nan" WHERE (EXCLUDED."step", EXCLUDED."timestamp", EXCLUDED."value") > '
+        f'({latest}."step", {latest}."timestamp", {latest}."value")',
+    )
+    return insert_metrics, upsert_latest
+
+
+def metric_inserts(rows: list[tuple], statements) -> tuple[tuple, tuple]:
+    """(head, tail, rows) of both writes of `rows` (COLUMNS order), with `metric_statements`."""
+    insert_metrics, upsert_latest = statements
+    # Per key, the first of the greatest (step, timestamp, value): MLflow's loop replaces its
+    # candidate only on strictly greater.
+    latest: dict[str, tuple] = {}
+    for row in rows:
+        best = latest.get(row[0])
+        if best is None or (row[3], row[2], row[1]) > (best[3], best[2], best[1]):
+            latest[row[0]] = row
+    # One order for every writer (metrics by their primary key, latest rows by key): two batches
+    # over the same keys then wait for each other instead of deadlocking. 1,000 metrics, MLflow's
+    # batch limit, make one statement each; both go in one round trip.
+    return ((*insert_metrics, sorted(rows, key=_metric_pk)),
+            (*upsert_latest, [latest[k] for k in sorted(latest)]))
 
 
 def _metric_pk(row: tuple) -> tuple:
