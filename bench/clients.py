@@ -119,13 +119,19 @@ def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, 
     results.put(([x for lat in latencies for x in lat], sum(errors), time.process_time() - cpu_began))
 
 
+def threads_per_process(clients: int) -> list[int]:
+    """`clients` client threads spread as evenly as they go over at most MAX_PROCESSES processes."""
+    procs = min(clients, MAX_PROCESSES)
+    return [clients // procs + (1 if n < clients % procs else 0) for n in range(procs)]
+
+
 def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, experiment_id: str,
         at_start=None) -> Result:
     """`clients` MlflowClients doing `op` at once; latencies of the timed calls. `at_start()`
     runs as the timed calls begin (after every client's warm-up)."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state from the bench
-    procs = min(clients, MAX_PROCESSES)
-    per_proc = [clients // procs + (1 if n < clients % procs else 0) for n in range(procs)]
+    per_proc = threads_per_process(clients)
+    procs = len(per_proc)
     barrier = ctx.Barrier(procs + 1)
     results = ctx.Queue()
     children = [ctx.Process(target=_process, args=(base, op, threads, per_client, deadline_s, experiment_id,

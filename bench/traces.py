@@ -31,10 +31,10 @@ import time
 
 import psycopg2
 
+from bench import clients as clients_mod
 from bench.loads import Result
 from bench.servers import PG
 
-MAX_PROCESSES = 4  # as bench/clients.py: each process imports MLflow (~0.3 GB)
 SPANS_PER_TRACE = 8
 # Per process: its traces x SPANS_PER_TRACE stay below the client's span queue (2,048).
 MAX_TRACES_PER_PROCESS = 200
@@ -118,25 +118,22 @@ def _process(base, experiment_id, threads, traces_per_client, deadline_s, go, re
     results.put(("done", sum(made), sum(errors)))
 
 
-def _stored_spans(database: str, experiment_id: str) -> tuple[int, int]:
-    """(spans, traces) the server stored for the experiment."""
+def _stored_spans(database: str, experiment_id: str) -> int:
+    """Spans the server stored for the experiment."""
     conn = psycopg2.connect(dbname=database, **PG)
     try:
         with conn, conn.cursor() as cur:
             cur.execute("SELECT count(*) FROM spans WHERE experiment_id = %s", (int(experiment_id),))
-            spans = cur.fetchone()[0]
-            cur.execute("SELECT count(*) FROM trace_info WHERE experiment_id = %s", (int(experiment_id),))
-            return spans, cur.fetchone()[0]
+            return cur.fetchone()[0]
     finally:
         conn.close()
 
 
 def ingest(base: str, database: str, experiment_id: str, clients: int, traces_per_client: int,
            deadline_s: float) -> Result:
-    """`clients` threads over up to MAX_PROCESSES processes making traces; ops = spans arrived."""
+    """`clients` threads over up to bench/clients.py's MAX_PROCESSES processes making traces; ops = spans arrived."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state from the bench
-    procs = min(clients, MAX_PROCESSES)
-    per_proc = [clients // procs + (1 if n < clients % procs else 0) for n in range(procs)]
+    per_proc = clients_mod.threads_per_process(clients)
     traces_per_client = min(traces_per_client, MAX_TRACES_PER_PROCESS // max(per_proc))
     go = ctx.Event()
     results = ctx.Queue()
@@ -148,7 +145,7 @@ def ingest(base: str, database: str, experiment_id: str, clients: int, traces_pe
     errors = 0
     try:
         _collect(results, children, "ready", SETUP_TIMEOUT)
-        before, _ = _stored_spans(database, experiment_id)
+        before = _stored_spans(database, experiment_id)
         began = time.perf_counter()
         go.set()
         made, errs = _collect(results, children, "done", deadline_s + 120)
@@ -162,7 +159,7 @@ def ingest(base: str, database: str, experiment_id: str, clients: int, traces_pe
             child.join(10)
             if child.is_alive():
                 child.kill()
-    after, _ = _stored_spans(database, experiment_id)
+    after = _stored_spans(database, experiment_id)
     arrived = after - before
     errors += max(0, made * SPANS_PER_TRACE - arrived)  # exported spans that never arrived
     return Result(ops=arrived, seconds=seconds, errors=errors, latencies=[])
