@@ -74,3 +74,32 @@ def test_batched_merges_leave_sqlalchemys_rows(stores):
     expected = merges(stock)
     assert expected["tags"]["t2"] == "second" and "gone" not in expected["tags"]
     assert merges(ours) == expected
+
+
+def new_trace_with_merged_rows(store, exp_name: str, via_commit: bool) -> dict:
+    """A trace row added but not yet flushed, then tags/metadata merged for it: the rows must be
+    written after the trace row (foreign key), whether the commit or a statement comes first."""
+    from sqlalchemy import text
+
+    from mlflow.store.tracking.dbmodels.models import SqlTraceInfo, SqlTraceMetadata, SqlTraceTag
+
+    exp = store.create_experiment(exp_name)
+    trace_id = "tr-" + ("c" if via_commit else "d") * 32
+    with store.ManagedSessionMaker(read_only=False) as session:
+        session.add(SqlTraceInfo(request_id=trace_id, experiment_id=int(exp), timestamp_ms=1_700_000_000_000,
+                                 execution_time_ms=1, status="OK"))
+        session.merge(SqlTraceTag(request_id=trace_id, key="t", value="v"))
+        session.merge(SqlTraceMetadata(request_id=trace_id, key="m", value="w"))
+        if not via_commit:
+            session.execute(text("SELECT 1"))
+    got = store.get_trace_info(trace_id)
+    return {"tag": got.tags.get("t"), "metadata": got.trace_metadata.get("m")}
+
+
+@pytest.mark.parametrize("via_commit", [True, False], ids=["commit", "statement"])
+def test_merges_for_an_unflushed_trace_follow_it(stores, via_commit):
+    stock, ours = stores
+    name = f"unflushed-{via_commit}"
+    expected = new_trace_with_merged_rows(stock, name, via_commit)
+    assert expected == {"tag": "v", "metadata": "w"}
+    assert new_trace_with_merged_rows(ours, name, via_commit) == expected

@@ -9,7 +9,8 @@ bench's trace ingest: the metadata merge loop alone ~30% of the database time).
 
 Here a merge of a new SqlTraceTag / SqlTraceMetadata object is held and written as
 `INSERT .. ON CONFLICT (request_id, key) DO UPDATE SET value = EXCLUDED.value`, which leaves the
-row the merge would leave, before the session sends anything else (flush, ORM statements, commit);
+row the merge would leave, before the session sends anything else (flush, ORM statements, commit),
+and after the objects pending in the session (a new trace row the held rows refer to);
 a rollback drops it, as it drops merged objects. Rows go in (request_id, key) order, the order
 MLflow keeps to avoid deadlocks; a key merged twice keeps its last value, as a second merge does.
 A row the session already holds (identity map or pending) is merged by SQLAlchemy as before, so no
@@ -74,12 +75,18 @@ def session_class(insert_rows):
             super().flush(objects)
             self._write_merges()
 
+        def _flush_held(self):
+            # Held rows may belong to a trace row still pending in this session (foreign key):
+            # the flush writes pending objects first, then the held rows.
+            if self.__dict__.get("_mlflow_gcp_merges"):
+                self.flush()
+
         def execute(self, *args, **kwargs):
-            self._write_merges()
+            self._flush_held()
             return super().execute(*args, **kwargs)
 
         def commit(self):
-            self._write_merges()
+            self._flush_held()
             super().commit()
 
         def rollback(self):
