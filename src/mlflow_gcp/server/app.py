@@ -117,7 +117,14 @@ def wait_for_schema() -> None:
         time.sleep(0.02)
 
 
+def gateway_enabled() -> bool:
+    """MLFLOW_ENABLE_AI_GATEWAY as MLflow reads it (on unless "false" or "0"), read without
+    importing MLflow: the answer decides how MLflow's app is imported. server/launch.py sets it."""
+    return os.environ.get("MLFLOW_ENABLE_AI_GATEWAY", "true").lower() not in ("false", "0")
+
+
 def create_app():
+    import contextlib
     import importlib.util
     import sys
 
@@ -134,10 +141,12 @@ def create_app():
         # (MLflow checks only that the module imports). A None entry makes the import fail at
         # once with the same ImportError, so MLflow skips its auth code.
         sys.modules.setdefault("mlflow.server.auth", None)
-    from mlflow_gcp.server import optional_modules
+    from mlflow_gcp.server import gateway_off, optional_modules
 
+    # The gateway's and the assistant's routers only with the gateway on (server/gateway_off.py).
+    left_out = gateway_off.stand_ins() if not gateway_enabled() else contextlib.nullcontext()
     # pyarrow and scipy: ~40 MiB of each worker's memory for nothing (server/optional_modules.py).
-    with optional_modules.hidden():
+    with left_out, optional_modules.hidden():
         from mlflow.server.fastapi_app import app
 
     compact_json()
