@@ -107,8 +107,9 @@ def test_chart_rows_are_written_as_mlflows_compact_json():
 
 @pytest.fixture(scope="module")
 def metrics_table(new_database):
-    """A fresh database with MLflow's metrics table (its columns and primary key), and runs of
-    uneven lengths: none, 1, 2, one per bucket, just over, many, repeated steps, NaN/inf."""
+    """A fresh database with MLflow's metrics table (its columns, primary key and indexes), and
+    runs of uneven lengths: none, 1, 2, one per bucket, just over, many, repeated steps, NaN/inf,
+    the smallest and largest steps (repeated)."""
     import psycopg2
 
     url = new_database("mlflow_gcp_chart")
@@ -119,12 +120,19 @@ def metrics_table(new_database):
                     '"timestamp" bigint NOT NULL, "step" bigint NOT NULL DEFAULT 0, is_nan boolean NOT NULL '
                     'DEFAULT false, run_uuid varchar(32) NOT NULL, '
                     'PRIMARY KEY ("key", "timestamp", "step", run_uuid, "value", is_nan))')
+        cur.execute("CREATE INDEX index_metrics_run_uuid ON metrics (run_uuid)")
+        cur.execute('CREATE INDEX index_metrics_run_uuid_key_step ON metrics (run_uuid, "key", "step")')
         rng = random.Random(3)
-        lengths = {"one": 1, "two": 2, "seven": 7, "eight": 8, "nine": 9, "long": 2600, "odd": 977}
+        lengths = {"one": 1, "two": 2, "seven": 7, "eight": 8, "nine": 9, "long": 2600, "odd": 977, "edge": 40}
+        edges = [-2**63, -2**63, -2**63 + 1, -1, 0, 0, 2**63 - 2, 2**63 - 1, 2**63 - 1]
         rows = []
         for run, count in lengths.items():
             for i in range(count):
-                step = i if run != "odd" else rng.randrange(-5, 60)  # repeated and negative steps
+                step = i
+                if run == "odd":
+                    step = rng.randrange(-5, 60)  # repeated and negative steps
+                elif run == "edge":
+                    step = rng.choice(edges)
                 value = rng.choice([float("nan"), float("inf"), float("-inf"), 1.0, rng.random()])
                 nan = value != value
                 rows.append(("acc", 0.0 if nan else value, 1000 + rng.randrange(0, 40), step, nan, run))
@@ -136,7 +144,8 @@ def metrics_table(new_database):
 
 
 @pytest.mark.parametrize("n, steps", [(1, None), (2, None), (3, None), (8, None), (320, None), (2500, None),
-                                      (7, (0, 5)), (320, (3, 2000)), (4, (-2, 10)), (5, (9000, 9001))])
+                                      (7, (0, 5)), (320, (3, 2000)), (4, (-2, 10)), (5, (9000, 9001)),
+                                      (3, (-2**63 + 1, 0)), (5, (-1, 2**63 - 1))])
 def test_the_chart_sample_is_mlflows(metrics_table, n, steps):
     """One query for every run gives what MLflow's store gives sampling each run alone."""
     from mlflow.protos.service_pb2 import GetMetricHistoryBulkInterval

@@ -3,8 +3,9 @@
 Why: MLflow's store samples each run with two queries of its own (window functions over the
 run's whole history, then its last point), one run after the other, and its handler turns every
 sampled point into an entity, a protobuf message and JSON: for the UI's chart of 20 runs that is
-40 queries and ~6,000 objects of each kind. Here one query samples every run at once and its
-rows are written as MLflow's compact JSON.
+40 queries and ~6,000 objects of each kind. Here one query samples every run at once, reading
+the runs' steps from MLflow's index and then only the kept rows, and its rows are written as
+MLflow's compact JSON.
 
 The sample is MLflow's (SqlAlchemyStore._sample_metric_history_single_run): per run, the rows
 of the metric (within [start_step, end_step] if given) in the order step, timestamp, value,
@@ -33,24 +34,47 @@ MAX_RUNS = 100  # MLflow's MAX_RUNS_GET_METRIC_HISTORY_BULK
 MAX_RESULTS = 2500  # MLflow's MAX_RESULTS_PER_RUN, also its default
 _FIELDS = frozenset(("run_ids", "metric_key", "max_results", "start_step", "end_step"))
 _INT = re.compile(r"-?(0|[1-9][0-9]{0,17})\Z")
-_ORDER = '"step", "timestamp", "value", is_nan'
 
-# Per run (in the request's order; LATERAL, so each run's rows are sorted alone), p is a row's
-# 0-based position, total the run's row count and b its NTILE bucket, all from one window pass
-# (the whole-partition frame lets count(*) share it). NTILE(n) gives its first total % n buckets
-# total / n + 1 rows and the others total / n, so bucket b starts at the p below. (%% is %.)
+# Per run (in the request's order), without sorting or numbering the run's rows:
+# 1. `a`, its steps in order (MLflow's index on run_uuid, key, step gives them sorted, from the
+#    index alone once the table is vacuumed); total = cardinality(a). NTILE(n) gives its first
+#    rem = total % n buckets q + 1 = total / n + 1 rows and the others q rows, so the kept
+#    positions p are known from total alone: the first of buckets 1..n-1, and the last row.
+# 2. For each p, its step a[p + 1] and its rank among the rows of that step: p less the number
+#    of steps before it (0 when the previous step differs; else width_bucket, a binary search
+#    of the sorted array).
+# 3. That row alone, looked up by the same index (a step's rows sorted by the remaining keys
+#    of the order: timestamp, value, is_nan), so only the kept rows are ever read.
+# OFFSET 0 keeps the planner from copying the array's subquery into every use of `a`. JIT is off
+# for this query alone (SET LOCAL: until its transaction ends): the planner counts 1,000 kept
+# rows per run, and past its cost threshold compiling took longer (15-80 ms) than the query.
+# (%% is %.)
 QUERY = f"""
+SET LOCAL jit = off;
 SELECT r.run_id, m."value", m."timestamp", m."step", m.is_nan
 FROM unnest(%(runs)s::text[]) WITH ORDINALITY AS r(run_id, ord)
 CROSS JOIN LATERAL (
-  SELECT "value", "timestamp", "step", is_nan,
-         row_number() OVER w - 1 AS p, count(*) OVER w AS total, ntile(%(n)s) OVER w AS b
-  FROM metrics WHERE run_uuid = r.run_id AND "key" = %(key)s {{range}}
-  WINDOW w AS (ORDER BY {_ORDER} ROWS BETWEEN UNBOUNDED PRECEDING AND UNBOUNDED FOLLOWING)
+  SELECT a, cardinality(a) AS total, cardinality(a) / %(n)s AS q, cardinality(a) %% %(n)s AS rem
+  FROM (SELECT ARRAY(SELECT "step" FROM metrics WHERE run_uuid = r.run_id AND "key" = %(key)s {{range}}
+                     ORDER BY "step") AS a
+        OFFSET 0) run_steps
+) s
+CROSS JOIN LATERAL (
+  SELECT p, s.a[p + 1] AS step,
+         CASE WHEN p = 0 OR s.a[p] <> s.a[p + 1] THEN 0
+              WHEN s.a[p + 1] = {-2**63} THEN p
+              ELSE p - width_bucket(s.a[p + 1] - 1, s.a) END AS rank
+  FROM (SELECT (b - 1) * s.q + least(b - 1, s.rem) AS p
+        FROM generate_series(1, least(s.total, %(n)s - 1)) AS b
+        UNION ALL
+        SELECT s.total - 1 WHERE s.total >= %(n)s) kept
+) x
+CROSS JOIN LATERAL (
+  SELECT "value", "timestamp", "step", is_nan FROM metrics
+  WHERE run_uuid = r.run_id AND "key" = %(key)s AND "step" = x.step
+  ORDER BY "timestamp", "value", is_nan OFFSET x.rank LIMIT 1
 ) m
-WHERE m.p = m.total - 1
-   OR (m.b < %(n)s AND m.p = (m.b - 1) * (m.total / %(n)s) + least(m.b - 1, m.total %% %(n)s))
-ORDER BY r.ord, m.p
+ORDER BY r.ord, x.p
 """
 STEP_RANGE = 'AND "step" >= %(start)s AND "step" <= %(end)s'
 
