@@ -725,3 +725,181 @@ def test_traces_answer_as_stock(servers):
     for n, trace in enumerate(stock["all"]):
         assert ours["all"][n] == trace, f"trace {n} differs"
     assert ours == stock
+
+
+# search_runs' raw answers (server/search.py writes ours from the store's rows): the two shapes of
+# issue 17, paging, filters, orders, view types, max_results edges, special doubles, unicode, runs
+# without data, dataset and logged-model inputs/outputs, and refusals. Compared as bodies: stock's
+# pretty JSON in MLflow's compact layout must be ours byte for byte, once ids are replaced by names
+# and each run's metrics, params and tags are put in key order (both servers list them in
+# PostgreSQL's row order: stock's query has no ORDER BY either).
+SEARCH_DOUBLES = [0.0, -0.0, 1.5, -2.25, 0.1 + 0.2, 1e-300, 5e-324, 1.7976931348623157e308, 1e16, 123456789.0,
+                  float("nan"), float("inf"), float("-inf"), 3.0, -1e-7, 2.0**53 + 2]
+
+
+def search_workload(url: str) -> dict:
+    import json as jsonlib
+
+    import requests
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, LoggedModelOutput, Metric, Param, RunTag
+
+    client = MlflowClient(tracking_uri=url)
+    exp = client.create_experiment("search-raw")
+    other = client.create_experiment("search-other")
+    subs: dict[str, str] = {}
+    runs = []
+    for n in range(12):
+        run = client.create_run(exp, start_time=T0 + ((n * 7) % 12) * 1000, run_name=f"s-{n}" if n != 3 else "s-é日本-🙂")
+        rid = run.info.run_id
+        subs[rid] = f"RUN{n}"
+        runs.append(rid)
+        client.log_batch(
+            rid,
+            metrics=[Metric(f"m{k}", SEARCH_DOUBLES[(n + k) % len(SEARCH_DOUBLES)] if k else float(n - 4), T0 + k, k - 2)
+                     for k in range(10)],
+            params=[Param(f"p{k}", f"v{(n * k) % 7}" if k != 9 else "ünï\"co\\de") for k in range(10)],
+            tags=[RunTag(f"t{k}", "" if k == 9 else f"w{(n + k) % 3}") for k in range(10)],
+        )
+    client.set_terminated(runs[0], "FINISHED", end_time=T0 + 50_000)
+    client.set_terminated(runs[1], "FAILED", end_time=T0 + 40_000)
+    client.set_terminated(runs[2], "KILLED", end_time=T0 + 30_000)
+    client.delete_run(runs[5])
+    # A run without any data: its run-name tag removed (the name stays in the runs table).
+    bare = client.create_run(exp, start_time=T0 + 3, run_name="bare").info.run_id
+    client.delete_tag(bare, "mlflow.runName")
+    subs[bare] = "RUN_BARE"
+    side = client.create_run(other, start_time=T0, run_name="side").info.run_id
+    subs[side] = "RUN_SIDE"
+    # Inputs and outputs the search answer carries: a dataset with tags, a logged model as input
+    # of one run and as output of another.
+    client.log_inputs(runs[4], datasets=[DatasetInput(
+        Dataset(name="train", digest="d1g3st", source_type="local", source="/data/ünï.csv", schema='{"a": 1}'),
+        tags=[InputTag("mlflow.data.context", "training")])])
+    model = client.create_logged_model(exp, name="search-model")
+    subs[model.model_id] = "MODEL"
+    client.log_outputs(runs[6], [LoggedModelOutput(model.model_id, step=3)])
+    client.log_inputs(runs[7], models=[LoggedModelInput(model.model_id)])
+    subs[exp], subs[other] = "EXP", "EXP_OTHER"
+    search = f"{url}/api/2.0/mlflow/runs/search"
+    session = requests.Session()
+    out: dict = {}
+
+    def post(name, body, path=search):
+        resp = session.post(path, data=jsonlib.dumps(body).replace('"EXP"', f'"{exp}"').replace('"EXP_OTHER"', f'"{other}"'),
+                            headers={"Content-Type": "application/json"})
+        out[name] = (resp.status_code, resp.headers.get("content-type"), resp.content)
+        return resp
+
+    both = ["EXP"]
+    post("shape_a", {"experiment_ids": both, "filter": "metrics.m0 >= 0", "max_results": 100, "order_by": ["metrics.m0 DESC"]})
+    post("shape_b", {"experiment_ids": both, "max_results": 100})
+    post("ajax_shape_b", {"experiment_ids": both, "max_results": 100}, path=f"{url}/ajax-api/2.0/mlflow/runs/search")
+    post("no_max_results", {"experiment_ids": both})
+    resp = session.get(search, params={"experiment_ids": exp, "max_results": "4", "order_by": "params.p1 DESC"})
+    out["get"] = (resp.status_code, resp.headers.get("content-type"), resp.content)
+    token, page = None, 0
+    while True:  # paged, in both orders of issue 17, with the tokens each server gives
+        body = {"experiment_ids": both, "max_results": 3, "order_by": ["metrics.m0 DESC"]}
+        resp = post(f"page_a_{page}", {**body, **({"page_token": token} if token else {})})
+        token, page = resp.json().get("next_page_token"), page + 1
+        if not token or page > 10:
+            break
+    token, page = None, 0
+    while True:
+        resp = post(f"page_b_{page}", {"experiment_ids": both, "max_results": 5, **({"page_token": token} if token else {})})
+        token, page = resp.json().get("next_page_token"), page + 1
+        if not token or page > 10:
+            break
+    cases = {
+        "param_eq": {"filter": "params.p1 = 'v3'"},
+        "param_like": {"filter": "params.p9 LIKE '%co%'", "order_by": ["attributes.run_name ASC"]},
+        "tag_ilike": {"filter": "tags.t0 ILIKE 'W1%'"},
+        "tag_empty": {"filter": "tags.t9 = ''"},
+        "status": {"filter": "attributes.status != 'RUNNING'", "order_by": ["attributes.end_time DESC"]},
+        "run_name_unicode": {"filter": "attributes.run_name = 's-é日本-🙂'"},
+        "metric_nan_order": {"order_by": ["metrics.m3 ASC", "attributes.start_time DESC"]},
+        "metric_inf_filter": {"filter": "metrics.m5 > 1e300"},
+        "param_order": {"order_by": ["params.p2 DESC", "tags.t1 ASC"]},
+        "tag_order": {"order_by": ["tags.t2"]},
+        "start_time": {"filter": f"attributes.start_time >= {T0 + 2000}", "order_by": ["start_time ASC", "run_name DESC"]},
+        "dataset": {"filter": "datasets.name = 'train'"},
+        "deleted_only": {"run_view_type": "DELETED_ONLY"},
+        "all_views": {"run_view_type": "ALL", "order_by": ["attributes.run_name DESC"]},
+        "active_only": {"run_view_type": "ACTIVE_ONLY", "filter": "metrics.m1 < 0"},
+        "two_experiments": {"experiment_ids": ["EXP", "EXP_OTHER"], "order_by": ["attributes.run_name ASC"]},
+        "nothing_found": {"filter": "params.p1 = 'nope'"},
+        "unknown_experiment": {"experiment_ids": ["987654"]},
+        "max_results_1": {"max_results": 1},
+        "max_results_13": {"max_results": 13},
+        "max_results_14": {"max_results": 14},
+        "max_results_50000": {"max_results": 50000},
+        "max_results_0": {"max_results": 0},
+        # Refusals (MLflow words them; ours must be the same).
+        "max_results_50001": {"max_results": 50001},
+        "max_results_negative": {"max_results": -1},
+        "max_results_text": {"max_results": "ten"},
+        "bad_filter": {"filter": "metrics.m0 <<< 1"},
+        "bad_order": {"order_by": ["metrics.m0 SIDEWAYS"]},
+        "bad_order_type": {"order_by": "metrics.m0"},
+        "bad_token": {"page_token": "not-a-token"},
+        "bad_view": {"run_view_type": "SOMETIMES"},
+        "filter_not_string": {"filter": 5},
+    }
+    for name, body in cases.items():
+        post(name, {"experiment_ids": both, "max_results": 100, **body})
+    names = sorted(subs.items(), key=lambda item: -len(item[0]))
+    return {name: (status, kind, _search_text(body, names)) for name, (status, kind, body) in out.items()}
+
+
+def _search_text(body: bytes, names) -> str:
+    text = body.decode()
+    for real, name in names:
+        if len(real) > 6:  # run and model ids (experiment ids are short numbers, replaced below)
+            text = text.replace(real, name)
+    text = re.sub(r'"artifact_uri":\s*"[^"]*/(RUN\w+)/artifacts"', r'"artifact_uri":"ROOT/\1/artifacts"', text)
+    for real, name in names:
+        if len(real) <= 6:
+            text = re.sub(rf'"experiment_id":\s*"{real}"', f'"experiment_id":"{name}"', text)
+    return text
+
+
+def _sorted_sets(text: str) -> str:
+    return re.sub(r"\{'([^{}]*)'\}", lambda m: "{" + ", ".join(sorted(m.group(1).split("', '"))) + "}", text)
+
+
+def _ordered_data(text: str) -> str:
+    """The answer with each run's metrics, params and tags in key order, in MLflow's compact layout."""
+    import json as jsonlib
+
+    doc = jsonlib.loads(text)
+    for run in doc.get("runs", []) if isinstance(doc, dict) else []:
+        for field in ("metrics", "params", "tags"):
+            if field in run.get("data", {}):
+                run["data"][field].sort(key=lambda item: item["key"])
+    return jsonlib.dumps(doc, separators=(",", ":"))
+
+
+def test_search_runs_answers_are_stocks(servers):
+    import json as jsonlib
+
+    stock_url, our_server = servers
+    stock, ours = search_workload(stock_url), search_workload(our_server.url)
+    assert "search_runs answered from rows" in our_server.output()  # server/search.py is on
+    assert stock.keys() == ours.keys()
+    assert stock["shape_a"][0] == 200 and jsonlib.loads(stock["shape_a"][2])["runs"][0]["data"]["metrics"]
+    assert len(jsonlib.loads(stock["shape_b"][2])["runs"]) == 12  # 11 active + the bare run
+    assert stock["page_a_1"][0] == 200 and "next_page_token" in jsonlib.loads(stock["page_a_0"][2])
+    assert stock["bad_filter"][0] == 400 and stock["max_results_50001"][0] == 400
+    assert '"outputs":{"model_outputs"' in compact(stock["all_views"][2].encode()).decode()
+    for name, (status, kind, text) in stock.items():
+        got_status, got_kind, got = ours[name]
+        assert (got_status, got_kind) == (status, kind), name
+        if status != 200:
+            # MLflow's own error bodies (its messages print Python sets, in per-process order).
+            assert _sorted_sets(got) == _sorted_sets(text), name
+            continue
+        # Ours is MLflow's compact layout exactly; stock's values in that layout are the same.
+        assert got == jsonlib.dumps(jsonlib.loads(got), separators=(",", ":")), name
+        assert _ordered_data(got) == _ordered_data(text), name

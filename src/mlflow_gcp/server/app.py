@@ -149,9 +149,9 @@ def create_app():
     with left_out, optional_modules.hidden():
         from mlflow.server.fastapi_app import app
 
-    compact_json()
+    compacted = compact_json()
 
-    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, history, uiassets
+    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, history, search, uiassets
 
     permit = None
     if with_permissions:
@@ -173,6 +173,10 @@ def create_app():
         app = artifacts_stream.wrap(app)
         # A metric's history in one streamed query (with permissions MLflow checks reads first).
         app = history.wrap(app)
+        if compacted:
+            # search_runs' answer written from the store's rows (it passes through the compact
+            # message_to_json; with permissions, MLflow's auth hooks stay on MLflow's own path).
+            search.install()
     # The UI's files from gzip copies made once (inside the caller check: they need a caller too).
     app = uiassets.wrap(app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).

@@ -9,7 +9,8 @@ infinities as MLflow's strings, enums by name, bytes as base64), then the same `
 
 Messages this walk does not know how to print exactly as protobuf does (maps, well-known types
 such as Timestamp or Struct, extensions) go to MLflow's own function; so does any call with
-`convert_int64_to_number=False`. tests/unit/test_jsonout.py compares both on random messages of
+`convert_int64_to_number=False`. A search_runs answer server/search.py already wrote as this
+function's compact JSON is passed through as it is. tests/unit/test_jsonout.py compares both on random messages of
 every MLflow service type.
 """
 
@@ -20,6 +21,8 @@ import json
 import math
 
 from google.protobuf.descriptor import FieldDescriptor as F
+
+from mlflow_gcp.server.search import Answer
 
 _INT64 = {F.TYPE_INT64, F.TYPE_UINT64, F.TYPE_SINT64, F.TYPE_FIXED64, F.TYPE_SFIXED64}
 _INT32 = {F.TYPE_INT32, F.TYPE_UINT32, F.TYPE_SINT32, F.TYPE_FIXED32, F.TYPE_SFIXED32}
@@ -127,6 +130,8 @@ def fast_message_to_json(original):
     """A drop-in for MLflow's `message_to_json` that falls back to `original`."""
 
     def message_to_json(message, *, pretty: bool = True, convert_int64_to_number: bool = True):
+        if type(message) is Answer:  # written by server/search.py in this very layout
+            return message.text
         as_dict = message_to_dict(message) if convert_int64_to_number else None
         if as_dict is None:
             return original(message, pretty=pretty, convert_int64_to_number=convert_int64_to_number)

@@ -322,15 +322,47 @@ def _make_class():
                     _SEARCHING.on = False
                 return self._with_data(runs), token
 
-            def _with_data(self, runs):
-                if not runs:
-                    return runs
+            def search_runs_answer(self, experiment_ids, filter_string, run_view_type, max_results,
+                                   order_by, page_token) -> str | None:
+                """search_runs' REST answer as JSON (server/search.py), or None: MLflow's path
+                then answers. MLflow's own _search_runs finds and loads the runs."""
+                from mlflow_gcp.server import search
+
+                _SEARCHING.on = True
+                try:
+                    runs, token = SqlAlchemyStore._search_runs(
+                        self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
+                finally:
+                    _SEARCHING.on = False
+                data = self._run_data_rows(runs)
+                out = []
+                try:
+                    for run in runs:
+                        info = run.info
+                        metrics, params, tags = data[info.run_id]
+                        if not info.run_name and (name := _get_run_name_from_tags([RunTag(k, v) for _, k, v in tags])):
+                            info._set_run_name(name)  # as SqlRun.to_mlflow_entity does
+                        out.append(search.run_dict(run, metrics, params, tags))
+                except search.Fallback:
+                    return None
+                return search.answer_text(out, token)
+
+            def _run_data_rows(self, runs) -> dict:
+                """run id -> (latest metrics, params, tags) rows, in PostgreSQL's row order."""
                 ids = [run.info.run_id for run in runs]
                 data = {rid: ([], [], []) for rid in ids}
+                if not ids:
+                    return data
                 with self.ManagedSessionMaker() as session:
                     for slot, query in enumerate(data_queries):
                         for row in _execute(session, query, (ids,)):
                             data[row[0]][slot].append(row)
+                return data
+
+            def _with_data(self, runs):
+                if not runs:
+                    return runs
+                data = self._run_data_rows(runs)
                 out = []
                 for run in runs:
                     metrics, params, tags = data[run.info.run_id]
