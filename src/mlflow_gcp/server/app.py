@@ -143,11 +143,14 @@ def create_app():
         sys.modules.setdefault("mlflow.server.auth", None)
     from mlflow_gcp.server import gateway_off, optional_modules
 
+    gateway = gateway_enabled()
     # The gateway's and the assistant's routers only with the gateway on (server/gateway_off.py).
-    left_out = gateway_off.stand_ins() if not gateway_enabled() else contextlib.nullcontext()
-    # pyarrow and scipy: ~40 MiB of each worker's memory for nothing (server/optional_modules.py).
-    with left_out, optional_modules.hidden():
+    left_out = contextlib.nullcontext() if gateway else gateway_off.stand_ins()
+    # pyarrow and scipy, and without the gateway pandas and numpy: ~40-85 MiB of each worker's
+    # memory for nothing (server/optional_modules.py).
+    with left_out, optional_modules.hidden(optional_modules.hidden_for(gateway)):
         from mlflow.server.fastapi_app import app
+    optional_modules.complete()
 
     compacted = compact_json()
 
