@@ -62,7 +62,7 @@ def test_run_json_is_mlflows(seed):
     run, metrics, params, tags = random_run(rng)
     want = mlflow_json(run, metrics, params, tags)
     # The store sets the name from the tag before writing (server/store.py search_runs_answer).
-    got = search.answer_text([search.run_dict(run, metrics, params, tags)], None)
+    got = search.answer_text([search.run_json(run, metrics, params, tags)], None)
     assert got == json.dumps({"runs": [want]}, separators=(",", ":"))
 
 
@@ -79,4 +79,4 @@ def test_answer_and_token_as_mlflows():
 def test_null_metric_timestamp_goes_to_mlflow():
     run, _, _, _ = random_run(random.Random(1))
     with pytest.raises(search.Fallback):
-        search.run_dict(run, [(run.info.run_id, "m", 1.0, None, 0, False)], [], [])
+        search.run_json(run, [(run.info.run_id, "m", 1.0, None, 0, False)], [], [])

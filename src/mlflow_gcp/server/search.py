@@ -7,10 +7,11 @@ Why: for a 100-run page with 10 params, 10 tags and 10 metrics per run, MLflow's
 that conversion was about a third of the server's CPU per answer. Here MLflow's own store code
 still parses the request, builds and runs the query (filters, order, paging, view type) and
 loads the runs and their inputs/outputs; only the per-item work is replaced: the runs' latest
-metrics, params and tags come from the store's three plain queries (server/store.py) and go
-into plain dicts in the order and shape MLflow's printer gives (proto field order, empty fields
+metrics, params and tags come from the store's three plain queries (server/store.py) and are
+written as text in the order and shape MLflow's printer gives (proto field order, empty fields
 left out, int64 as numbers, NaN and infinities as strings, unset tag values left out; `data`,
-`inputs` and `outputs` always present, `{}` when empty), then one `json.dumps`.
+`inputs` and `outputs` always present, `{}` when empty), strings by json's own C writer and
+doubles as json.dumps writes them.
 
 A run's info values of unusual types, and any run with dataset inputs or model inputs/outputs,
 are printed by MLflow's own `to_proto` and server/jsonout.py's walk, so they are exactly what they
@@ -24,12 +25,15 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
 import threading
 
+from json.encoder import encode_basestring_ascii as _str  # json.dumps' own string writer
+
 _VIEW = threading.local()  # .on while MLflow's REST search_runs view runs in this thread
 _STATUSES = frozenset(("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"))
+_INF = float("inf")
+_NAN = '"NaN"'  # NaN is stored as 0.0 with is_nan
 
 
 class Answer:
@@ -46,27 +50,30 @@ class Fallback(Exception):
     """This request goes down MLflow's own path."""
 
 
-def _double(value) -> float | str:
+def _double(value) -> str:
     if type(value) is not float:
         raise Fallback("metric value")
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return value
+    if value != value:
+        return '"NaN"'
+    if value in (_INF, -_INF):
+        return '"Infinity"' if value > 0 else '"-Infinity"'
+    return repr(value)  # json.dumps' own float text
 
 
-def _metric(row) -> dict:
-    _, key, value, timestamp, step, is_nan = row
-    if type(timestamp) is not int or type(step) is not int:
-        raise Fallback("metric timestamp or step")
-    return {"key": key, "value": "NaN" if is_nan else _double(value), "timestamp": timestamp, "step": step}
+def _metrics(rows) -> str:
+    out = []
+    for _, key, value, timestamp, step, is_nan in rows:
+        if type(timestamp) is not int or type(step) is not int:
+            raise Fallback("metric timestamp or step")
+        out.append(f'{{"key":{_str(key)},"value":{_NAN if is_nan else _double(value)},'
+                   f'"timestamp":{timestamp},"step":{step}}}')
+    return ",".join(out)
 
 
-def _pair(row) -> dict:
+def _pairs(rows) -> str:
     # MLflow builds Param/RunTag protos with key= and value= keywords: a None value stays unset.
-    _, key, value = row
-    return {"key": key} if value is None else {"key": key, "value": value}
+    return ",".join([f'{{"key":{_str(key)}}}' if value is None else f'{{"key":{_str(key)},"value":{_str(value)}}}'
+                     for _, key, value in rows])
 
 
 def info_dict(info) -> dict:
@@ -101,35 +108,36 @@ def _proto_dict(message) -> dict:
     return out
 
 
-def run_dict(run, metrics, params, tags) -> dict:
-    """One run of the answer: `run` is MLflow's Run entity (info, inputs, outputs; its data is
-    not read), the rest the rows of the store's data queries for it."""
-    data = {}
+def _json(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def run_json(run, metrics, params, tags) -> str:
+    """One run of the answer as compact JSON: `run` is MLflow's Run entity (info, inputs,
+    outputs; its data is not read), the rest the rows of the store's data queries for it."""
+    data = []
     if metrics:
-        data["metrics"] = [_metric(row) for row in metrics]
+        data.append(f'"metrics":[{_metrics(metrics)}]')
     if params:
-        data["params"] = [_pair(row) for row in params]
+        data.append(f'"params":[{_pairs(params)}]')
     if tags:
-        data["tags"] = [_pair(row) for row in tags]
+        data.append(f'"tags":[{_pairs(tags)}]')
     inputs, outputs = run.inputs, run.outputs
     has_inputs = inputs is not None and (inputs.dataset_inputs or inputs.model_inputs)
     has_outputs = outputs is not None and outputs.model_outputs
-    return {
-        "info": info_dict(run.info),
-        "data": data,
-        "inputs": _proto_dict(inputs.to_proto()) if has_inputs else {},
-        "outputs": _proto_dict(outputs.to_proto()) if has_outputs else {},
-    }
+    return (f'{{"info":{_json(info_dict(run.info))},"data":{{{",".join(data)}}},'
+            f'"inputs":{_json(_proto_dict(inputs.to_proto())) if has_inputs else "{}"},'
+            f'"outputs":{_json(_proto_dict(outputs.to_proto())) if has_outputs else "{}"}}}')
 
 
-def answer_text(runs: list[dict], token) -> str:
-    """SearchRuns.Response's compact JSON for these run dicts and page token."""
-    out = {}
+def answer_text(runs: list[str], token) -> str:
+    """SearchRuns.Response's compact JSON for these runs (run_json) and page token."""
+    out = []
     if runs:
-        out["runs"] = runs
+        out.append(f'"runs":[{",".join(runs)}]')
     if token:
-        out["next_page_token"] = token.decode("utf-8") if isinstance(token, bytes) else token
-    return json.dumps(out, separators=(",", ":"))
+        out.append(f'"next_page_token":{_str(token.decode("utf-8") if isinstance(token, bytes) else token)}')
+    return "{" + ",".join(out) + "}"
 
 
 def _search_runs_impl(original):

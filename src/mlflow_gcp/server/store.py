@@ -342,7 +342,7 @@ def _make_class():
                         metrics, params, tags = data[info.run_id]
                         if not info.run_name and (name := _get_run_name_from_tags([RunTag(k, v) for _, k, v in tags])):
                             info._set_run_name(name)  # as SqlRun.to_mlflow_entity does
-                        out.append(search.run_dict(run, metrics, params, tags))
+                        out.append(search.run_json(run, metrics, params, tags))
                 except search.Fallback:
                     return None
                 return search.answer_text(out, token)
