@@ -1,12 +1,13 @@
 """What PostgreSQL itself sustains for the rows of the log_batch load: the limit row (issue 17).
 
 The same rows as bench/clients.py's log_batch (per request 100 metrics over 10 keys, one run per
-client, steps and values as there), written as MLflow's schema stores a logged metric: a
-multi-row `INSERT ... ON CONFLICT DO NOTHING` into metrics and the multi-row upsert of
-latest_metrics (every batch MLflow logs writes both, and search reads the second: leaving it out
-would measure rows MLflow never writes alone). One transaction per batch, committed with the
-server's own durability settings, as an acknowledged log_batch is. No run check (a read, not the
-rows), no MLflow, no HTTP: one process, the statements rendered before the clock starts,
+client, steps and values as there), written as MLflow's schema stores a logged metric: an
+`INSERT ... ON CONFLICT DO NOTHING` into metrics and the upsert of latest_metrics (every batch
+MLflow logs writes both, and search reads the second: leaving it out would measure rows MLflow
+never writes alone), by the store's own prepared statement (server/store.py `metric_write`, with
+its run check: one primary-key read). One autocommitted statement per batch, committed with the
+server's own durability settings, as an acknowledged log_batch is. No MLflow, no HTTP: one
+process, the parameters rendered before the clock starts,
 `CONNECTIONS` connections (threads; psycopg2 releases the GIL while it waits) so that both the
 database's CPUs and its group commit are used, as 16 clients use them.
 
@@ -27,8 +28,8 @@ from mlflow_gcp.server import store
 
 CONNECTIONS = 16  # the 16 clients' concurrency; 1, 4 and 8 measured lower (bench docs)
 METRICS = 100
-# The store's own two statements (server/store.py), so the limit writes exactly what it writes.
-STATEMENTS = store.metric_statements("metrics", "latest_metrics")
+# The store's own statement (server/store.py), so the limit writes exactly what it writes.
+WRITE = store.metric_write("metrics", "latest_metrics", "runs", "active")
 
 
 def copy_schema(template: str) -> str:
@@ -44,14 +45,6 @@ def _rows(run_id: str, i: int) -> list[tuple]:
     return [(f"m{k % 10}", k * 0.5 + i, now, i * 100 + k, False, run_id) for k in range(METRICS)]
 
 
-def _statements(cursor, rows: list[tuple]) -> str:
-    def values(batch):
-        return b",".join(cursor.mogrify("(%s,%s,%s,%s,%s,%s)", r) for r in batch).decode()
-
-    return ";\n".join(f"{head} VALUES {values(batch)} {tail}"
-                       for head, tail, batch in store.metric_inserts(rows, STATEMENTS))
-
-
 def measure(database: str, batches: int, connections: int = CONNECTIONS, deadline_s: float = 30.0) -> tuple[float, float]:
     """Metrics (rows of metrics) per second that `connections` connections of one process write
     into `database` in `batches` 100-metric transactions in all, and the backends' CPU
@@ -59,7 +52,7 @@ def measure(database: str, batches: int, connections: int = CONNECTIONS, deadlin
 
     conns = [psycopg2.connect(dbname=database, **servers.PG) for _ in range(connections)]
     try:
-        work: list[list[str]] = []
+        work: list[list[tuple]] = []
         for conn in conns:
             run_id = uuid.uuid4().hex
             with conn.cursor() as cur:
@@ -72,8 +65,10 @@ def measure(database: str, batches: int, connections: int = CONNECTIONS, deadlin
                             "VALUES (%s, 'pglimit', %s, 'active', 'RUNNING', 'LOCAL', '', 'bench', %s, '')",
                             (run_id, cur.fetchone()[0], now))
                 conn.commit()
+                conn.autocommit = True
+                cur.execute(WRITE.prepare)
                 # 3 untimed batches, as each client warms up
-                work.append([_statements(cur, _rows(run_id, i)) for i in range(-3, batches // connections)])
+                work.append([store.metric_write_params(run_id, _rows(run_id, i)) for i in range(-3, batches // connections)])
         done = [0] * connections
         pids = [conn.get_backend_pid() for conn in conns]
         barrier = threading.Barrier(connections + 1)
@@ -81,15 +76,13 @@ def measure(database: str, batches: int, connections: int = CONNECTIONS, deadlin
 
         def writer(n: int) -> None:
             with conns[n].cursor() as cur:
-                for sql in work[n][:3]:
-                    cur.execute(sql)
-                    conns[n].commit()
+                for params in work[n][:3]:
+                    cur.execute(WRITE.execute, params)
                 barrier.wait()
-                for sql in work[n][3:]:
+                for params in work[n][3:]:
                     if time.perf_counter() > stop_at[0]:
                         break
-                    cur.execute(sql)
-                    conns[n].commit()
+                    cur.execute(WRITE.execute, params)
                     done[n] += 1
 
         threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in range(connections)]

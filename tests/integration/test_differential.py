@@ -325,6 +325,20 @@ RAW = [
         {"key": "r", "value": 2, "timestamp": T0, "step": 2, "run_id": "0" * 32}]}),
     ("batch_bad_key_client_shape", "log-batch", {"run_id": "RUN", "metrics": [
         {"key": "no?", "value": 2, "timestamp": T0, "step": 2, "run_id": "RUN"}]}),
+    # Values at the edges of what the store's column arrays carry (server/store.py metric_write):
+    # negative zero, the smallest and largest doubles, int64 limits, a key spelled like an array
+    # literal's NULL, keys with spaces, a colon and non-ASCII letters, NaN twice.
+    ("batch_edges", "log-batch", {"run_id": "RUN", "metrics": [
+        {"key": "e", "value": -0.0, "timestamp": T0, "step": 1},
+        {"key": "e", "value": 5e-324, "timestamp": 2**63 - 1, "step": -2**63},
+        {"key": "e", "value": 1.7976931348623157e308, "timestamp": 0, "step": 2**63 - 1},
+        {"key": "e", "value": 0.30000000000000004, "timestamp": T0, "step": 3},
+        {"key": "NULL", "value": "NaN", "timestamp": T0, "step": 0},
+        {"key": "NULL", "value": "NaN", "timestamp": T0, "step": 0},
+        {"key": "a b:c/é", "value": "-Infinity", "timestamp": T0, "step": 0}]}),
+    ("batch_negative_timestamp", "log-batch", {"run_id": "RUN", "metrics": [
+        {"key": "c", "value": 1, "timestamp": T0}, {"key": "c", "value": 1, "timestamp": -1}]}),
+    ("batch_key_too_long", "log-batch", {"run_id": "RUN", "metrics": [{"key": "k" * 251, "value": 1, "timestamp": T0}]}),
 ]
 # (case, headers) variations of one plain request.
 HEADER_CASES = [
@@ -366,6 +380,11 @@ def raw_requests(url: str) -> dict:
     plain = {"run_id": "RUN", "metrics": [{"key": "h", "value": 1, "timestamp": T0}]}
     for name, headers in HEADER_CASES:
         post(f"headers_{name}", "log-batch", plain, headers)
+    deleted = client.create_run(exp, start_time=T0, run_name="deleted").info.run_id
+    client.delete_run(deleted)
+    post("batch_deleted_run", "log-batch", {"run_id": deleted, "metrics": [{"key": "h", "value": 1, "timestamp": T0}]})
+    status, headers, text = out["batch_deleted_run"]
+    out["batch_deleted_run"] = (status, headers, text.replace(deleted, "DELETED"))
     run = client.get_run(run_id)
     out["stored_metrics"] = {k: repr(v) for k, v in run.data.metrics.items()}
     out["stored_params"] = run.data.params

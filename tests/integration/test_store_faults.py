@@ -348,8 +348,8 @@ def test_bulk_writers_of_the_same_keys_in_opposite_orders_never_deadlock(stores)
 
 
 def test_a_metrics_batch_is_one_statement_with_no_begin_or_commit(stores):
-    # server/store.py: the run check and both writes in one autocommitted statement; a run that
-    # is not active gets MLflow's own check and error, and nothing is written.
+    # server/store.py: the run check and both writes in one autocommitted prepared statement; a
+    # run that is not active gets MLflow's own check and error, and nothing is written.
     from mlflow.entities import Metric
     from sqlalchemy import event
 
@@ -369,9 +369,11 @@ def test_a_metrics_batch_is_one_statement_with_no_begin_or_commit(stores):
         refused = target.write("log_batch", run_id, "k0", 9.0, 99)
     finally:
         event.remove(target.store.engine, "before_cursor_execute", count)
-    assert written == ["WITH"]
+    # The statement is prepared once per connection (PREPARE), then each batch is one EXECUTE.
+    assert [s for s in written if s != "PREPARE"] == ["EXECUTE"], written
+    refused_statements = [s for s in statements if s != "PREPARE"]
     assert refused[:2] == ("MlflowException", "INVALID_PARAMETER_VALUE"), refused
-    assert statements[0] == "WITH" and len(statements) > 1  # then MLflow's check raised
+    assert refused_statements[0] == "EXECUTE" and len(refused_statements) > 1  # then MLflow's check raised
     target.admin.restore_run(run_id)
     assert target.latest(run_id) == {"k0": 2.0, "k1": 7 / 3, "k2": 8 / 3}
 
@@ -404,3 +406,65 @@ def test_our_server_replaces_connections_closed_while_idle_in_its_pool(servers):
         admin.close()
     for step, kind in enumerate(KINDS * 3, start=1):
         assert target.write(kind, run_id, f"idle.{kind}", 2.0, step) == ("ok",), kind
+
+
+def test_metric_values_are_stored_as_mlflows_store_stores_them(stores):
+    # server/store.py sends plain values (what MLflow's protobuf parse gives) as column arrays
+    # to its prepared statement, and renders others as MLflow's insert would: both store what
+    # MLflow's store stores, edges included. log_metric_fields is the fast path's entry.
+    from mlflow.entities import Metric
+
+    nan = float("nan")
+    plain = [("e", -0.0, T0, 1), ("e", 5e-324, 2**63 - 1, -2**63), ("e", 1.7976931348623157e308, 0, 2**63 - 1),
+             ("e", 0.1 + 0.2, T0, 3), ("e", float("inf"), T0, 4), ("f", float("-inf"), T0, 0),
+             ("NULL", nan, T0, 0), ("NULL", float("nan"), T0, 0), ("a b:c/\u00e9", 0.1, T0, 0), ("e", 0.1 + 0.2, T0, 3)]
+    other = plain + [("n", 3, T0, 2), ("n", 2**60 + 1, T0, 4), ("n", -0.0, 2, 1)]  # int values
+
+    def stored(target, write) -> dict:
+        run_id = target.new_run()
+        write(run_id)
+        keys = target.latest(run_id)
+        history = {k: sorted((m.step, m.timestamp, repr(m.value)) for m in target.admin.get_metric_history(run_id, k))
+                   for k in keys}
+        return {"latest": {k: repr(v) for k, v in keys.items()}, "history": history}
+
+    bulk, mlflow = stores["bulk"], stores["mlflow"]
+    for batch in (plain, other):
+        want = stored(mlflow, lambda run_id: mlflow.store.log_batch(run_id, [Metric(*m) for m in batch], [], []))
+        assert stored(bulk, lambda run_id: bulk.store.log_batch(run_id, [Metric(*m) for m in batch], [], [])) == want
+    want = stored(mlflow, lambda run_id: mlflow.store.log_batch(run_id, [Metric(*m) for m in plain], [], []))
+    assert stored(bulk, lambda run_id: bulk.store.log_metric_fields(run_id, [(*m, None) for m in plain])) == want
+    assert want["latest"]["e"] == repr(1.7976931348623157e308) and want["history"]["NULL"] == [(0, T0, "nan")]
+
+
+def test_fast_path_metrics_get_mlflows_checks_and_errors(stores):
+    # log_metric_fields skips MLflow's per-metric check only for a batch it would pass (keys that
+    # passed it before, no negative timestamp); otherwise MLflow's check answers, first bad
+    # metric first; a run that is unknown or deleted gets MLflow's own error.
+    from mlflow.entities import Metric
+
+    bulk, mlflow = stores["bulk"], stores["mlflow"]
+
+    def outcome(call):
+        try:
+            call()
+        except Exception as err:
+            return type(err).__name__, getattr(err, "error_code", None), str(err)
+        return ("ok",)
+
+    deleted = mlflow.new_run()
+    mlflow.admin.delete_run(deleted)
+    cases = [
+        [("good", 1.0, T0, 0), ("good", 2.0, T0, 1)],
+        [("good", 1.0, T0, 0), ("good", 2.0, -1, 1)],
+        [("good", 1.0, T0, 0), ("bad?", 2.0, T0, 1), ("../x", 1.0, T0, 0)],
+        [("k" * 251, 1.0, T0, 0)],
+        [(f"many{i}", 1.0, T0, 0) for i in range(1001)],
+    ]
+    for batch in cases:
+        for run in ("new", deleted, "0" * 32):
+            want = outcome(lambda: mlflow.store.log_batch(mlflow.new_run() if run == "new" else run,
+                                                          [Metric(*m) for m in batch], [], []))
+            got = outcome(lambda: bulk.store.log_metric_fields(bulk.new_run() if run == "new" else run,
+                                                              [(*m, None) for m in batch]))
+            assert got == want, (batch[:3], run)

@@ -9,7 +9,10 @@ stored one is skipped, others are kept) and one multi-row upsert into latest_met
 a row only when the new (step, timestamp, value) is strictly greater, as MLflow's comparison does
 (PostgreSQL compares row values lexicographically, like Python tuples). Both go to PostgreSQL
 with the run check as one autocommitted statement (data-modifying CTEs that write only if the
-run is active): one round trip, no BEGIN or COMMIT of its own. Everything else, validation and
+run is active): one round trip, no BEGIN or COMMIT of its own. For the values MLflow's protobuf
+parse gives (every metric sent over HTTP) that statement is prepared once per connection and
+takes the rows as column arrays (`metric_write`); other values get it with rendered VALUES, as
+MLflow's insert renders them. Everything else, validation and
 the run check's error messages included (a run that is missing or not active), is MLflow's own
 code.
 
@@ -30,9 +33,11 @@ tests/integration/test_differential.py compares the answers with stock MLflow.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import threading
+from typing import NamedTuple
 
 BULK_ENV = "MLFLOW_GCP_BULK_STORE"
 COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")
@@ -130,6 +135,9 @@ def build_store(store_uri: str, artifact_uri: str | None = None, **_):
 
 _CLASS = None
 _CHECKED = threading.local()  # .metrics: the list log_batch just validated in this thread
+# Metric keys that passed MLflow's name and length checks (a pure function of the key); bounded.
+_CHECKED_NAMES: set[str] = set()
+MAX_CHECKED_NAMES = 100_000
 _SEARCHING = threading.local()  # set while MLflow's _search_runs builds its query in this thread
 
 
@@ -141,7 +149,7 @@ def _bulk_class():
 
 
 def _make_class():
-    from mlflow.entities import LifecycleStage
+    from mlflow.entities import LifecycleStage, Metric
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INTERNAL_ERROR
     from mlflow.store.tracking.dbmodels.models import SqlInput, SqlLatestMetric, SqlMetric, SqlRun
@@ -173,6 +181,8 @@ def _make_class():
     )
 
     statements = metric_statements(SqlMetric.__tablename__, SqlLatestMetric.__tablename__)
+    write = metric_write(SqlMetric.__tablename__, SqlLatestMetric.__tablename__, SqlRun.__tablename__,
+                         LifecycleStage.ACTIVE)
 
     batch_checks = [getattr(validation, name, None) for name in (
         "_validate_run_id", "_validate_batch_log_data", "_validate_batch_log_limits", "_validate_param_keys_unique")]
@@ -222,6 +232,38 @@ def _make_class():
                 finally:
                     _CHECKED.metrics = None
 
+            def log_metric_fields(self, run_id, fields):
+                """`log_batch(run_id, metrics, [], [])` for the metrics of a plain log-batch body as
+                server/fastpath.py parses them, (key, value, timestamp, step, own run id or None)
+                with the types MLflow's protobuf parse gives (a non-empty str, a float, ints),
+                without a Metric per value: MLflow's checks in MLflow's order, with the same
+                outcome, then the same write. A batch whose keys all passed MLflow's name check
+                before and whose timestamps are not negative passes MLflow's per-metric check
+                (nothing else in it can fail for these types); any other batch gets the check
+                itself, which raises MLflow's error for the first metric that fails it."""
+                validate_run_id(run_id)
+                names = _CHECKED_NAMES
+                if not all(ts >= 0 and key in names for key, _, ts, _, _ in fields):
+                    validate_data([Metric(k, v, ts, step, run_id=own) for k, v, ts, step, own in fields], [], [])
+                    if len(names) > MAX_CHECKED_NAMES:
+                        names.clear()
+                    names.update(key for key, *_ in fields)
+                validate_limits(fields, [], [])
+                # MLflow's duplicate rule (Metric equality: key, value, timestamp, step, run id)
+                rows, seen = [], set()
+                for field in fields:
+                    if field in seen:
+                        continue
+                    seen.add(field)
+                    is_nan, value = self.sanitize_metric_value(field[1])
+                    rows.append((field[0], value, field[2], field[3], is_nan, run_id))
+                try:
+                    self._run_with_deadlock_retry(self._write_metric_rows_once, run_id, rows)
+                except MlflowException:
+                    raise
+                except Exception as err:  # as MLflow's log_batch wraps whatever its writes raise
+                    raise MlflowException(err, INTERNAL_ERROR) from err
+
         def _log_params(self, run_id, params):
             # MLflow's own code. Two batches logging the same new keys at once both read "absent"
             # and insert; the later one fails on the params key (stock: BAD_REQUEST, or a
@@ -270,6 +312,9 @@ def _make_class():
                 seen.add(metric)
                 is_nan, value = self.sanitize_metric_value(metric.value)
                 rows.append((metric.key, value, metric.timestamp, metric.step, is_nan, run_id))
+            self._write_metric_rows_once(run_id, rows)
+
+        def _write_metric_rows_once(self, run_id, rows):
             if rows and self._write_if_active(run_id, rows):
                 return
             # No rows, or the run is missing or not active (MLflow's check then raises its error).
@@ -284,15 +329,20 @@ def _make_class():
             One statement sees one snapshot, so the rows are written exactly when the check
             passes, as MLflow's check-then-write in one transaction would; False (nothing
             written) when the run is missing or not active."""
+            params = metric_write_params(run_id, rows)
             with self.ManagedSessionMaker(read_only=False) as session:
                 # psycopg2's own switch, client-side: SQLAlchemy's AUTOCOMMIT isolation level
                 # would send a SET before and after (two more round trips). No transaction is
                 # open yet (psycopg2 sends its BEGIN with the first statement), so it may switch.
-                raw = session.connection().connection.dbapi_connection
+                pooled = session.connection().connection
+                raw = pooled.dbapi_connection
                 raw.autocommit = True
                 try:
-                    row = _insert_rows(session, *self._metric_inserts(rows),
-                                       guard=(run_state, run_id, LifecycleStage.ACTIVE)).first()
+                    if params is None:  # values of other types: rendered as MLflow's would be
+                        row = _insert_rows(session, *self._metric_inserts(rows),
+                                           guard=(run_state, run_id, LifecycleStage.ACTIVE)).first()
+                    else:
+                        row = _execute_prepared(session, pooled.info, write, params).first()
                 finally:
                     if not raw.closed:  # back as the pool handed it out, before it goes back
                         raw.autocommit = False
@@ -398,6 +448,13 @@ def metric_statements(metrics: str, latest: str) -> tuple[tuple[str, str], tuple
 def metric_inserts(rows: list[tuple], statements) -> tuple[tuple, tuple]:
     """(head, tail, rows) of both writes of `rows` (COLUMNS order), with `metric_statements`."""
     insert_metrics, upsert_latest = statements
+    ordered, latest = metric_rows(rows)
+    return (*insert_metrics, ordered), (*upsert_latest, latest)
+
+
+def metric_rows(rows: list[tuple]) -> tuple[list[tuple], list[tuple]]:
+    """The rows of both writes of `rows`: all of them for metrics, the latest per key for
+    latest_metrics, each in the one order every writer uses."""
     # Per key, the first of the greatest (step, timestamp, value): MLflow's loop replaces its
     # candidate only on strictly greater.
     latest: dict[str, tuple] = {}
@@ -408,14 +465,92 @@ def metric_inserts(rows: list[tuple], statements) -> tuple[tuple, tuple]:
     # One order for every writer (metrics by their primary key, latest rows by key): two batches
     # over the same keys then wait for each other instead of deadlocking. 1,000 metrics, MLflow's
     # batch limit, make one statement each; both go in one round trip.
-    return ((*insert_metrics, sorted(rows, key=_metric_pk)),
-            (*upsert_latest, [latest[k] for k in sorted(latest)]))
+    return sorted(rows, key=_metric_pk), [latest[k] for k in sorted(latest)]
 
 
 def _metric_pk(row: tuple) -> tuple:
     """A metrics row's primary key (key, timestamp, step, run_uuid, value, is_nan)."""
     key, value, timestamp, step, is_nan, run_uuid = row
     return key, timestamp, step, run_uuid, value, is_nan
+
+
+class MetricWrite(NamedTuple):
+    """The run check and both metric writes as one server-side prepared statement."""
+
+    name: str
+    prepare: str  # PREPARE name (types) AS ...: once per connection
+    execute: str  # EXECUTE name (%s, ...): the run id, then five arrays per table
+
+
+def metric_write(metrics: str, latest: str, runs: str, active: str) -> MetricWrite:
+    """The guarded write of `_insert_rows` (the run check as a CTE, then each insert as a
+    data-modifying CTE that writes only if the run's state is `active`, the second after the
+    first), for the tables `metrics`, `latest` and `runs`, with the rows as column arrays and
+    the conflict clauses of `metric_statements`. bench/pglimit.py writes the same.
+
+    Why: PostgreSQL parses and plans it once per connection instead of a 600-value statement
+    per batch, and the client sends five array literals per table instead of rendering each
+    value (issue 17: per 100-metric batch, rendering the VALUES was ~0.8 ms of the server's
+    CPU and parsing them a share of PostgreSQL's)."""
+    (_, insert_tail), (_, upsert_tail) = metric_statements(metrics, latest)
+    names = ", ".join(f'"{c}"' for c in COLUMNS)
+    passes = f"WHERE EXISTS (SELECT FROM guard WHERE state = '{active}')"
+    body = (
+        f"WITH guard(state) AS (SELECT lifecycle_stage FROM {runs} WHERE run_uuid = $1),\n"
+        f"w0 AS (INSERT INTO {metrics} ({names}) SELECT k, v, t, s, n, $1 "
+        f"FROM unnest($2, $3, $4, $5, $6) AS r(k, v, t, s, n) {passes} {insert_tail} RETURNING 1),\n"
+        f"w1 AS (INSERT INTO {latest} ({names}) SELECT k, v, t, s, n, $1 "
+        f"FROM unnest($7, $8, $9, $10, $11) AS r(k, v, t, s, n) {passes} AND (SELECT count(*) FROM w0) >= 0 "
+        f"{upsert_tail} RETURNING 1)\n"
+        "SELECT state FROM guard"
+    )
+    # The name carries the text's digest: a changed statement never meets an old preparation.
+    name = "mlflow_gcp_metrics_" + hashlib.sha1(body.encode()).hexdigest()[:12]
+    types = ", ".join(["varchar"] + ["text[]", "float8[]", "bigint[]", "bigint[]", "boolean[]"] * 2)
+    return MetricWrite(name, f"PREPARE {name} ({types}) AS {body}", f"EXECUTE {name} ({', '.join(['%s'] * 11)})")
+
+
+def metric_write_params(run_id: str, rows: list[tuple]) -> tuple | None:
+    """The run id and the column arrays (as PostgreSQL array literals) of `metric_write` for
+    `rows` (COLUMNS order, MLflow's sanitised values), in `metric_rows`' order; None unless
+    every value has the type MLflow's protobuf parse gives it (a str key, a float value, or 0
+    for NaN, int timestamp and step, a bool is_nan): other values (numpy numbers, an int value,
+    a float step) are MLflow's to convert, as the rendered VALUES of `_insert_rows` do."""
+    params = [run_id]
+    for part in metric_rows(rows):
+        keys, values, stamps, steps, nans, _ = zip(*part)
+        if not (set(map(type, keys)) == {str} and set(map(type, stamps)) == {int}
+                and set(map(type, steps)) == {int} and set(map(type, nans)) == {bool}):
+            return None
+        if set(map(type, values)) != {float} and not all(
+                type(v) is float or (n and v == 0) for v, n in zip(values, nans)):
+            return None
+        params += [
+            "{" + ",".join(['"' + k.replace("\\", "\\\\").replace('"', '\\"') + '"' for k in keys]) + "}",
+            # + 0.0: -0.0 becomes 0.0, as PostgreSQL's numeric literal -0.0 does in MLflow's insert
+            "{" + ",".join(map(repr, map((0.0).__add__, values))) + "}",
+            "{" + ",".join(map(str, stamps)) + "}",
+            "{" + ",".join(map(str, steps)) + "}",
+            "{" + ",".join(["t" if n else "f" for n in nans]) + "}",
+        ]
+    return tuple(params)
+
+
+def _execute_prepared(session, info: dict, write: MetricWrite, params: tuple):
+    """`write` with `params` on the session's connection, prepared there first if it was not
+    yet (`info`: the pooled connection's, kept while its DBAPI connection lives). Through
+    SQLAlchemy (`_execute`), as every other statement: its errors are MLflow's to translate."""
+    from sqlalchemy.exc import DBAPIError
+
+    if write.name not in info:
+        _execute(session, write.prepare)
+        info[write.name] = True
+    try:
+        return _execute(session, write.execute, params)
+    except DBAPIError as err:  # name the statement, not its 1,000 values
+        err.statement = f"EXECUTE {write.name} (<run id>, <column arrays>)"
+        err.params = None
+        raise
 
 
 _RUN_DATA = ("latest_metrics", "params", "tags")
