@@ -129,14 +129,19 @@ def run(base: str, op: str, clients: int, per_client: int, deadline_s: float, ex
         at_start=None) -> Result:
     """`clients` MlflowClients doing `op` at once; latencies of the timed calls. `at_start()`
     runs as the timed calls begin (after every client's warm-up)."""
+    return run_processes(_process, [(base, op, threads, per_client, deadline_s, experiment_id)
+                                    for threads in threads_per_process(clients)], deadline_s, at_start)
+
+
+def run_processes(target, args: list[tuple], deadline_s: float, at_start=None) -> Result:
+    """One spawned process per item of `args`, running `target(*item, barrier, results)`: each
+    warms up, waits at `barrier`, makes its timed calls and puts (latencies, errors, CPU seconds
+    it spent) on `results`. `at_start()` runs as the timed calls begin."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state from the bench
-    per_proc = threads_per_process(clients)
-    procs = len(per_proc)
+    procs = len(args)
     barrier = ctx.Barrier(procs + 1)
     results = ctx.Queue()
-    children = [ctx.Process(target=_process, args=(base, op, threads, per_client, deadline_s, experiment_id,
-                                                   barrier, results), daemon=True)
-                for threads in per_proc]
+    children = [ctx.Process(target=target, args=(*item, barrier, results), daemon=True) for item in args]
     for child in children:
         child.start()
     # Generous: each process imports MLflow and warms up first, on a busy machine. A process that
