@@ -86,3 +86,21 @@ def test_paged_history_and_search_replay_whole_answers(server):
 
     r = replay.replay(server.url, [[call], [searched]], per_conn=3, deadline_s=120, warm_up=1)
     assert (r.ops, r.errors) == (6, 0)
+
+
+
+def test_capture_also_records_what_mlflow_sends_through_the_tracking_uri(server, tmp_path):
+    # Some of MLflow's client code resolves mlflow-artifacts: URIs against the process's tracking
+    # URI, not the client's (tracing/client.py does, for spans kept as an artifact: stock's
+    # search_traces); capture must record those requests too.
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    client = replay.client(server.url)
+    run = client.create_run(client.create_experiment(f"replay-{time.time_ns()}"))
+    client.log_text(run.info.run_id, "hello", "note.txt")
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+
+    call = replay.capture(server.url, lambda c: get_artifact_repository(run.info.artifact_uri)
+                          .download_artifacts("note.txt", str(tmp_path)))
+    assert ("GET", 200) in [(c.method, c.status) for c in call if c.target.endswith("/artifacts/note.txt")]
+    assert (tmp_path / "note.txt").read_text() == "hello"
