@@ -98,7 +98,9 @@ class ServiceConfig(_Section):
     min_instances: int = Field(0, ge=0, le=100, description="Instances kept warm (0 = scale to zero).")
     max_instances: int = Field(10, ge=1, le=100, description="Upper bound on instances.")
     cpu: str = Field("1", description="vCPUs per instance (Cloud Run: 1, 2, 4, 6 or 8).")
-    memory: str = Field("1Gi", description="Memory per instance, e.g. 1Gi or 512Mi (Cloud Run: 512Mi-4Gi "
+    # 512Mi: one worker idles at ~161 MiB and peaked at 198 MiB under every bench load
+    # (docs/benchmarks.md, "Cloud Run defaults"); the rest is room for spooled uploads.
+    memory: str = Field("512Mi", description="Memory per instance, e.g. 512Mi or 1Gi (Cloud Run: 512Mi-4Gi "
                         "at 1 CPU, up to 8Gi at 2, 2-16Gi at 4, 4-24Gi at 6, 4-32Gi at 8).")
     workers: int = Field(1, ge=1, le=16, description="Server processes per instance.")
     concurrency: int = Field(80, ge=1, le=1000, description="Requests one instance serves at once.")

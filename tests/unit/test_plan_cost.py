@@ -39,3 +39,13 @@ def test_registry_storage_counts_every_image_the_cleanup_policy_keeps():
     assert two.monthly_usd == max(0.0, 2 * cost.IMAGE_GB - cost.REGISTRY_FREE_GB) * cost.REGISTRY_GB_MONTH
     assert ten.monthly_usd == (10 * cost.IMAGE_GB - cost.REGISTRY_FREE_GB) * cost.REGISTRY_GB_MONTH
     assert "up to 10 kept images" in ten.basis
+
+
+def test_the_512mi_default_says_what_it_saves_against_1gi():
+    est = cost.estimate(cfg())
+    hourly = 0.5 * cost.RUN_ACTIVE_GIB_SECOND * 3600
+    assert f"Cloud Run memory 512Mi: ${hourly:.4f} less per instance-hour billed than 1Gi" in " ".join(est.assumptions)
+    assert cost.memory_saving("1Gi") is None and cost.memory_saving("2Gi") is None
+    warm = {x.component: x for x in cost.estimate(cfg(service={"min_instances": 1})).lines}
+    expected = cost.SECONDS_PER_MONTH * (cost.RUN_IDLE_VCPU_SECOND + 0.5 * cost.RUN_IDLE_GIB_SECOND)
+    assert abs(warm["Cloud Run idle instances"].monthly_usd - expected) < 1e-9  # a warm instance: half a GiB

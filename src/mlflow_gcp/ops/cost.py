@@ -28,6 +28,10 @@ SQL_BACKUP_GB_MONTH = 0.08
 # Cloud Run idle minimum instances (request-based billing), per second.
 RUN_IDLE_VCPU_SECOND = 0.0000025
 RUN_IDLE_GIB_SECOND = 0.0000025
+# Cloud Run memory while serving (request-based billing, Tier 1), per GiB-second.
+RUN_ACTIVE_GIB_SECOND = 0.0000025
+# The memory default before issue 17 cut a worker's idle RSS below 200 MiB (config.py).
+FORMER_DEFAULT_GIB = 1.0
 GCS_STANDARD_GB_MONTH = 0.020
 SECRET_VERSION_MONTH = 0.06
 REGISTRY_GB_MONTH = 0.10
@@ -105,6 +109,20 @@ def estimate(cfg: config_mod.Config) -> Estimate:
         f"artifacts: {ASSUMED_ARTIFACT_GB} GB (yours will differ)",
         "Cloud Run request time, network egress and Cloud Build minutes (first 2,500/month free) not included",
     ]
+    note = memory_saving(svc.memory)
+    if note:
+        assumptions.append(note)
     if cfg.region != PRICE_REGION:
         assumptions.insert(0, f"{cfg.region} priced as {PRICE_REGION} (no regional price table here; may be up to ~20% more)")
     return Estimate(tuple(lines), tuple(assumptions))
+
+
+def memory_saving(memory: str) -> str | None:
+    """What `memory` saves against the former 1Gi default, per instance-hour billed (serving
+    requests, or kept warm); None when it saves nothing."""
+    saved_gib = FORMER_DEFAULT_GIB - _gib(memory)
+    if saved_gib <= 0:
+        return None
+    hourly = saved_gib * RUN_ACTIVE_GIB_SECOND * 3600
+    return (f"Cloud Run memory {memory}: ${hourly:.4f} less per instance-hour billed than 1Gi "
+            f"(${hourly * HOURS_PER_MONTH:.2f}/month for an instance busy or warm all month)")
