@@ -31,6 +31,7 @@ import os
 import select
 import socket
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -333,11 +334,25 @@ def measured(server, connections, per_conn: int, deadline_s: float, **kw) -> Row
     return Row(r, *(s / max(r.ops, 1) * 1000 for s in spent))
 
 
+def _failed(what: str, err: Exception) -> Row:
+    """A capture that failed (the client's own call raised): one error, no figure, the bench goes on."""
+    print(f"{what}: capture failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    return Row(Result(ops=0, seconds=0.0, errors=1, latencies=[]), float("nan"), float("nan"))
+
+
 def log_batch(server, experiment_id: str, connections: int, per_conn: int, deadline_s: float) -> Row:
     """bench/clients.py's log_batch calls (its own Metric list, one run per connection), each
     body sent once: warm-up and timed calls all distinct, as the client's real calls are."""
+    try:
+        per_run = _log_batch_bodies(server.url, experiment_id, connections, per_conn)
+    except Exception as err:
+        return _failed("log_batch", err)
+    return measured(server, per_run, per_conn, deadline_s, repeat=False)
+
+
+def _log_batch_bodies(base: str, experiment_id: str, connections: int, per_conn: int) -> list[list[list[Captured]]]:
     per_run = []
-    with Recorder(server.url, stub=(LOG_BATCH,)) as rec:
+    with Recorder(base, stub=(LOG_BATCH,)) as rec:
         mlflow_client = client(rec.url)
         for _ in range(connections):
             call = clients.OPS["log_batch"](mlflow_client, experiment_id)  # creates the run (forwarded)
@@ -351,13 +366,16 @@ def log_batch(server, experiment_id: str, connections: int, per_conn: int, deadl
         for call in calls:
             if [c.target for c in call] != [LOG_BATCH]:
                 raise RuntimeError(f"log_batch sent {[c.target for c in call]}")
-    return measured(server, per_run, per_conn, deadline_s, repeat=False)
+    return per_run
 
 
 def search(server, op: str, experiment_id: str, connections: int, per_conn: int, deadline_s: float) -> Row:
     """One bench/clients.py search call (`op`: search_runs, search_runs_by_start, search_traces)
     captured, then replayed over `connections` connections."""
-    call = capture(server.url, lambda c: clients.OPS[op](c, experiment_id)(0))
+    try:
+        call = capture(server.url, lambda c: clients.OPS[op](c, experiment_id)(0))
+    except Exception as err:
+        return _failed(op, err)
     # One untimed call per connection: the server's workers already ran the client rows' calls.
     return measured(server, [[call]] * connections, per_conn, deadline_s, warm_up=1)
 
@@ -365,7 +383,10 @@ def search(server, op: str, experiment_id: str, connections: int, per_conn: int,
 def history(server, run_id: str, key: str, tries: int) -> tuple[float, Row]:
     """MlflowClient.get_metric_history's paged GETs, captured (that call is the warm-up), then
     replayed `tries` times on one connection: median seconds per whole history."""
-    call = capture(server.url, lambda c: c.get_metric_history(run_id, key))
+    try:
+        call = capture(server.url, lambda c: c.get_metric_history(run_id, key))
+    except Exception as err:
+        return float("nan"), _failed("get_metric_history", err)
     row = measured(server, [[call]], tries, 600.0, warm_up=0)
     lat = row.result.latencies
     return (statistics.median(lat) if lat else float("nan")), row

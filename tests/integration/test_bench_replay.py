@@ -104,3 +104,11 @@ def test_capture_also_records_what_mlflow_sends_through_the_tracking_uri(server,
                           .download_artifacts("note.txt", str(tmp_path)))
     assert ("GET", 200) in [(c.method, c.status) for c in call if c.target.endswith("/artifacts/note.txt")]
     assert (tmp_path / "note.txt").read_text() == "hello"
+
+
+def test_a_capture_whose_client_call_fails_is_one_error_not_a_crash(server):
+    # The client's own check fails (an empty experiment: 0 runs, not 100): the bench counts an
+    # error for the row and goes on with the next one.
+    exp = replay.client(server.url).create_experiment(f"replay-{time.time_ns()}")
+    row = replay.search(server, "search_runs", exp, 4, 1, 10)
+    assert (row.result.ops, row.result.errors) == (0, 1)
