@@ -77,12 +77,25 @@ def parse_log_batch(doc) -> tuple[str, list[tuple]] | None:
         return None
     if doc.get("params", []) != [] or doc.get("tags", []) != []:
         return None
+    # _metric_fields for each metric, inlined for the usual one (a finite float value, int
+    # timestamp and step): a 100-metric batch is parsed on every request.
     out = []
+    append = out.append
+    low, high = _INT64
     for m in metrics:
-        fields = _metric_fields(m, run_id)
-        if fields is None:
+        if type(m) is not dict or not m.keys() <= _METRIC_FIELDS:
             return None
-        out.append(fields)
+        key, value, ts, step = m.get("key"), m.get("value"), m.get("timestamp"), m.get("step", 0)
+        if type(value) is not float or value - value != 0.0:  # not finite (or not a float)
+            value = _double(value)
+        if (type(key) is not str or not key or value is None or type(ts) is not int or type(step) is not int
+                or not (low <= ts <= high and low <= step <= high)):
+            return None
+        own = m.get("run_id")
+        if own is not None or "run_id" in m:
+            if own != run_id:
+                return None
+        append((key, value, ts, step, own))
     return run_id, out
 
 

@@ -207,6 +207,10 @@ def _make_class():
             maker = getattr(db_utils, "_get_managed_session_maker", None)
             if merge_session is not None and maker is not None and getattr(self, "read_engine", 1) is None:
                 self.ManagedSessionMaker = maker(sessionmaker(bind=self.engine, class_=merge_session), self.db_type)
+            # The metric write's: MLflow's managed scope (its commit, rollback and translation of
+            # errors into MlflowException) around a plain SQLAlchemy Connection instead of an ORM
+            # Session, which the one statement does not use (~0.2 ms of CPU per batch).
+            self._managed_connection = maker(self.engine.connect, self.db_type) if maker is not None else None
 
         if all(batch_checks):
 
@@ -330,19 +334,21 @@ def _make_class():
             passes, as MLflow's check-then-write in one transaction would; False (nothing
             written) when the run is missing or not active."""
             params = metric_write_params(run_id, rows)
-            with self.ManagedSessionMaker(read_only=False) as session:
+            by_session = params is None or self._managed_connection is None
+            with (self.ManagedSessionMaker if by_session else self._managed_connection)(read_only=False) as scope:
+                connection = scope.connection() if by_session else scope
                 # psycopg2's own switch, client-side: SQLAlchemy's AUTOCOMMIT isolation level
                 # would send a SET before and after (two more round trips). No transaction is
                 # open yet (psycopg2 sends its BEGIN with the first statement), so it may switch.
-                pooled = session.connection().connection
+                pooled = connection.connection
                 raw = pooled.dbapi_connection
                 raw.autocommit = True
                 try:
                     if params is None:  # values of other types: rendered as MLflow's would be
-                        row = _insert_rows(session, *self._metric_inserts(rows),
+                        row = _insert_rows(scope, *self._metric_inserts(rows),
                                            guard=(run_state, run_id, LifecycleStage.ACTIVE)).first()
                     else:
-                        row = _execute_prepared(session, pooled.info, write, params).first()
+                        row = _execute_prepared(connection, pooled.info, write, params).first()
                 finally:
                     if not raw.closed:  # back as the pool handed it out, before it goes back
                         raw.autocommit = False
@@ -536,17 +542,17 @@ def metric_write_params(run_id: str, rows: list[tuple]) -> tuple | None:
     return tuple(params)
 
 
-def _execute_prepared(session, info: dict, write: MetricWrite, params: tuple):
-    """`write` with `params` on the session's connection, prepared there first if it was not
+def _execute_prepared(connection, info: dict, write: MetricWrite, params: tuple):
+    """`write` with `params` on a SQLAlchemy `connection`, prepared there first if it was not
     yet (`info`: the pooled connection's, kept while its DBAPI connection lives). Through
-    SQLAlchemy (`_execute`), as every other statement: its errors are MLflow's to translate."""
+    SQLAlchemy, as every other statement: its errors are MLflow's to translate."""
     from sqlalchemy.exc import DBAPIError
 
     if write.name not in info:
-        _execute(session, write.prepare)
+        connection.exec_driver_sql(write.prepare)
         info[write.name] = True
     try:
-        return _execute(session, write.execute, params)
+        return connection.exec_driver_sql(write.execute, params)
     except DBAPIError as err:  # name the statement, not its 1,000 values
         err.statement = f"EXECUTE {write.name} (<run id>, <column arrays>)"
         err.params = None
