@@ -1,6 +1,6 @@
 """Stock MLflow vs our server, same machine, same PostgreSQL, same run (issue 7).
 
-    .venv/bin/python -m bench              # full (~10 min on 2 idle cores)
+    .venv/bin/python -m bench              # full (~12 min on 2 idle cores)
     .venv/bin/python -m bench --quick      # small counts
     .venv/bin/python -m bench --only ours --ours-env WORKERS=2   # try a lever on ours alone
 
