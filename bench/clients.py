@@ -84,6 +84,9 @@ OPS = {"log_batch": _log_batch, "log_metric": _log_metric, "search_runs": _searc
 def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, results):
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    # As a user's job has it: MLflow resolves mlflow-artifacts: URIs (a trace's spans when a server
+    # keeps them as artifacts) against the process's tracking URI, not the MlflowClient's.
+    os.environ["MLFLOW_TRACKING_URI"] = base
     from mlflow import MlflowClient
 
     calls = [OPS[op](MlflowClient(base), experiment_id) for _ in range(threads)]
