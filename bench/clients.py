@@ -90,20 +90,29 @@ def _process(base, op, threads, per_client, deadline_s, experiment_id, barrier, 
     from mlflow import MlflowClient
 
     calls = [OPS[op](MlflowClient(base), experiment_id) for _ in range(threads)]
-    for call in calls:
-        for i in range(WARM_UP):
+    measure(calls, [range(-1, -1 - WARM_UP, -1)] * threads, [range(per_client)] * threads,
+            deadline_s, barrier, results)
+
+
+def measure(calls, warm_ups, timed, deadline_s, barrier, results) -> None:
+    """The run_processes protocol inside one process: `calls[n](i)` for each i of `warm_ups[n]`
+    untimed, then at `barrier` all start together, each call in its own thread over the i of
+    `timed[n]` until the deadline; puts (latencies, errors, CPU seconds of this process over the
+    timed calls: all its threads) on `results`."""
+    for call, indices in zip(calls, warm_ups):
+        for i in indices:
             try:
-                call(-1 - i)
+                call(i)
             except Exception:
                 pass  # the timed calls count errors
     latencies: list[list[float]] = [[] for _ in calls]
     errors = [0] * len(calls)
     barrier.wait()
     stop_at = time.perf_counter() + deadline_s
-    cpu_began = time.process_time()  # this client process's own CPU (all its threads)
+    cpu_began = time.process_time()
 
     def loop(n):
-        for i in range(per_client):
+        for i in timed[n]:
             if time.perf_counter() > stop_at:
                 break
             began = time.perf_counter()

@@ -26,6 +26,7 @@ counts as an error. The replayer's own CPU per call is reported beside each row.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import select
@@ -250,8 +251,6 @@ def _check(got: tuple[int, int, bytes], want: tuple[int, int, bytes]) -> None:
 def _process(host, port, connections, warm_up, per_conn, repeat, deadline_s, barrier, results):
     """One replayer process: its connections as threads (clients.run_processes' protocol)."""
     conns = [Connection(host, port) for _ in connections]
-    latencies: list[list[float]] = [[] for _ in connections]
-    errors = [0] * len(connections)
 
     def one(n: int, k: int) -> None:
         calls = connections[n]
@@ -262,35 +261,13 @@ def _process(host, port, connections, warm_up, per_conn, repeat, deadline_s, bar
                 conns[n].close()  # the rest of the answer may still be on the way
                 raise
 
-    for n in range(len(connections)):
-        for k in range(warm_up):
-            try:
-                one(n, k)
-            except Exception:
-                pass  # the timed calls count errors
-    barrier.wait()
-    stop_at = time.perf_counter() + deadline_s
-    cpu_began = time.process_time()
+    def last(n: int) -> int:
+        return warm_up + per_conn if repeat else min(warm_up + per_conn, len(connections[n]))
 
-    def loop(n: int) -> None:
-        last = warm_up + per_conn if repeat else min(warm_up + per_conn, len(connections[n]))
-        for k in range(warm_up, last):
-            if time.perf_counter() > stop_at:
-                break
-            began = time.perf_counter()
-            try:
-                one(n, k)
-            except Exception:  # counted and shown: a benchmark reports failures, never hides them
-                errors[n] += 1
-                continue
-            latencies[n].append(time.perf_counter() - began)
-
-    workers = [threading.Thread(target=loop, args=(n,)) for n in range(len(connections))]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    results.put(([x for lat in latencies for x in lat], sum(errors), time.process_time() - cpu_began))
+    clients.measure([functools.partial(one, n) for n in range(len(connections))],
+                    [range(warm_up)] * len(connections),
+                    [range(warm_up, last(n)) for n in range(len(connections))],
+                    deadline_s, barrier, results)
     for conn in conns:
         conn.close()
 
