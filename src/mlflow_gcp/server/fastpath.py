@@ -92,9 +92,8 @@ def parse_log_batch(doc) -> tuple[str, list[tuple]] | None:
                 or not (low <= ts <= high and low <= step <= high)):
             return None
         own = m.get("run_id")
-        if own is not None or "run_id" in m:
-            if own != run_id:
-                return None
+        if "run_id" in m and own != run_id:
+            return None
         append((key, value, ts, step, own))
     return run_id, out
 
