@@ -370,12 +370,16 @@ def _make_class():
                     return light_search
                 return SqlAlchemyStore._get_eager_run_query_options()
 
-            def _search_runs(self, *args, **kwargs):
+            def _light_search_runs(self, *args, **kwargs):
+                """MLflow's own _search_runs, loading the runs without their data."""
                 _SEARCHING.on = True
                 try:
-                    runs, token = super()._search_runs(*args, **kwargs)
+                    return SqlAlchemyStore._search_runs(self, *args, **kwargs)
                 finally:
                     _SEARCHING.on = False
+
+            def _search_runs(self, *args, **kwargs):
+                runs, token = self._light_search_runs(*args, **kwargs)
                 return self._with_data(runs), token
 
             def search_runs_answer(self, experiment_ids, filter_string, run_view_type, max_results,
@@ -384,12 +388,8 @@ def _make_class():
                 then answers. MLflow's own _search_runs finds and loads the runs."""
                 from mlflow_gcp.server import search
 
-                _SEARCHING.on = True
-                try:
-                    runs, token = SqlAlchemyStore._search_runs(
-                        self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
-                finally:
-                    _SEARCHING.on = False
+                runs, token = self._light_search_runs(
+                    experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
                 data = self._run_data_rows(runs)
                 out = []
                 try:
