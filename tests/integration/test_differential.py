@@ -468,6 +468,11 @@ def contend(url: str, what: str) -> tuple[list[str], list[int]]:
     return answers, stored
 
 
+# What stock may answer a writer that lost a race, besides 200.
+STOCK_RACES = {"params": {"200", "400 BAD_REQUEST", "500 INTERNAL_ERROR", "503 TEMPORARILY_UNAVAILABLE"},
+               "tags": {"200", "500 INTERNAL_ERROR"}}
+
+
 @pytest.mark.parametrize("what", ["metrics", "metrics_only", "params", "tags"])
 def test_concurrent_writers_of_the_same_keys_all_succeed(servers, what, monkeypatch):
     # Every failure shows: MLflow's client would otherwise retry a 5xx.
@@ -478,11 +483,12 @@ def test_concurrent_writers_of_the_same_keys_all_succeed(servers, what, monkeypa
     print(f"{what}: stock {stock_answers}, ours {ours_answers}")
     assert ours_answers == ["200"] * 2 * CONTENTION_ROUNDS
     assert ours_stored == [len(CONTENTION_KEYS)] * CONTENTION_ROUNDS
-    if what == "params":
-        # Stock's _log_params reads, then inserts: the later of two writers of one new key fails
-        # on the params key (400) or deadlocks (503). Ours runs MLflow's code again and answers
-        # as stock does when the other writer came first: same value, accepted.
-        assert set(stock_answers) <= {"200", "400 BAD_REQUEST", "503 TEMPORARILY_UNAVAILABLE"}
+    if what in STOCK_RACES:
+        # Stock's _log_params and _set_tags read, then insert in the order given: the later of
+        # two writers of one new key fails on the key (params: 400) or the two deadlock, which
+        # its log_batch answers 500 (seen in CI for both). Ours runs MLflow's params code again
+        # and gives it the tags in key order (tests/integration/test_store_faults.py).
+        assert set(stock_answers) <= STOCK_RACES[what]
     else:
         assert stock_answers == ours_answers
 

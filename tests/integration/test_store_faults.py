@@ -347,6 +347,59 @@ def test_bulk_writers_of_the_same_keys_in_opposite_orders_never_deadlock(stores)
     assert contend(stores["mlflow"]) == [("ok",)] * 2 * rounds
 
 
+def test_tag_writers_of_the_same_keys_in_opposite_orders_never_deadlock(stores):
+    # Two batches of the same 100 new tags (MLflow's most per batch) in opposite orders at once,
+    # as two MLflow clients logging the same 500 tags send in their middle batch. MLflow's
+    # _set_tags inserts them in the order given and retries only a unique violation: stock
+    # answered INTERNAL_ERROR for a deadlock on the tags key (CI, and its log). Ours gives
+    # MLflow the tags in key order, so PostgreSQL sees no deadlock (MLflow's store, tried the
+    # same way: a deadlock in the first round).
+    import threading
+
+    from mlflow.entities import RunTag
+
+    keys = [f"fault.slow.{i:03d}" for i in range(100)]  # 5 ms a row: the two INSERTs overlap
+    rounds = 4
+    target = stores["bulk"]
+
+    before = pgfaults.deadlocks(target.dbname)
+    outcomes = []
+    for _ in range(rounds):
+        run_id = target.new_run()
+        barrier = threading.Barrier(2)
+
+        def write(order):
+            tags = [RunTag(k, "v") for k in order]
+            barrier.wait()
+            target.store.log_batch(run_id, [], [], tags)
+
+        joins = [pgfaults.in_thread(lambda order=order: write(order)) for order in (keys, keys[::-1])]
+        for join in joins:
+            _, error = join()
+            outcomes.append("ok" if error is None else f"{type(error).__name__}: {error}"[:300])
+        assert set(target.admin.get_run(run_id).data.tags) >= set(keys)
+    assert outcomes == ["ok"] * 2 * rounds
+    time.sleep(pgfaults.STATS_DELAY_S)  # PostgreSQL publishes a backend's counters when it idles
+    assert pgfaults.deadlocks(target.dbname) == before
+
+
+def test_a_tag_batch_is_checked_in_the_order_given(stores):
+    # Ours sorts the tags before MLflow's code sees them: an error still names the bad tag by
+    # its place in the request, as MLflow's does, and nothing of the batch is written.
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    answers = {}
+    for name in ("mlflow", "bulk"):
+        target = stores[name]
+        run_id = target.new_run()
+        with pytest.raises(MlflowException) as err:
+            target.store._set_tags(run_id, [RunTag("z", "1"), RunTag("a", "2"), RunTag("b/../c", "3")])
+        answers[name] = (err.value.error_code, err.value.message, target.admin.get_run(run_id).data.tags)
+    assert answers["bulk"] == answers["mlflow"]
+    assert "tags[2]" in answers["bulk"][1] and not {"z", "a"} & set(answers["bulk"][2])
+
+
 def test_a_metrics_batch_is_one_statement_with_no_begin_or_commit(stores):
     # server/store.py: the run check and both writes in one autocommitted prepared statement; a
     # run that is not active gets MLflow's own check and error, and nothing is written.

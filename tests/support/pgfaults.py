@@ -10,6 +10,8 @@ that act only on metric keys starting with `fault.` (everything else is untouche
   transaction, and the bulk store writes a batch in one statement.
 - `fault.wait`: the metrics row waits for advisory lock `ADVISORY_KEY`, which `Blocker` holds,
   so a test can act while a writer sits inside its INSERT (terminate it, delete its run).
+- `fault.slow*` (tags): each tags row takes 5 ms, so two writers of one batch of such tags are
+  inside their INSERTs at the same moment, as two server processes are at times.
 - `fault.unique*`: a unique index on latest_metrics (run_uuid, value) for these keys: two such
   keys with one value in a run violate it (SQLSTATE 23505).
 
@@ -42,6 +44,13 @@ BEGIN
 END $$;
 CREATE TRIGGER fault_metrics BEFORE INSERT ON metrics
   FOR EACH ROW WHEN (NEW.key LIKE 'fault.%') EXECUTE FUNCTION fault_metrics();
+CREATE FUNCTION fault_slow_tags() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_sleep(0.005);
+  RETURN NEW;
+END $$;
+CREATE TRIGGER fault_slow_tags BEFORE INSERT ON tags
+  FOR EACH ROW WHEN (NEW.key LIKE 'fault.slow%') EXECUTE FUNCTION fault_slow_tags();
 CREATE UNIQUE INDEX fault_unique ON latest_metrics (run_uuid, value) WHERE key LIKE 'fault.unique%';
 """
 

@@ -157,6 +157,7 @@ def _make_class():
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
     from mlflow.utils import validation
     from mlflow.utils.validation import _validate_metric
+    from mlflow.utils.validation import _validate_tag as validate_tag
     from sqlalchemy.orm import sessionmaker
 
     if not all(hasattr(SqlAlchemyStore, name) for name in ("_log_metrics_once", "_run_with_deadlock_retry")):
@@ -280,6 +281,19 @@ def _make_class():
                 except MlflowException as err:
                     if attempt + 1 == PARAM_ATTEMPTS or not _lost_race_on(err, "params"):
                         raise
+
+        def _set_tags(self, run_id, tags):
+            # MLflow's own code, given the tags in key order (stable: a key given twice keeps its
+            # last value). MLflow inserts them in the order given and retries only a lost race
+            # (IntegrityError), so two batches over the same new keys in opposite orders can
+            # deadlock on the tags key, which stock answers INTERNAL_ERROR. In one order they wait
+            # for each other; a deadlock left (updates and inserts mixed) is run again as MLflow
+            # runs its other writes. Checked first in the order given, so an error names the tag
+            # by its place in the request.
+            if tags:
+                tags = sorted((validate_tag(t.key, t.value, path=f"tags[{idx}]") for idx, t in enumerate(tags)),
+                              key=lambda tag: tag.key)
+            return self._run_with_deadlock_retry(super()._set_tags, run_id, tags)
 
         # Runs with no dataset inputs or logged-model outputs (most) get MLflow's empty answer
         # after one plain EXISTS query instead of its ORM join; any row found, and MLflow's own
