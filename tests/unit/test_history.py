@@ -109,7 +109,7 @@ def test_chart_rows_are_written_as_mlflows_compact_json():
 def metrics_table(new_database):
     """A fresh database with MLflow's metrics table (its columns, primary key and indexes), and
     runs of uneven lengths: none, 1, 2, one per bucket, just over, many, repeated steps, NaN/inf,
-    the smallest and largest steps (repeated)."""
+    the smallest and largest steps (repeated), one step for every row, every step twice."""
     import psycopg2
 
     url = new_database("mlflow_gcp_chart")
@@ -123,7 +123,8 @@ def metrics_table(new_database):
         cur.execute("CREATE INDEX index_metrics_run_uuid ON metrics (run_uuid)")
         cur.execute('CREATE INDEX index_metrics_run_uuid_key_step ON metrics (run_uuid, "key", "step")')
         rng = random.Random(3)
-        lengths = {"one": 1, "two": 2, "seven": 7, "eight": 8, "nine": 9, "long": 2600, "odd": 977, "edge": 40}
+        lengths = {"one": 1, "two": 2, "seven": 7, "eight": 8, "nine": 9, "long": 2600, "odd": 977, "edge": 40,
+                   "flat": 61, "pairs": 650}
         edges = [-2**63, -2**63, -2**63 + 1, -1, 0, 0, 2**63 - 2, 2**63 - 1, 2**63 - 1]
         rows = []
         for run, count in lengths.items():
@@ -133,6 +134,10 @@ def metrics_table(new_database):
                     step = rng.randrange(-5, 60)  # repeated and negative steps
                 elif run == "edge":
                     step = rng.choice(edges)
+                elif run == "flat":
+                    step = 7  # kept positions that all fall on one step
+                elif run == "pairs":
+                    step = i // 2
                 value = rng.choice([float("nan"), float("inf"), float("-inf"), 1.0, rng.random()])
                 nan = value != value
                 rows.append(("acc", 0.0 if nan else value, 1000 + rng.randrange(0, 40), step, nan, run))
