@@ -850,6 +850,10 @@ def search_workload(url: str) -> dict:
         "tag_order": {"order_by": ["tags.t2"]},
         "start_time": {"filter": f"attributes.start_time >= {T0 + 2000}", "order_by": ["start_time ASC", "run_name DESC"]},
         "dataset": {"filter": "datasets.name = 'train'"},
+        # A page with a logged-model output and no input, one with inputs alone (the store asks
+        # for both at once and reads each the long way only where a row exists).
+        "output_only": {"filter": "attributes.run_name = 's-6'"},
+        "model_input_only": {"filter": "attributes.run_name = 's-7'"},
         "deleted_only": {"run_view_type": "DELETED_ONLY"},
         "all_views": {"run_view_type": "ALL", "order_by": ["attributes.run_name DESC"]},
         "active_only": {"run_view_type": "ACTIVE_ONLY", "filter": "metrics.m1 < 0"},
