@@ -678,14 +678,15 @@ def trace_workload(url: str) -> dict:
     ids = {t.info.trace_id: t.info.tags["case"] for t in everything}
     spans = {s.span_id: f"{ids[t.info.trace_id]}/{s.name}" for t in everything for s in t.data.spans}
 
-    def norm(value):
-        text = jsonlib.dumps(value, sort_keys=True, default=str)
+    def norm_text(text):
         for real, name in [*ids.items(), *spans.items()]:
             hex_id = real.removeprefix("tr-")
             as_base64 = base64.b64encode(bytes.fromhex(hex_id)).decode()  # to_dict's span form
             text = text.replace(real, name).replace(hex_id, name).replace(as_base64, name)
-        text = re.sub(r'"[^"]*?/traces/([^/"]+)/artifacts"', r'"ROOT/traces/\1/artifacts"', text)
-        return jsonlib.loads(text)
+        return re.sub(r'"[^"]*?/traces/([^/"]+)/artifacts"', r'"ROOT/traces/\1/artifacts"', text)
+
+    def norm(value):
+        return jsonlib.loads(norm_text(jsonlib.dumps(value, sort_keys=True, default=str)))
 
     def trace_dict(trace):
         out = trace.to_dict()
@@ -730,6 +731,7 @@ def trace_workload(url: str) -> dict:
             break
     out["searches"]["pages"] = pages
     by_case = {case: trace_id for trace_id, case in ids.items()}
+    out["raw"] = raw_trace_answers(url, exp, [by_case[f"c{n}"] for n in range(TRACE_CASES)], norm_text)
     client.set_trace_tag(by_case["c1"], "reviewed", "yes")
     client.delete_trace_tag(by_case["c2"], "group")
     out["get"] = {case: trace_dict(client.get_trace(by_case[case])) for case in ("c1", "c2", "d0")}
@@ -739,12 +741,46 @@ def trace_workload(url: str) -> dict:
     return out
 
 
+def raw_trace_answers(url: str, exp: str, c_ids: list[str], norm_text) -> dict:
+    """The raw answers of a batch-get (the six fixed-time traces with their spans, one id twice
+    and one unknown), a search page (SearchTracesV3, int64 left as strings) and a get, as text:
+    every literal as written and every key in its order, except map entries (tags, metadata):
+    protobuf's map iteration order varies between processes, stock's own answers differ so."""
+    import json as jsonlib
+
+    import requests
+
+    def form(resp):
+        tree = jsonlib.loads(norm_text(resp.content.decode()), object_pairs_hook=list,
+                             parse_float=str, parse_int=str, parse_constant=str)
+
+        def walk(node, key=None):
+            if isinstance(node, list) and node and all(isinstance(p, tuple) for p in node):
+                pairs = [(k, walk(v, k)) for k, v in node]
+                return sorted(pairs) if key in ("tags", "trace_metadata") else pairs
+            return [walk(v) for v in node] if isinstance(node, list) else node
+
+        return resp.status_code, resp.headers.get("content-type"), walk([tuple(p) for p in tree] if tree else tree)
+
+    base = f"{url}/api/3.0/mlflow/traces"
+    location = {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": exp}}
+    return {
+        "batch_get": form(requests.get(f"{base}/batchGet", params={"trace_ids": [*c_ids, c_ids[0], "tr-" + "0" * 32]})),
+        "batch_get_scoped": form(requests.get(f"{base}/batchGet", params={"trace_ids": c_ids[:2], "experiment_ids": [exp]})),
+        "batch_get_none": form(requests.get(f"{base}/batchGet", params={"trace_ids": ["tr-" + "1" * 32]})),
+        "search": form(requests.post(f"{base}/search", json={"locations": [location], "filter": "tags.group = 'a'",
+                                                             "max_results": 2, "order_by": ["timestamp_ms ASC"]})),
+        "get": form(requests.get(f"{base}/get", params={"trace_id": c_ids[3]})),
+    }
+
+
 def test_traces_answer_as_stock(servers):
     stock_url, our_server = servers
     stock, ours = trace_workload(stock_url), trace_workload(our_server.url)
     assert len(stock["all"]) == TRACE_CASES + 2 and all(t["data"]["spans"] for t in stock["all"])
     assert stock["searches"]["status_error"] == ["c3"]
-    for section in ("searches", "get", "errors"):
+    assert stock["raw"]["batch_get"][0] == 200 and len(stock["raw"]["batch_get"][2][0][1]) == TRACE_CASES
+    for section in ("searches", "get", "errors", "raw"):
         for key in stock[section]:
             assert ours[section][key] == stock[section][key], f"{section}/{key} differs"
     for n, trace in enumerate(stock["all"]):

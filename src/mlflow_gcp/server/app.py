@@ -154,7 +154,7 @@ def create_app():
 
     compacted = compact_json()
 
-    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, history, search, uiassets
+    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, history, search, trace_answers, uiassets
 
     permit = None
     if with_permissions:
@@ -180,6 +180,8 @@ def create_app():
             # search_runs' answer written from the store's rows (it passes through the compact
             # message_to_json; with permissions, MLflow's auth hooks stay on MLflow's own path).
             search.install()
+            # BatchGetTraces' spans written from their stored JSON (same condition, same reason).
+            trace_answers.install()
     # The UI's files from gzip copies made once (inside the caller check: they need a caller too).
     app = uiassets.wrap(app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).

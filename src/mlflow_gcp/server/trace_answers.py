@@ -1,0 +1,294 @@
+"""BatchGetTraces answered with its spans written straight from their stored JSON: the same bytes
+MLflow's handler answers, without building an OpenTelemetry span per stored span.
+
+Why: MLflow's client's `search_traces(max_results=100)` is one search and ten batch-gets of 10
+traces; in each batch-get MLflow's store reads every span's stored JSON into a LazySpan, and the
+handler's `Trace.to_proto` turns each into an OpenTelemetry SDK span (`Span.from_dict`: contexts,
+status, attribute registry) and then into an OTLP protobuf message, which is then printed as JSON
+again. That round trip was ~20% of the server's CPU per batch-get. Here each span's stored dict
+is printed as what that round trip prints, field by field (MLflow 3.17.2's `Span.from_dict`,
+`Span.to_otel_proto`, `_set_otel_proto_anyvalue`, OTel's `Status`, then protobuf's printer with
+MLflow's int64 pass: fields in field-number order, proto3 defaults left out, oneof members kept,
+int64 as numbers, bytes as base64).
+
+Only the usual shape is written here: a stored span of MLflow 3's schema (base64 ids, OTLP
+status names, attributes a dict, no links, event attributes of plain strings). Any other span -
+older schemas, links, odd types, values protobuf would refuse (out-of-range ints, strings that
+are not UTF-8) - goes through MLflow's own `to_otel_proto` and server/jsonout.py's walk, and an
+answer the walk cannot print goes down MLflow's own path, so errors stay MLflow's.
+tests/unit/test_trace_answers.py compares both on random span dicts; the differential test
+compares raw answers with stock MLflow's.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+import json
+import math
+import sys
+
+from mlflow_gcp.server.search import Answer
+
+_STATUS = {"STATUS_CODE_UNSET": None, "STATUS_CODE_OK": "STATUS_CODE_OK", "STATUS_CODE_ERROR": "STATUS_CODE_ERROR"}
+_INT64 = (-(2**63), 2**63 - 1)
+_REQUEST_ID = "mlflow.traceRequestId"  # SpanAttributeKey.REQUEST_ID, checked at install
+
+
+class _Other(Exception):
+    """This span goes through MLflow's own conversion."""
+
+
+def _utf8(text: str) -> str:
+    """A string protobuf accepts as it is (lone surrogates make it raise)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Other("not UTF-8") from None
+    return text
+
+
+def _id(value: int, digits: int) -> str:
+    # bytes.fromhex(format_trace_id / format_span_id(...)) printed as base64
+    return base64.b64encode(bytes.fromhex(format(value, f"0{digits}x"))).decode("ascii")
+
+
+def _decoded_id(text) -> int:
+    if type(text) is not str:
+        raise _Other("id")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except Exception:
+        raise _Other("id not base64") from None  # MLflow 3.5's hex form and others
+    return int.from_bytes(raw, "big")
+
+
+def _any_value(value) -> dict:
+    """`_set_otel_proto_anyvalue(AnyValue(), value)` as printed; None leaves it unset ({})."""
+    kind = type(value)
+    if value is None:
+        return {}
+    if kind is bool:
+        return {"bool_value": value}
+    if kind is str:
+        return {"string_value": value.encode("utf-8", errors="replace").decode("utf-8")}
+    if kind is int:
+        if not _INT64[0] <= value <= _INT64[1]:
+            raise _Other("int64 range")
+        return {"int_value": value}
+    if kind is float:
+        if math.isnan(value):
+            return {"double_value": "NaN"}
+        if math.isinf(value):
+            return {"double_value": "Infinity" if value > 0 else "-Infinity"}
+        return {"double_value": value}
+    if kind is list:
+        values = [_any_value(item) for item in value]
+        return {"array_value": {"values": values} if values else {}}
+    if kind is dict:
+        pairs = [_key_value(str(key).encode("utf-8", errors="replace").decode("utf-8"), item)
+                 for key, item in value.items()]
+        return {"kvlist_value": {"values": pairs} if pairs else {}}
+    raise _Other(kind.__name__)
+
+
+def _key_value(key: str, value) -> dict:
+    pair = {"key": key} if key else {}
+    printed = _any_value(value)
+    if value is not None:
+        pair["value"] = printed
+    return pair
+
+
+def _attribute(serialized):
+    """MLflow's attribute registry's `get`: JSON-decoded, the raw value where that fails, None
+    for a falsy one."""
+    if not serialized:
+        return None
+    try:
+        return json.loads(serialized)
+    except Exception:
+        return serialized
+
+
+def _event(event) -> dict:
+    if type(event) is not dict:
+        raise _Other("event")
+    name = event["name"]
+    time_ns = int(event["time_unix_nano"])
+    attributes = event.get("attributes", {})
+    if type(name) is not str or type(attributes) is not dict or not 0 <= time_ns < 2**64:
+        raise _Other("event")
+    out = {}
+    if time_ns:
+        out["time_unix_nano"] = time_ns
+    if name:
+        out["name"] = _utf8(name)
+    if attributes:
+        pairs = []
+        for key, value in attributes.items():
+            # Event attributes are passed on raw (not JSON-decoded); only plain strings here.
+            if type(key) is not str or type(value) is not str:
+                raise _Other("event attribute")
+            pairs.append(_key_value(_utf8(key), value))
+        out["attributes"] = pairs
+    return out
+
+
+def span_json(span) -> dict | None:
+    """The dict protobuf's printer with MLflow's int64 pass gives for `span.to_otel_proto()`, for a
+    LazySpan not yet materialised holding the usual stored shape; None for any other span."""
+    from mlflow.entities.span import LazySpan
+
+    if type(span) is not LazySpan or span.__dict__.get("_materialized") is not False:
+        return None
+    data = span.__dict__.get("_span_dict")
+    try:
+        return _span_json(data)
+    except _Other:
+        return None
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # MLflow's own path says what is wrong with it
+
+
+def _span_json(data) -> dict:
+    if type(data) is not dict or "context" in data or data.get("links"):
+        raise _Other("schema")
+    attributes = data.get("attributes", {})
+    if type(attributes) is not dict or not attributes.get(_REQUEST_ID):
+        raise _Other("attributes")
+    trace_id = _decoded_id(data["trace_id"])
+    span_id = _decoded_id(data["span_id"])
+    parent_id = _decoded_id(data["parent_span_id"]) if data["parent_span_id"] else None
+    status = data["status"]
+    if status["code"] not in _STATUS:
+        raise _Other("status")  # MLflow 3.5's "OK" / "ERROR" and others
+    code = _STATUS[status["code"]]
+    message = status.get("message", "")
+    name = data["name"]
+    start = int(data["start_time_unix_nano"])
+    end = data.get("end_time_unix_nano")
+    end = int(end) if end else None
+    if type(name) is not str or not 0 <= start < 2**64 or (end is not None and not 0 <= end < 2**64):
+        raise _Other("name or times")
+    if trace_id.bit_length() > 128 or span_id.bit_length() > 64 or (parent_id or 0).bit_length() > 64:
+        raise _Other("id width")
+    events = data.get("events", [])
+    if type(events) is not list:
+        raise _Other("events")
+
+    out = {"trace_id": _id(trace_id, 32), "span_id": _id(span_id, 16)}
+    if parent_id:
+        out["parent_span_id"] = _id(parent_id, 16)
+    if name:
+        out["name"] = _utf8(name)
+    if start:
+        out["start_time_unix_nano"] = start
+    if end:
+        out["end_time_unix_nano"] = end
+    pairs = []
+    for key, value in attributes.items():
+        if type(key) is not str:
+            raise _Other("attribute key")
+        pairs.append(_key_value(_utf8(key), _attribute(value)))
+    if pairs:
+        out["attributes"] = pairs
+    if events:
+        out["events"] = [_event(event) for event in events]
+    # OTel's Status keeps a description only for ERROR (and only a str); UNSET is proto3's default.
+    printed_status = {}
+    if code == "STATUS_CODE_ERROR" and message:
+        if type(message) is not str:
+            raise _Other("status message")
+        printed_status["message"] = _utf8(message)
+    if code is not None:
+        printed_status["code"] = code
+    out["status"] = printed_status
+    return out
+
+
+def traces_json(traces, walk) -> str | None:
+    """The BatchGetTraces answer text for these traces, or None for MLflow's own path. `walk` is
+    server/jsonout.py's message_to_dict."""
+    printed = []
+    for trace in traces:
+        info = walk(trace.info.to_proto())
+        if info is None:
+            return None
+        spans = []
+        for span in trace.data.spans:
+            as_dict = span_json(span)
+            if as_dict is None:
+                as_dict = walk(span.to_otel_proto())
+                if as_dict is None:
+                    return None
+            spans.append(as_dict)
+        printed.append({"trace_info": info, "spans": spans} if spans else {"trace_info": info})
+    return json.dumps({"traces": printed} if printed else {}, separators=(",", ":"))
+
+
+def _batch_get_traces(handlers, walk):
+    """MLflow 3.17.2's `_batch_get_traces` handler, its answer written by `traces_json`."""
+    from mlflow.protos.service_pb2 import BatchGetTraces
+
+    @handlers.catch_mlflow_exception
+    @handlers._disable_if_artifacts_only
+    def _batch_get_traces():
+        request_message = handlers._get_request_message(
+            BatchGetTraces(),
+            schema={
+                "trace_ids": [handlers._assert_array, handlers._assert_required, handlers._assert_item_type_string],
+                "experiment_ids": [handlers._assert_array, handlers._assert_item_type_string],
+            },
+        )
+        store = handlers._get_tracking_store()
+        experiment_ids_field = request_message.DESCRIPTOR.fields_by_name["experiment_ids"]
+        if handlers._raw_request_has_field(experiment_ids_field):
+            traces = store.batch_get_traces(request_message.trace_ids, None,
+                                            experiment_ids=list(request_message.experiment_ids))
+        else:
+            traces = store.batch_get_traces(request_message.trace_ids, None)
+        text = traces_json(traces, walk)
+        if text is None:
+            response_message = BatchGetTraces.Response()
+            response_message.traces.extend([t.to_proto() for t in traces])
+            return handlers._wrap_response(response_message, pretty=False)
+        return handlers._wrap_response(Answer(text), pretty=False)
+
+    return _batch_get_traces
+
+
+def install() -> bool:
+    """Route MLflow's REST batch-get view through this path; False (nothing changed) where
+    MLflow's pieces are not the expected ones. Call only once handlers.message_to_json is
+    server/jsonout.py's (it passes an Answer through)."""
+    try:
+        from mlflow.server import app as flask_app
+        from mlflow.server import handlers
+        from mlflow.tracing.constant import SpanAttributeKey
+
+        from mlflow_gcp.server.jsonout import message_to_dict
+
+        original = getattr(handlers, "_batch_get_traces", None)
+        wanted = {"batch_get_traces", "to_proto", "_wrap_response", "_raw_request_has_field"}
+        code = getattr(inspect.unwrap(original), "__code__", None) if original is not None else None
+        names = set(code.co_names) if code is not None else set()
+        for const in (code.co_consts if code is not None else ()):
+            names |= set(getattr(const, "co_names", ()))  # the list comprehension's names
+        if (original is None or SpanAttributeKey.REQUEST_ID != _REQUEST_ID or not wanted <= names
+                or getattr(handlers.message_to_json, "func", None) is None):
+            return False
+        endpoints = [name for name, func in flask_app.view_functions.items() if func is original]
+        if not endpoints:
+            return False
+        view = functools.wraps(original)(_batch_get_traces(handlers, message_to_dict))
+        for name in endpoints:
+            flask_app.view_functions[name] = view
+        print("INFO batch-get traces' spans written from their stored JSON (server/trace_answers.py)",
+              file=sys.stderr, flush=True)
+        return True
+    except Exception as err:  # an MLflow that changed shape: its own path
+        print(f"INFO batch-get traces path off: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return False
