@@ -780,6 +780,7 @@ def test_traces_answer_as_stock(servers):
     assert len(stock["all"]) == TRACE_CASES + 2 and all(t["data"]["spans"] for t in stock["all"])
     assert stock["searches"]["status_error"] == ["c3"]
     assert stock["raw"]["batch_get"][0] == 200 and len(stock["raw"]["batch_get"][2][0][1]) == TRACE_CASES
+    assert "batch-get traces' spans written from their stored JSON" in our_server.output()  # server/trace_answers.py is on
     for section in ("searches", "get", "errors", "raw"):
         for key in stock[section]:
             assert ours[section][key] == stock[section][key], f"{section}/{key} differs"
