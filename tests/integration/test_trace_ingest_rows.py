@@ -1,0 +1,295 @@
+"""Trace ingest as MLflow's client sends it (OTLP span batches, then StartTraceV3) leaves in our
+store exactly the rows MLflow's store leaves: every row of every table MLflow's models give that
+holds trace data, on real PostgreSQL. Also: two exports of spans of the same trace at once lose
+and duplicate nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from mlflow_gcp.server import store as store_mod
+
+T0_NS = 1_700_000_000_000_000_000
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def stores(new_database, tmp_path_factory, monkeypatch_module):
+    """(MLflow's store, ours, their artifact roots) on two fresh databases."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    monkeypatch_module.setenv(store_mod.BULK_ENV, "1")
+    root = tmp_path_factory.mktemp("ingest-rows")
+    stock = SqlAlchemyStore(new_database("mlflow_gcp_ingest_stock"), str(root / "stock"))
+    ours = store_mod.build_store(new_database("mlflow_gcp_ingest_ours"), str(root / "ours"))
+    assert type(ours).__name__ == "BulkPostgresStore"
+    yield stock, ours, (str(root / "stock"), str(root / "ours"))
+    for s in (stock, ours):
+        s.engine.dispose()
+
+
+def _value(any_value, v):
+    if isinstance(v, bool):
+        any_value.bool_value = v
+    elif isinstance(v, int):
+        any_value.int_value = v
+    elif isinstance(v, float):
+        any_value.double_value = v
+    else:
+        any_value.string_value = v
+
+
+def otlp_span(trace_hex: str, span_hex: str, parent_hex: str | None, name: str, start: int, end: int,
+              attributes: dict, status: int = 1, events: list | None = None):
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status
+
+    span = ProtoSpan(trace_id=bytes.fromhex(trace_hex), span_id=bytes.fromhex(span_hex), name=name,
+                     start_time_unix_nano=start, end_time_unix_nano=end)
+    if parent_hex:
+        span.parent_span_id = bytes.fromhex(parent_hex)
+    for key, v in attributes.items():
+        kv = span.attributes.add()
+        kv.key = key
+        _value(kv.value, v)
+    span.status.code = status
+    if status == Status.STATUS_CODE_ERROR:
+        span.status.message = "boom"
+    for ev_name, ev_time, ev_attrs in events or []:
+        ev = span.events.add(name=ev_name, time_unix_nano=ev_time)
+        for key, v in ev_attrs.items():
+            kv = ev.attributes.add()
+            kv.key = key
+            _value(kv.value, v)
+    return span
+
+
+def resource(service: str | None):
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    res = Resource()
+    for key, v in {"telemetry.sdk.language": "python", "service.name": service}.items():
+        if v is not None:
+            kv = res.attributes.add()
+            kv.key = key
+            kv.value.string_value = v
+    return res
+
+
+def trace_case(k: int, base: int = 0) -> tuple[str, list[list], dict]:
+    """(trace hex id, OTLP span batches in the order the client posts them, start_trace's fields)
+    for case k (ids from base + k): the shapes the client sends (children first, the root last),
+    with token usage, cost, session and user ids, trace tags on the root, an error, events,
+    unicode."""
+    n = k % 8
+    ident = base + k + 1
+    trace_hex = f"{ident:032x}"
+    root_hex = f"{ident * 100:016x}"
+    at = T0_NS + n * 10**9
+    j = json.dumps
+    children = []
+    for c in range(1 + n % 4):
+        attrs = {"mlflow.spanType": j("TOOL" if c % 2 else "LLM"), "mlflow.spanInputs": j({"x": c, "q": f"é日本 {n}"}),
+                 "mlflow.spanOutputs": j([c, n]), "mlflow.traceRequestId": j(f"tr-{trace_hex}")}
+        if n % 3 == 0:
+            attrs["mlflow.chat.tokenUsage"] = j({"input_tokens": 10 + c, "output_tokens": 5, "total_tokens": 15 + c})
+            attrs["mlflow.llm.cost"] = j({"input_cost": 0.25 * c, "output_cost": 0.5, "total_cost": 0.5 + 0.25 * c})
+            attrs["mlflow.llm.model"] = j("gpt-x")
+            attrs["mlflow.llm.provider"] = j("openai")
+        if n % 4 == 1 and c == 0:
+            attrs["session.id"] = j(f"sess-{n}")
+            attrs["user.id"] = j(f"user-{n}")
+        events = [("exception", at + 500, {"exception.message": "bad", "exception.type": "ValueError"})] if c == 2 else None
+        children.append(otlp_span(trace_hex, f"{ident * 100 + c + 1:016x}", root_hex, f"child-{c}",
+                                  at + 1000 * (c + 1), at + 1000 * (c + 2), attrs, events=events))
+    root_attrs = {"mlflow.spanType": j("AGENT"), "mlflow.spanInputs": j({"question": f"q{n}"}),
+                  "mlflow.spanOutputs": j({"answer": f"a{n}"}), "mlflow.traceRequestId": j(f"tr-{trace_hex}"),
+                  "mlflow.traceTag.case": f"c{n}", "mlflow.traceTag.group": "ab"[n % 2]}
+    root = otlp_span(trace_hex, root_hex, None, f"root-{n}", at, at + 10**6 * (n + 1), root_attrs,
+                     status=2 if n == 3 else 1)
+    batches = [children[:2], children[2:] + [root]] if len(children) > 2 else [children, [root]]
+    info = {"request_time": at // 10**6, "execution_duration": n + 1, "state": "ERROR" if n == 3 else "OK",
+            "tags": {"case": f"c{n}", "group": "ab"[n % 2], "mlflow.traceName": f"root-{n}"},
+            "metadata": {"m": str(n % 3), "mlflow.trace_schema.version": "3",
+                         "mlflow.traceInputs": j({"question": f"q{n}"})[:250],
+                         "mlflow.traceOutputs": j({"answer": f"a{n}"})[:250],
+                         **({"mlflow.trace.session": f"sess-{n}", "mlflow.trace.user": f"user-{n}"} if n % 4 == 1 else {}),
+                         **({"mlflow.trace.tokenUsage": j({"input_tokens": 10, "output_tokens": 5, "total_tokens": 15})}
+                            if n % 3 == 0 else {})},
+            "preview": (j({"question": f"q{n}"}), j({"answer": f"a{n}"}))}
+    return trace_hex, [b for b in batches if b], info
+
+
+def log_batch(store, exp: str, spans: list, service: str | None):
+    """What MLflow's OTLP handler hands the store for one post (server/otel_api.py)."""
+    from mlflow.entities import Span
+
+    res = resource(service)
+    store.log_spans(exp, [Span.from_otel_proto(p, resource=res) for p in spans])
+
+
+def start_trace(store, exp: str, trace_hex: str, info: dict):
+    from mlflow.entities import TraceInfo, TraceLocation, TraceState
+
+    store.start_trace(TraceInfo(
+        trace_id=f"tr-{trace_hex}", trace_location=TraceLocation.from_experiment_id(exp),
+        request_time=info["request_time"], execution_duration=info["execution_duration"],
+        state=TraceState(info["state"]), request_preview=info["preview"][0], response_preview=info["preview"][1],
+        trace_metadata=info["metadata"], tags=info["tags"]))
+
+
+def trace_tables():
+    """Every table of MLflow's models that holds trace or span data."""
+    from mlflow.store.db.base_sql_model import Base
+
+    import mlflow.store.tracking.dbmodels.models  # noqa: F401  (registers the models)
+
+    names = []
+    for table in Base.metadata.sorted_tables:
+        cols = set(table.columns.keys())
+        if cols & {"request_id", "trace_id"} or "trace" in table.name or "span" in table.name:
+            names.append(table.name)
+    return sorted(names)
+
+
+def dump(store, artifact_root: str) -> dict:
+    from sqlalchemy import text
+
+    out = {}
+    with store.engine.connect() as conn:
+        for name in trace_tables():
+            exists = conn.execute(text("SELECT to_regclass(:t)"), {"t": name}).scalar()
+            if exists is None:
+                continue
+            rows = conn.execute(text(f'SELECT * FROM "{name}"')).mappings().all()
+            out[name] = sorted((json.dumps(dict(r), default=str, sort_keys=True).replace(artifact_root, "ROOT")
+                                for r in rows))
+    return out
+
+
+def ingest(store, name: str, order: str, base: int) -> str:
+    """All cases into a new experiment: spans before start_trace (the client's order), or
+    start_trace first, or spans only."""
+    exp = store.create_experiment(name)
+    for n in range(8):
+        trace_hex, batches, info = trace_case(n, base)
+        if order == "start_first":
+            start_trace(store, exp, trace_hex, info)
+        for batch in batches:
+            log_batch(store, exp, batch, "agent-svc" if n % 2 else None)
+        if order == "spans_first":
+            start_trace(store, exp, trace_hex, info)
+    return exp
+
+
+@pytest.fixture
+def our_paths(monkeypatch):
+    """Counts of our span upserts and light experiment reads (server/trace_writes.py)."""
+    from mlflow_gcp.server import trace_writes
+
+    seen = {"upserts": 0, "experiments": 0}
+    upsert, execute = trace_writes.upsert_statements, store_mod._execute
+
+    def counting_upsert(*args):
+        seen["upserts"] += 1
+        return upsert(*args)
+
+    def counting_execute(session, statement, params=None):
+        seen["experiments"] += statement == trace_writes.EXPERIMENT_ROW
+        return execute(session, statement, params)
+
+    monkeypatch.setattr(trace_writes, "upsert_statements", counting_upsert)
+    monkeypatch.setattr(store_mod, "_execute", counting_execute)
+    return seen
+
+
+ORDERS = ["spans_first", "start_first", "spans_only"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_ingest_leaves_mlflows_rows(stores, order, our_paths):
+    stock, ours, (stock_root, ours_root) = stores
+    base = 100 * (1 + ORDERS.index(order))
+    ingest(stock, f"rows-{order}", order, base)
+    assert our_paths == {"upserts": 0, "experiments": 0}  # MLflow's store keeps its own code
+    ingest(ours, f"rows-{order}", order, base)
+    batches = sum(len(trace_case(n, base)[1]) for n in range(8))
+    assert our_paths["upserts"] == batches
+    # one per start_trace, one per log_spans that creates its trace
+    assert our_paths["experiments"] == {"spans_first": 16, "start_first": 8, "spans_only": 8}[order]
+    expected, got = dump(stock, stock_root), dump(ours, ours_root)
+    assert {"spans", "trace_info", "trace_tags", "trace_request_metadata"} <= set(expected)
+    assert any(expected["spans"]) and any(expected["trace_request_metadata"])
+    for table in expected:
+        assert got[table] == expected[table], f"{table} differs"
+
+
+def test_concurrent_exports_of_one_trace_lose_nothing(stores):
+    """Both batches of each trace posted at once (two threads), then start_trace: every span is
+    stored once and the trace rows are what MLflow's store leaves after the same exports."""
+    stock, ours, (stock_root, ours_root) = stores
+    results = {}
+    for label, store in (("stock", stock), ("ours", ours)):
+        exp = store.create_experiment("concurrent")
+        errors = []
+        for n in range(12):
+            trace_hex, batches, info = trace_case(n, 1000)
+            if len(batches) < 2:
+                batches = [batches[0][:1], batches[0][1:]]
+            barrier = threading.Barrier(len(batches))
+
+            def post(batch):
+                try:
+                    barrier.wait(10)
+                    log_batch(store, exp, batch, "svc")
+                except Exception as err:  # reported below
+                    errors.append(err)
+
+            threads = [threading.Thread(target=post, args=(b,)) for b in batches]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            start_trace(store, exp, trace_hex, info)
+        assert not errors, errors
+        results[label] = dump(store, stock_root if label == "stock" else ours_root)
+    spans = [json.loads(r) for r in results["ours"]["spans"] if json.loads(r)["experiment_id"] == int(exp)]
+    keys = [(s["trace_id"], s["span_id"]) for s in spans]
+    assert len(keys) == len(set(keys)) == sum(len(b) for n in range(12) for b in trace_case(n, 1000)[1])
+    assert results["ours"] == results["stock"]
+
+
+
+def refusals(store, root: str) -> list:
+    """MLflow's answers to trace writes into an experiment that is missing or deleted, or not an
+    id at all (the experiment read raises them)."""
+    deleted = store.create_experiment("deleted-for-traces")
+    store.delete_experiment(deleted)
+    out = []
+    for n, (exp, start_first) in enumerate([("987654", False), ("987654", True), (deleted, True), ("nope", False)]):
+        trace_hex, batches, info = trace_case(n, 2000)
+        try:
+            if start_first:
+                start_trace(store, exp, trace_hex, info)
+            else:
+                log_batch(store, exp, batches[0], None)
+            out.append("accepted")
+        except Exception as err:
+            out.append((type(err).__name__, getattr(err, "error_code", None), str(err).replace(root, "ROOT")))
+    return out
+
+
+def test_trace_writes_to_missing_or_deleted_experiments_fail_as_mlflows(stores):
+    stock, ours, (stock_root, ours_root) = stores
+    expected = refusals(stock, stock_root)
+    assert expected[0][1] == "RESOURCE_DOES_NOT_EXIST" and expected[2][1] == "INVALID_PARAMETER_VALUE"
+    assert refusals(ours, ours_root) == expected
