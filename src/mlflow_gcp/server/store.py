@@ -199,9 +199,10 @@ def _make_class():
     any_run_input_output = (f"SELECT EXISTS ({any_run_input.replace('%s', '%(ids)s')}), "
                             f"EXISTS ({any_run_output.replace('%s', '%(ids)s')})")
 
-    from mlflow_gcp.server import trace_merges
+    from mlflow_gcp.server import trace_merges, trace_writes
 
     merge_session = trace_merges.session_class(_insert_rows)
+    trace_write_hooks = _trace_write_hooks(trace_writes)
 
     class BulkPostgresStore(SqlAlchemyStore):
         def __init__(self, *args, **kwargs):
@@ -271,6 +272,22 @@ def _make_class():
                     raise
                 except Exception as err:  # as MLflow's log_batch wraps whatever its writes raise
                     raise MlflowException(err, INTERNAL_ERROR) from err
+
+        if trace_write_hooks is not None:
+            # MLflow's own log_spans and start_trace, with its span upsert and its experiment read
+            # done lighter while they run (server/trace_writes.py).
+            def _log_spans_once(self, *args, **kwargs):
+                with trace_writes.in_trace_write():
+                    return super()._log_spans_once(*args, **kwargs)
+
+            def _start_trace_once(self, *args, **kwargs):
+                with trace_writes.in_trace_write():
+                    return super()._start_trace_once(*args, **kwargs)
+
+            def get_experiment(self, experiment_id):
+                if not trace_writes.writing():
+                    return super().get_experiment(experiment_id)
+                return trace_write_hooks(self, experiment_id)
 
         def _log_params(self, run_id, params):
             # MLflow's own code. Two batches logging the same new keys at once both read "absent"
@@ -474,6 +491,53 @@ def _make_class():
                 return out
 
     return BulkPostgresStore
+
+
+def _trace_write_hooks(trace_writes):
+    """Installs our span upsert under MLflow's `_bulk_upsert` (it applies only while our store
+    runs log_spans: MLflow's store in the same process keeps its own) and returns the light
+    experiment read; None, nothing installed, when MLflow's pieces are not the ones this was
+    written for."""
+    from mlflow.entities import Experiment, LifecycleStage, ViewType
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+    from mlflow.store.tracking import sqlalchemy_store as mlflow_store
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlSpan
+
+    parse_id = getattr(mlflow_store, "_parse_experiment_id", None)
+    original = getattr(mlflow_store, "_bulk_upsert", None)
+    needed = ("_log_spans_once", "_start_trace_once", "get_experiment", "DEFAULT_EXPERIMENT_ID")
+    if (parse_id is None or original is None or SqlExperiment.__tablename__ != "experiments"
+            or not all(hasattr(mlflow_store.SqlAlchemyStore, name) for name in needed)):
+        return None
+    if not getattr(original, "mlflow_gcp", False):
+
+        def _bulk_upsert(session, model_class, rows):
+            if (rows and model_class is SqlSpan and trace_writes.writing()
+                    and session.bind.dialect.name == "postgresql"):
+                # as session.execute would: merges held by our session go first
+                if (flush_held := getattr(session, "_flush_held", None)) is not None:
+                    flush_held()
+                _insert_rows(session, *trace_writes.upsert_statements(SqlSpan.__table__, rows))
+                return None
+            return original(session, model_class, rows)
+
+        _bulk_upsert.mlflow_gcp = True
+        mlflow_store._bulk_upsert = _bulk_upsert
+    stages = LifecycleStage.view_type_to_stages(ViewType.ALL)
+
+    def light_experiment(store, experiment_id):
+        """MLflow's get_experiment's answer without the experiment's tags, or its error."""
+        experiment_id = parse_id(experiment_id or store.DEFAULT_EXPERIMENT_ID)
+        with store.ManagedSessionMaker() as session:
+            row = _execute(session, trace_writes.EXPERIMENT_ROW, (experiment_id, stages)).first()
+        if row is None:
+            raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
+        name, artifact_location, stage, created, updated = row
+        return Experiment(str(experiment_id), name, artifact_location, stage, tags=None,
+                          creation_time=created, last_update_time=updated)
+
+    return light_experiment
 
 
 def metric_statements(metrics: str, latest: str) -> tuple[tuple[str, str], tuple[str, str]]:
