@@ -141,14 +141,16 @@ def create_app():
         # (MLflow checks only that the module imports). A None entry makes the import fail at
         # once with the same ImportError, so MLflow skips its auth code.
         sys.modules.setdefault("mlflow.server.auth", None)
-    from mlflow_gcp.server import gateway_off, optional_modules
+    from mlflow_gcp.server import deferred_alembic, gateway_off, lazy_url_builders, optional_modules
 
     gateway = gateway_enabled()
     # The gateway's and the assistant's routers only with the gateway on (server/gateway_off.py).
     left_out = contextlib.nullcontext() if gateway else gateway_off.stand_ins()
     # pyarrow and scipy, and without the gateway pandas and numpy: ~40-85 MiB of each worker's
-    # memory for nothing (server/optional_modules.py).
-    with left_out, optional_modules.hidden(optional_modules.hidden_for(gateway)):
+    # memory for nothing (server/optional_modules.py). alembic and Flask's URL builders only on
+    # first use (server/deferred_alembic.py, server/lazy_url_builders.py): start CPU.
+    with left_out, optional_modules.hidden(optional_modules.hidden_for(gateway)), \
+            deferred_alembic.stand_ins(), lazy_url_builders.rules():
         from mlflow.server.fastapi_app import app
     optional_modules.complete()
 
