@@ -290,3 +290,25 @@ def test_local_gateway_passphrase_is_made_once_and_private(tmp_path):
     first = gateway_passphrase(path)
     assert len(first) >= 43 and (path.stat().st_mode & 0o777) == 0o600
     assert gateway_passphrase(path) == first  # kept: keys encrypted with it stay readable
+
+
+def test_the_app_is_built_with_the_collector_paused_and_leaves_it_running(monkeypatch):
+    import gc
+
+    from mlflow_gcp.server import app as worker_app
+
+    seen = []
+
+    def build():
+        seen.append(gc.isenabled())
+        raise RuntimeError("no app")
+
+    monkeypatch.setattr(worker_app, "_build_app", build)
+    assert gc.isenabled()
+    try:
+        with pytest.raises(RuntimeError):
+            worker_app.create_app()
+        assert seen == [False] and gc.isenabled()  # on again, even when the build failed
+        assert gc.get_freeze_count() > 0  # what the build made is out of later collections' way
+    finally:
+        gc.unfreeze()

@@ -124,6 +124,24 @@ def gateway_enabled() -> bool:
 
 
 def create_app():
+    """The worker's app (uvicorn's factory), built with the cyclic garbage collector paused.
+
+    Why: importing MLflow's app creates ~365,000 objects the collector tracks, and it scans them
+    again and again while they pile up (~0.35 s of a worker's ~1.5 s of start CPU here), finding
+    ~2,000 garbage objects in all. Afterwards they are frozen (`gc.freeze`): they live as long as
+    the worker, so later collections, during requests, skip them too; the few garbage objects
+    stay (a few hundred KB at most)."""
+    import gc
+
+    gc.disable()
+    try:
+        return _build_app()
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def _build_app():
     import contextlib
     import importlib.util
     import sys
