@@ -18,10 +18,11 @@ from alembic is covered and that MLflow's schema functions work through the stan
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import sys
 import types
+
+from mlflow_gcp.server import stand_in_modules
 
 # module -> the names MLflow's modules imported by the worker take from it.
 STAND_INS = {
@@ -61,21 +62,9 @@ class Deferred:
         return f"<deferred {self._module}.{self._name}>"
 
 
-@contextlib.contextmanager
 def stand_ins(modules=STAND_INS):
-    """Inside the block, `modules` not imported yet are stand-ins (the import system returns a
-    module found in sys.modules without importing its parent package)."""
-    placed = []
-    for name, names in modules.items():
-        if name in sys.modules:
-            continue
-        module = types.ModuleType(name, _DOC)
-        module.__dict__.update({attr: Deferred(name, attr) for attr in names})
-        sys.modules[name] = module
-        placed.append(module)
-    try:
-        yield
-    finally:
-        for module in placed:
-            if sys.modules.get(module.__name__) is module:
-                del sys.modules[module.__name__]
+    """Inside the block, `modules` not imported yet are stand-ins holding a `Deferred` for each
+    of their names (stand_in_modules.placed)."""
+    return stand_in_modules.placed(
+        {name: (lambda name=name, names=names: {attr: Deferred(name, attr) for attr in names})
+         for name, names in modules.items()}, _DOC)

@@ -16,9 +16,7 @@ it, so an MLflow upgrade that imports another name fails a test instead of a wor
 
 from __future__ import annotations
 
-import contextlib
-import sys
-import types
+from mlflow_gcp.server import stand_in_modules
 
 
 def _routers(name: str):
@@ -48,20 +46,6 @@ STAND_INS = {
 }
 
 
-@contextlib.contextmanager
 def stand_ins(modules=STAND_INS):
-    """Inside the block, `modules` not imported yet are small stand-ins (the import system returns
-    a module found in sys.modules without importing its parent packages)."""
-    placed = []
-    for name, names in modules.items():
-        if name in sys.modules:
-            continue
-        module = types.ModuleType(name, "mlflow-gcp stand-in: the AI gateway is off")
-        module.__dict__.update(names())
-        sys.modules[name] = module
-        placed.append(name)
-    try:
-        yield
-    finally:
-        for name in placed:
-            sys.modules.pop(name, None)
+    """Inside the block, `modules` not imported yet are small stand-ins (stand_in_modules.placed)."""
+    return stand_in_modules.placed(modules, "mlflow-gcp stand-in: the AI gateway is off")
