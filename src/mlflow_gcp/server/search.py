@@ -30,6 +30,8 @@ import threading
 
 from json.encoder import encode_basestring_ascii as _str  # json.dumps' own string writer
 
+from mlflow_gcp.server import view_swap
+
 _VIEW = threading.local()  # .on while MLflow's REST search_runs view runs in this thread
 _STATUSES = frozenset(("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"))
 _INF = float("inf")
@@ -199,19 +201,14 @@ def install() -> bool:
     MLflow's pieces are not the expected ones. Call only once handlers.message_to_json is
     server/jsonout.py's (it passes an Answer through)."""
     try:
-        from mlflow.server import app as flask_app
         from mlflow.server import handlers
 
         original_view = getattr(handlers, "_search_runs", None)
         original_impl = getattr(handlers, "search_runs_impl", None)
         if original_view is None or original_impl is None or getattr(original_impl, "__wrapped__", None):
             return False
-        endpoints = [name for name, func in flask_app.view_functions.items() if func is original_view]
-        if not endpoints:
+        if not view_swap.serve_with(original_view, _view(original_view)):
             return False
-        view = _view(original_view)
-        for name in endpoints:
-            flask_app.view_functions[name] = view
         handlers.search_runs_impl = _search_runs_impl(original_impl)
         print("INFO search_runs answered from rows (server/search.py)", file=sys.stderr, flush=True)
         return True

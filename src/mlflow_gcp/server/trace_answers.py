@@ -29,6 +29,7 @@ import json
 import math
 import sys
 
+from mlflow_gcp.server import view_swap
 from mlflow_gcp.server.search import Answer
 
 _STATUS = {"STATUS_CODE_UNSET": None, "STATUS_CODE_OK": "STATUS_CODE_OK", "STATUS_CODE_ERROR": "STATUS_CODE_ERROR"}
@@ -265,7 +266,6 @@ def install() -> bool:
     MLflow's pieces are not the expected ones. Call only once handlers.message_to_json is
     server/jsonout.py's (it passes an Answer through)."""
     try:
-        from mlflow.server import app as flask_app
         from mlflow.server import handlers
         from mlflow.tracing.constant import SpanAttributeKey
 
@@ -280,12 +280,8 @@ def install() -> bool:
         if (original is None or SpanAttributeKey.REQUEST_ID != _REQUEST_ID or not wanted <= names
                 or getattr(handlers.message_to_json, "func", None) is None):
             return False
-        endpoints = [name for name, func in flask_app.view_functions.items() if func is original]
-        if not endpoints:
+        if not view_swap.serve_with(original, functools.wraps(original)(_batch_get_traces(handlers, message_to_dict))):
             return False
-        view = functools.wraps(original)(_batch_get_traces(handlers, message_to_dict))
-        for name in endpoints:
-            flask_app.view_functions[name] = view
         print("INFO batch-get traces' spans written from their stored JSON (server/trace_answers.py)",
               file=sys.stderr, flush=True)
         return True
