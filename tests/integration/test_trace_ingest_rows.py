@@ -12,29 +12,17 @@ import pytest
 
 from mlflow_gcp.server import store as store_mod
 
+from tests.support.store_pair import mlflows_and_ours
+
 T0_NS = 1_700_000_000_000_000_000
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def stores(new_database, tmp_path_factory, monkeypatch_module):
+def stores(new_database, tmp_path_factory):
     """(MLflow's store, ours, their artifact roots) on two fresh databases."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    monkeypatch_module.setenv(store_mod.BULK_ENV, "1")
     root = tmp_path_factory.mktemp("ingest-rows")
-    stock = SqlAlchemyStore(new_database("mlflow_gcp_ingest_stock"), str(root / "stock"))
-    ours = store_mod.build_store(new_database("mlflow_gcp_ingest_ours"), str(root / "ours"))
-    assert type(ours).__name__ == "BulkPostgresStore"
-    yield stock, ours, (str(root / "stock"), str(root / "ours"))
-    for s in (stock, ours):
-        s.engine.dispose()
+    with mlflows_and_ours(new_database, root, "ingest") as (stock, ours):
+        yield stock, ours, (str(root / "stock"), str(root / "ours"))
 
 
 def _value(any_value, v):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlflow_gcp.server import store as store_mod
 from mlflow_gcp.server import trace_merges
+
+from tests.support.store_pair import mlflows_and_ours
 
 
 def test_rows_are_in_request_and_key_order_with_the_last_value():
@@ -19,27 +20,12 @@ def test_rows_are_in_request_and_key_order_with_the_last_value():
 
 
 @pytest.fixture(scope="module")
-def stores(new_database, tmp_path_factory, monkeypatch_module):
+def stores(new_database, tmp_path_factory):
     """(MLflow's store, ours) on two fresh databases."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
-    monkeypatch_module.setenv(store_mod.BULK_ENV, "1")
-    root = tmp_path_factory.mktemp("merges")
-    stock = SqlAlchemyStore(new_database("mlflow_gcp_merge_stock"), str(root / "stock"))
-    ours = store_mod.build_store(new_database("mlflow_gcp_merge_ours"), str(root / "ours"))
-    assert type(ours).__name__ == "BulkPostgresStore"
-    with ours.ManagedSessionMaker() as session:  # the batching session, not SQLAlchemy's own
-        assert type(session).__name__ == "BatchedMergeSession"
-    yield stock, ours
-    for s in (stock, ours):
-        s.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def monkeypatch_module():
-    mp = pytest.MonkeyPatch()
-    yield mp
-    mp.undo()
+    with mlflows_and_ours(new_database, tmp_path_factory.mktemp("merges"), "merge") as (stock, ours):
+        with ours.ManagedSessionMaker() as session:  # the batching session, not SQLAlchemy's own
+            assert type(session).__name__ == "BatchedMergeSession"
+        yield stock, ours
 
 
 def merges(store) -> dict:
