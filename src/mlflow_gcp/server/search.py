@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import threading
 
 from json.encoder import encode_basestring_ascii as _str  # json.dumps' own string writer
@@ -196,22 +195,18 @@ def _view(original):
     return view
 
 
+@view_swap.announced("search_runs answered from rows (server/search.py)", "search_runs JSON path off")
 def install() -> bool:
     """Route MLflow's REST search_runs views through this path; False (nothing changed) where
     MLflow's pieces are not the expected ones. Call only once handlers.message_to_json is
     server/jsonout.py's (it passes an Answer through)."""
-    try:
-        from mlflow.server import handlers
+    from mlflow.server import handlers
 
-        original_view = getattr(handlers, "_search_runs", None)
-        original_impl = getattr(handlers, "search_runs_impl", None)
-        if original_view is None or original_impl is None or getattr(original_impl, "__wrapped__", None):
-            return False
-        if not view_swap.serve_with(original_view, _view(original_view)):
-            return False
-        handlers.search_runs_impl = _search_runs_impl(original_impl)
-        print("INFO search_runs answered from rows (server/search.py)", file=sys.stderr, flush=True)
-        return True
-    except Exception as err:  # an MLflow that changed shape: its own path
-        print(f"INFO search_runs JSON path off: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    original_view = getattr(handlers, "_search_runs", None)
+    original_impl = getattr(handlers, "search_runs_impl", None)
+    if original_view is None or original_impl is None or getattr(original_impl, "__wrapped__", None):
         return False
+    if not view_swap.serve_with(original_view, _view(original_view)):
+        return False
+    handlers.search_runs_impl = _search_runs_impl(original_impl)
+    return True

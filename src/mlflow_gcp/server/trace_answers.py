@@ -261,30 +261,24 @@ def _batch_get_traces(handlers, walk):
     return _batch_get_traces
 
 
+@view_swap.announced("batch-get traces' spans written from their stored JSON (server/trace_answers.py)",
+                     "batch-get traces path off")
 def install() -> bool:
     """Route MLflow's REST batch-get view through this path; False (nothing changed) where
     MLflow's pieces are not the expected ones. Call only once handlers.message_to_json is
     server/jsonout.py's (it passes an Answer through)."""
-    try:
-        from mlflow.server import handlers
-        from mlflow.tracing.constant import SpanAttributeKey
+    from mlflow.server import handlers
+    from mlflow.tracing.constant import SpanAttributeKey
 
-        from mlflow_gcp.server.jsonout import message_to_dict
+    from mlflow_gcp.server.jsonout import message_to_dict
 
-        original = getattr(handlers, "_batch_get_traces", None)
-        wanted = {"batch_get_traces", "to_proto", "_wrap_response", "_raw_request_has_field"}
-        code = getattr(inspect.unwrap(original), "__code__", None) if original is not None else None
-        names = set(code.co_names) if code is not None else set()
-        for const in (code.co_consts if code is not None else ()):
-            names |= set(getattr(const, "co_names", ()))  # the list comprehension's names
-        if (original is None or SpanAttributeKey.REQUEST_ID != _REQUEST_ID or not wanted <= names
-                or getattr(handlers.message_to_json, "func", None) is None):
-            return False
-        if not view_swap.serve_with(original, functools.wraps(original)(_batch_get_traces(handlers, message_to_dict))):
-            return False
-        print("INFO batch-get traces' spans written from their stored JSON (server/trace_answers.py)",
-              file=sys.stderr, flush=True)
-        return True
-    except Exception as err:  # an MLflow that changed shape: its own path
-        print(f"INFO batch-get traces path off: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+    original = getattr(handlers, "_batch_get_traces", None)
+    wanted = {"batch_get_traces", "to_proto", "_wrap_response", "_raw_request_has_field"}
+    code = getattr(inspect.unwrap(original), "__code__", None) if original is not None else None
+    names = set(code.co_names) if code is not None else set()
+    for const in (code.co_consts if code is not None else ()):
+        names |= set(getattr(const, "co_names", ()))  # the list comprehension's names
+    if (original is None or SpanAttributeKey.REQUEST_ID != _REQUEST_ID or not wanted <= names
+            or getattr(handlers.message_to_json, "func", None) is None):
         return False
+    return view_swap.serve_with(original, functools.wraps(original)(_batch_get_traces(handlers, message_to_dict)))
