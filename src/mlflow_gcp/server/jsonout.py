@@ -36,7 +36,8 @@ class _Unsupported(Exception):
     pass
 
 
-def _double(value: float):
+def protobuf_double(value: float):
+    """A double as protobuf's printer writes it (NaN and the infinities as strings)."""
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
@@ -47,7 +48,7 @@ def _double(value: float):
 def _float32(value: float):
     from google.protobuf.internal import type_checkers
 
-    special = _double(value)
+    special = protobuf_double(value)
     return special if isinstance(special, str) else type_checkers.ToShortestFloat(value)
 
 
@@ -67,7 +68,7 @@ def _enum(enum_type):
     return convert
 
 
-_SCALAR = {F.TYPE_DOUBLE: _double, F.TYPE_FLOAT: _float32, F.TYPE_BOOL: _same, F.TYPE_STRING: _same,
+_SCALAR = {F.TYPE_DOUBLE: protobuf_double, F.TYPE_FLOAT: _float32, F.TYPE_BOOL: _same, F.TYPE_STRING: _same,
            F.TYPE_BYTES: _bytes, **{t: int for t in _INT64}, **{t: _same for t in _INT32}}
 # protobuf's printer writes int64 as strings; MLflow's int64 pass turns them back into numbers
 # only where it can (message_to_json's default), and SearchTracesV3 / trace-info answers turn

@@ -26,10 +26,9 @@ import base64
 import functools
 import inspect
 import json
-import math
-import sys
 
 from mlflow_gcp.server import view_swap
+from mlflow_gcp.server.jsonout import protobuf_double
 from mlflow_gcp.server.search import Answer
 
 _STATUS = {"STATUS_CODE_UNSET": None, "STATUS_CODE_OK": "STATUS_CODE_OK", "STATUS_CODE_ERROR": "STATUS_CODE_ERROR"}
@@ -80,11 +79,7 @@ def _any_value(value) -> dict:
             raise _Other("int64 range")
         return {"int_value": value}
     if kind is float:
-        if math.isnan(value):
-            return {"double_value": "NaN"}
-        if math.isinf(value):
-            return {"double_value": "Infinity" if value > 0 else "-Infinity"}
-        return {"double_value": value}
+        return {"double_value": protobuf_double(value)}
     if kind is list:
         values = [_any_value(item) for item in value]
         return {"array_value": {"values": values} if values else {}}
