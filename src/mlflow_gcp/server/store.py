@@ -265,12 +265,10 @@ def _make_class():
                     if field in seen:
                         continue
                     seen.add(field)
-                    value = field[1]
-                    if value - value == 0.0:  # finite: MLflow's sanitize_metric_value keeps it as is
-                        rows.append((field[0], value, field[2], field[3], False, run_id))
-                    else:
+                    is_nan, value = False, field[1]
+                    if value - value != 0.0:  # not finite (a finite value MLflow's sanitize keeps as is)
                         is_nan, value = sanitize(value)
-                        rows.append((field[0], value, field[2], field[3], is_nan, run_id))
+                    rows.append((field[0], value, field[2], field[3], is_nan, run_id))
                 try:
                     # typed: the parse gave each field MLflow's protobuf type (see the docstring)
                     self._run_with_deadlock_retry(self._write_metric_rows_once, run_id, rows, typed=True)
