@@ -185,3 +185,106 @@ def test_the_uis_chart_path_is_answered_here():
     assert "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval" in history._routes(
         "get_metric_history_bulk_interval_handler")
     assert "/api/2.0/mlflow/metrics/get-history" in history._routes("_get_metric_history")
+
+
+class _Store:
+    """What chart.answer uses of MLflow's store: its session maker and its engine (pool)."""
+
+    def __init__(self, url: str, pool_size: int):
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(url, pool_size=pool_size, max_overflow=0, pool_timeout=5)
+        self.checkouts = 0
+
+    def ManagedSessionMaker(self):  # noqa: N802 (MLflow's name)
+        from contextlib import contextmanager
+
+        from sqlalchemy.orm import Session
+
+        @contextmanager
+        def session():
+            with Session(self.engine) as s:
+                self.checkouts += 1
+                yield s
+
+        return session()
+
+
+@pytest.mark.parametrize("pool_size, split", [(1, False), (2, True), (5, True)])
+def test_a_chart_of_many_runs_is_read_in_two_halves_when_the_pool_has_room(metrics_table, pool_size, split):
+    from mlflow_gcp.server import chart
+
+    url, conn, runs = metrics_table
+    request = {"runs": [runs[-1], "missing", *runs[:-1]], "key": "acc", "n": 7, "start": None, "end": None}
+    store = _Store(url, pool_size)
+    try:
+        got = chart.answer(store, request)
+        assert store.engine.pool.checkedout() == 0  # both connections back in the pool
+    finally:
+        store.engine.dispose()
+    assert got == chart.read(conn, request)
+    assert store.checkouts == (2 if split else 1)
+
+
+def test_a_few_runs_are_read_on_one_connection(metrics_table):
+    from mlflow_gcp.server import chart
+
+    url, conn, runs = metrics_table
+    request = {"runs": runs[:chart.SPLIT_MIN - 1], "key": "acc", "n": 3, "start": None, "end": None}
+    store = _Store(url, 5)
+    try:
+        assert chart.answer(store, request) == chart.read(conn, request)
+    finally:
+        store.engine.dispose()
+    assert store.checkouts == 1
+
+
+def test_the_second_half_is_read_by_the_caller_when_the_helper_has_no_connection_yet(metrics_table):
+    """The helper thread waiting on the pool never holds the answer up: the caller reads that
+    half itself, and the helper gives its connection back unused once it gets one."""
+    import threading
+
+    from mlflow_gcp.server import chart
+
+    url, conn, runs = metrics_table
+    request = {"runs": runs, "key": "acc", "n": 5, "start": None, "end": None}
+    store = _Store(url, 2)
+    gate = threading.Event()
+    real = store.ManagedSessionMaker
+
+    def held_in_helper():
+        if threading.current_thread().name == "mlflow-gcp-chart":
+            gate.wait(10)
+        return real()
+
+    store.ManagedSessionMaker = held_in_helper
+    try:
+        second = chart.Second(store, request)
+        with real() as session:
+            got = second.rows(session.connection().connection.dbapi_connection)
+        gate.set()
+        assert second.done.wait(10)
+        assert second.result is None and second.error is None and second.taken
+        assert store.engine.pool.checkedout() == 0
+    finally:
+        store.engine.dispose()
+    with conn.cursor() as cur:
+        cur.execute(chart.sql(request), request)
+        assert got == cur.fetchall()
+
+
+def test_an_error_on_the_second_connection_is_the_callers(metrics_table):
+    """A failed read on the helper's connection fails the answer (then MLflow's own read answers)."""
+    from mlflow_gcp.server import chart
+
+    url, _, runs = metrics_table
+    store = _Store(url, 2)
+    request = {"runs": runs, "key": "acc", "n": 5, "start": None, "end": None}
+    try:
+        second = chart.Second(store, {**request, "key": None, "n": "not a number"})
+        assert second.done.wait(10)
+        with store.ManagedSessionMaker() as session:
+            with pytest.raises(Exception):
+                second.rows(session.connection().connection.dbapi_connection)
+    finally:
+        store.engine.dispose()

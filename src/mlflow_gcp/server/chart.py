@@ -4,8 +4,9 @@ Why: MLflow's store samples each run with two queries of its own (window functio
 run's whole history, then its last point), one run after the other, and its handler turns every
 sampled point into an entity, a protobuf message and JSON: for the UI's chart of 20 runs that is
 40 queries and ~6,000 objects of each kind. Here one query samples every run at once, reading
-the runs' steps from MLflow's index and then only the kept rows, and its rows are written as
-MLflow's compact JSON.
+the runs' steps from MLflow's index and then only the kept rows (for 4 runs or more, two such
+queries, each for half of the runs, at the same time on two pooled connections when the pool
+has room: SPLIT_MIN), and its rows are written as MLflow's compact JSON.
 
 The sample is MLflow's (SqlAlchemyStore._sample_metric_history_single_run): per run, the rows
 of the metric (within [start_step, end_step] if given) in the order step, timestamp, value,
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from urllib.parse import parse_qsl
 
 from mlflow_gcp.server.history import metric_value
@@ -91,6 +93,13 @@ CROSS JOIN LATERAL (
 ORDER BY r.ord, m.pos
 """
 STEP_RANGE = 'AND "step" >= %(start)s AND "step" <= %(end)s'
+# From this many runs on, the second half of the runs is read on a second pooled connection at
+# the same time (class Second). Why: the query is most of the request's time and PostgreSQL's
+# work per run is independent, so two backends (another CPU of the database) take it in about
+# half the time; the CPU is the same. The bench's 20-run chart, A/B interleaved on 2 shared CPUs
+# under load (load average 4-6): median 0.29 s instead of 0.37, server CPU 40 ms and PostgreSQL
+# CPU 123 ms per request either way.
+SPLIT_MIN = 4
 
 
 def _int(text: str | None) -> int | None:
@@ -137,14 +146,74 @@ def body(key: str, rows) -> bytes:
         for run, v, ts, step, nan in rows) + "]}").encode()
 
 
-def read(connection, request: dict) -> bytes:
-    """The whole answer's body, read in one query on a psycopg2 connection."""
+def rows(connection, request: dict) -> list[tuple]:
+    """The sampled rows of `request`'s runs, in one query on a psycopg2 connection."""
     with connection.cursor() as cursor:
         cursor.execute(sql(request), request)
-        rows = cursor.fetchall()
-    return body(request["key"], rows)
+        return cursor.fetchall()
+
+
+def read(connection, request: dict) -> bytes:
+    """The whole answer's body, read in one query on a psycopg2 connection."""
+    return body(request["key"], rows(connection, request))
 
 
 def answer(store, request: dict) -> bytes:
     with store.ManagedSessionMaker() as session:
-        return read(session.connection().connection.dbapi_connection, request)
+        connection = session.connection().connection.dbapi_connection
+        runs = request["runs"]
+        if len(runs) < SPLIT_MIN or not _spare_connection(store):
+            return read(connection, request)
+        half = (len(runs) + 1) // 2
+        second = Second(store, {**request, "runs": runs[half:]})
+        first = rows(connection, {**request, "runs": runs[:half]})
+        return body(request["key"], first + second.rows(connection))
+
+
+def _spare_connection(store) -> bool:
+    """Whether the store's pool has room for a second connection now (ours already checked
+    out) without waiting: an idle one or one it may open within its budgeted size. Never past
+    pool_size (the budget's; the overflow is 0 there), never on a pool of one."""
+    pool = store.engine.pool
+    try:
+        return pool.size() >= 2 and pool.checkedout() < pool.size()
+    except (AttributeError, TypeError):  # not a QueuePool (NullPool, StaticPool, ...)
+        return False
+
+
+class Second:
+    """The rows of `request` read on a second pooled connection in a thread, unless the caller
+    gets there first: `rows` then reads them on the caller's connection (a checkout that had to
+    wait for the pool is given up: never a wait on the pool, and so never two chart requests
+    each holding one connection while waiting for another)."""
+
+    def __init__(self, store, request: dict):
+        self.request, self.lock, self.done = request, threading.Lock(), threading.Event()
+        self.started = self.taken = False
+        self.result: list[tuple] | None = None
+        self.error: BaseException | None = None
+        threading.Thread(target=self._read, args=(store,), daemon=True, name="mlflow-gcp-chart").start()
+
+    def _read(self, store) -> None:
+        try:
+            with store.ManagedSessionMaker() as session:
+                connection = session.connection().connection.dbapi_connection
+                with self.lock:
+                    if self.taken:
+                        return
+                    self.started = True
+                self.result = rows(connection, self.request)
+        except BaseException as err:  # noqa: BLE001 (handed to the caller's thread)
+            self.error = err
+        finally:
+            self.done.set()
+
+    def rows(self, connection) -> list[tuple]:
+        with self.lock:
+            self.taken = not self.started
+        if self.taken:
+            return rows(connection, self.request)
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
