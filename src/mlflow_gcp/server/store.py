@@ -174,6 +174,12 @@ def _make_class():
             light_search = _light_search_options(SqlRun, lazyload)
     except ImportError:
         pass
+    from mlflow_gcp.server import search_query
+
+    # MLflow's _search_runs with the runs read from its statement's rows (server/search_query.py),
+    # where MLflow's method is the one it copies; otherwise MLflow's own, under light_search.
+    search_runs = search_query.reader(SqlAlchemyStore) if light_search is not None else None
+    search_runs = search_runs or SqlAlchemyStore._search_runs
     data_queries = (
         f'SELECT run_uuid, "key", "value", "timestamp", "step", is_nan FROM {SqlLatestMetric.__tablename__} '
         "WHERE run_uuid = ANY(%s)",
@@ -434,11 +440,12 @@ def _make_class():
                 return SqlAlchemyStore._get_eager_run_query_options()
 
             def _light_search_runs(self, *args, **kwargs):
-                """MLflow's own _search_runs, loading the runs without their data, and the
-                (metrics, params, tags) rows of each run (_data_rows) read in its transaction."""
+                """MLflow's _search_runs (server/search_query.py's copy, or MLflow's own under
+                light_search), the runs without their data, and the (metrics, params, tags) rows
+                of each run (_data_rows) read in its transaction."""
                 _SEARCHING.on, _SEARCHING.data, _SEARCHING.any_output = True, None, True
                 try:
-                    runs, token = SqlAlchemyStore._search_runs(self, *args, **kwargs)
+                    runs, token = search_runs(self, *args, **kwargs)
                     data = _SEARCHING.data
                 finally:
                     _SEARCHING.on, _SEARCHING.data = False, None
@@ -453,7 +460,7 @@ def _make_class():
             def search_runs_answer(self, experiment_ids, filter_string, run_view_type, max_results,
                                    order_by, page_token) -> str | None:
                 """search_runs' REST answer as JSON (server/search.py), or None: MLflow's path
-                then answers. MLflow's own _search_runs finds and loads the runs."""
+                then answers. MLflow's _search_runs finds the runs (_light_search_runs)."""
                 from mlflow_gcp.server import search
 
                 runs, token, data = self._light_search_runs(

@@ -1,0 +1,135 @@
+"""Our store's search (server/search_query.py: MLflow's _search_runs with the runs read from its
+statement's rows) finds exactly what MLflow's own _search_runs finds, on one database, so ties
+broken by run id are compared too: filters, orders, page tokens walked to the end, view types,
+deleted runs, runs a dataset filter joins twice, runs with dataset inputs and logged-model
+outputs, max_results edges, and MLflow's errors for what it refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlflow_gcp.server import search_query
+from mlflow_gcp.server import store as store_mod
+
+T0 = 1_700_000_000_000
+
+
+def test_the_copy_is_of_this_mlflows_search_runs():
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    assert search_query.reader(SqlAlchemyStore) is not None
+
+    class Changed(SqlAlchemyStore):
+        def _search_runs(self, *args, **kwargs):  # another MLflow's method: its own runs
+            return super()._search_runs(*args, **kwargs)
+
+    assert search_query.reader(Changed) is None
+    assert search_query.reader(object) is None
+
+
+@pytest.fixture(scope="module")
+def seeded(new_database, tmp_path_factory):
+    from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunStatus, RunTag
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(store_mod.BULK_ENV, "1")
+        store = store_mod.build_store(new_database("mlflow_gcp_search_query"), str(tmp_path_factory.mktemp("sq")))
+    assert type(store).__name__ == "BulkPostgresStore"
+    exp, other = store.create_experiment("sq"), store.create_experiment("sq-other")
+    runs = []
+    for n in range(14):
+        # start times repeat (ties fall to the run id), one run has no name
+        run = store.create_run(exp, "u", T0 + (n % 5) * 1000, [RunTag("g", "ab"[n % 2])], None if n == 6 else f"r-{n}")
+        rid = run.info.run_id
+        runs.append(rid)
+        store.log_batch(rid, [Metric("m", float(n % 4) if n != 3 else float("nan"), T0, 0), Metric("x", n / 3, T0 + n, n)],
+                        [Param("p", str(n % 3))], [RunTag("t", str(n % 4))])
+    store.update_run_info(runs[0], RunStatus.FINISHED, T0 + 9000, None)
+    store.update_run_info(runs[1], RunStatus.FAILED, T0 + 8000, "renamed")
+    store.delete_run(runs[2])
+    store.delete_run(runs[9])
+    dataset = Dataset(name="train", digest="d1", source_type="local", source="/d.csv")
+    for rid in (runs[4], runs[5]):
+        store.log_inputs(rid, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")]),
+                               DatasetInput(Dataset(name="train", digest="d2", source_type="local", source="/e.csv"))])
+    model = store.create_logged_model(exp, name="m")
+    store.log_outputs(runs[7], [LoggedModelOutput(model.model_id, step=1)])
+    store.create_run(other, "u", T0, [], "elsewhere")
+    yield store, exp, other
+    store.engine.dispose()
+
+
+CASES = [
+    dict(),
+    dict(filter_string="metrics.m >= 1", order_by=["metrics.m DESC"]),
+    dict(filter_string="params.p = '1'", order_by=["start_time ASC"]),
+    dict(filter_string="tags.g = 'a' and attributes.status != 'RUNNING'"),
+    dict(order_by=["metrics.m ASC", "start_time DESC"]),
+    dict(order_by=["tags.t DESC", "params.p ASC"]),
+    dict(order_by=["attributes.run_name ASC"]),
+    dict(filter_string="datasets.name = 'train'"),
+    dict(filter_string="attributes.run_name LIKE 'r-1%'"),
+    dict(run_view_type="DELETED_ONLY"),
+    dict(run_view_type="ALL", order_by=["metrics.x DESC"]),
+    dict(filter_string="params.p = 'none'"),
+]
+
+
+def _both(store, exp_ids, case, max_results, page_token=None):
+    from mlflow.entities import ViewType
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    args = (exp_ids, case.get("filter_string", ""), getattr(ViewType, case.get("run_view_type", "ACTIVE_ONLY")),
+            max_results, case.get("order_by", []), page_token)
+    return [_outcome(lambda: SqlAlchemyStore._search_runs(store, *args)), _outcome(lambda: store._search_runs(*args))]
+
+
+def _outcome(call):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        runs, token = call()
+    except MlflowException as err:
+        return ("error", err.error_code, err.message)
+    # as JSON text with keys sorted: NaN equals NaN, and each run's data in one order
+    return [json.dumps(r.to_dictionary(), sort_keys=True) for r in runs], token
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(n) for n in range(len(CASES))])
+def test_whole_and_paged_searches_are_mlflows(seeded, case):
+    store, exp, other = seeded
+    mlflows, ours = _both(store, [exp, other], case, 100)
+    assert ours == mlflows
+    token, pages = None, 0
+    while True:  # walked in pages of 4 with the tokens each gives
+        mlflows, ours = _both(store, [exp], case, 4, token)
+        assert ours == mlflows, pages
+        token, pages = mlflows[1], pages + 1
+        if not token:
+            break
+    assert pages >= 1
+
+
+def test_found_runs_carry_mlflows_values(seeded):
+    store, exp, _ = seeded
+    mlflows, ours = _both(store, [exp], dict(run_view_type="ALL"), None)
+    assert ours == mlflows and len(ours[0]) == 14
+    found = [json.loads(r) for r in ours[0]]
+    infos = {r["info"]["run_name"]: r for r in found}
+    assert infos["renamed"]["info"]["status"] == "FAILED" and infos["renamed"]["info"]["end_time"] == T0 + 8000
+    assert sum(r["info"]["lifecycle_stage"] == "deleted" for r in found) == 2
+    assert sum(bool(r["inputs"]["dataset_inputs"]) for r in found) == 2
+    assert sum(bool(r["outputs"]["model_outputs"]) for r in found) == 1
+
+
+@pytest.mark.parametrize("max_results, page_token, filter_string", [
+    (1, None, ""), (13, None, ""), (12, None, ""), (50000, None, ""), (0, None, ""), (-1, None, ""),
+    (50001, None, ""), (5, "not-a-token", ""), (5, None, "metrics.m <<< 1"), (5, None, "nope.x = 1"),
+])
+def test_edges_and_refusals_are_mlflows(seeded, max_results, page_token, filter_string):
+    store, exp, _ = seeded
+    mlflows, ours = _both(store, [exp], dict(filter_string=filter_string), max_results, page_token)
+    assert ours == mlflows
+
