@@ -488,6 +488,11 @@ def test_metric_values_are_stored_as_mlflows_store_stores_them(stores):
     want = stored(mlflow, lambda run_id: mlflow.store.log_batch(run_id, [Metric(*m) for m in plain], [], []))
     assert stored(bulk, lambda run_id: bulk.store.log_metric_fields(run_id, [(*m, None) for m in plain])) == want
     assert want["latest"]["e"] == repr(1.7976931348623157e308) and want["history"]["NULL"] == [(0, T0, "nan")]
+    # finite values whose sum is not (log_metric_fields then looks at each), and plain ones
+    for batch in ([("big", 1e308, T0, 0), ("big", 1e308, T0, 1), ("big", -0.0, T0, 2)],
+                  [("m", 0.5, T0, 0), ("m", 0.5, T0, 0), ("m", -0.0, T0, 1), ("n", 2.5, T0 + 1, 1)]):
+        want = stored(mlflow, lambda run_id: mlflow.store.log_batch(run_id, [Metric(*m) for m in batch], [], []))
+        assert stored(bulk, lambda run_id: bulk.store.log_metric_fields(run_id, [(*m, None) for m in batch])) == want
 
 
 def test_fast_path_metrics_get_mlflows_checks_and_errors(stores):

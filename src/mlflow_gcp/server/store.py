@@ -37,6 +37,8 @@ import hashlib
 import os
 import sys
 import threading
+from math import isfinite
+from operator import itemgetter
 from typing import NamedTuple
 
 BULK_ENV = "MLFLOW_GCP_BULK_STORE"
@@ -264,17 +266,13 @@ def _make_class():
                         names.clear()
                     names.update(key for key, *_ in fields)
                 validate_limits(fields, [], [])
-                # MLflow's duplicate rule (Metric equality: key, value, timestamp, step, run id)
-                rows, seen = [], set()
-                sanitize = self.sanitize_metric_value
-                for field in fields:
-                    if field in seen:
-                        continue
-                    seen.add(field)
-                    is_nan, value = False, field[1]
-                    if value - value != 0.0:  # not finite (a finite value MLflow's sanitize keeps as is)
-                        is_nan, value = sanitize(value)
-                    rows.append((field[0], value, field[2], field[3], is_nan, run_id))
+                # MLflow's duplicate rule (Metric equality: key, value, timestamp, step, run id),
+                # the first of equal ones kept; a dict's keys, as a set's, match by identity or ==.
+                rows = [(k, v, ts, step, False, run_id) for k, v, ts, step, _ in dict.fromkeys(fields)]
+                # A finite value MLflow's sanitize keeps as is; a sum that is not finite has a
+                # value that is not (or overflowed: then each is looked at, to the same end).
+                if not isfinite(sum(map(_VALUE, rows))):
+                    rows = sanitized(rows, self.sanitize_metric_value)
                 try:
                     # typed: the parse gave each field MLflow's protobuf type (see the docstring)
                     self._run_with_deadlock_retry(self._write_metric_rows_once, run_id, rows, typed=True)
@@ -549,6 +547,21 @@ def _trace_write_hooks(trace_writes):
                           creation_time=created, last_update_time=updated)
 
     return light_experiment
+
+
+_VALUE = itemgetter(1)  # of a row in COLUMNS order
+
+
+def sanitized(rows: list[tuple], sanitize) -> list[tuple]:
+    """`rows` (COLUMNS order, is_nan False) with each value that is not finite replaced as
+    MLflow's `sanitize_metric_value` replaces it (NaN: 0 and is_nan; the infinities: the
+    largest doubles)."""
+    out = []
+    for key, value, timestamp, step, is_nan, run_uuid in rows:
+        if value - value != 0.0:
+            is_nan, value = sanitize(value)
+        out.append((key, value, timestamp, step, is_nan, run_uuid))
+    return out
 
 
 def metric_statements(metrics: str, latest: str) -> tuple[tuple[str, str], tuple[str, str]]:
