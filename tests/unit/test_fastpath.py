@@ -125,3 +125,90 @@ def test_routes_come_from_mlflows_url_map(monkeypatch):
     }
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
     assert fastpath._routes() is None
+
+
+# ------------------------------------------------ orjson's parse, where it is taken, is json's
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_BIG = st.one_of(st.integers(), st.sampled_from([2**63, 2**64, -2**63 - 1, 2**64 + 1, -2**64, 10**30]))
+_NUMBER_TEXT = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,25})?([eE][-+]?[0-9]{1,3})?", fullmatch=True)
+
+
+def _canonical(x):
+    """`x` with every number tagged by its type and floats by their bits (-0.0 is not 0.0, NaN
+    is NaN) and dicts as their items in order."""
+    import struct
+
+    if type(x) is float:
+        return ("float", struct.pack("<d", x))
+    if type(x) is dict:
+        return ("dict", [(k, _canonical(v)) for k, v in x.items()])
+    if type(x) in (list, tuple):
+        return (type(x).__name__, [_canonical(v) for v in x])
+    return (type(x).__name__, x)
+
+
+def _both(kind, body, monkeypatch):
+    got = fastpath.plain_request(kind, _JSON_HEADERS, body)
+    with monkeypatch.context() as m:
+        m.setattr(fastpath, "_orjson_loads", None)
+        want = fastpath.plain_request(kind, _JSON_HEADERS, body)
+    return _canonical(got), _canonical(want)
+
+
+def _text(x, ascii_only):
+    import json
+
+    return json.dumps(x, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+_ANY_VALUE = st.one_of(st.floats(), _BIG, st.sampled_from(["NaN", "Infinity", "-Infinity", "1.5", True, None]))
+_ANY_METRIC = st.fixed_dictionaries(
+    {"key": st.text(max_size=3), "value": _ANY_VALUE, "timestamp": st.one_of(_INT64, _BIG)},
+    optional={"step": st.one_of(_INT64, _BIG), "run_id": st.sampled_from(["r1", "r2"])})
+
+
+def test_orjson_is_installed():
+    assert fastpath._orjson_loads is not None  # else the comparisons below compare json with json
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_ANY_METRIC, min_size=1, max_size=4), st.booleans())
+def test_a_batch_is_parsed_as_json_parses_it(metrics, ascii_only):
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as monkeypatch:
+        got, want = _both("log_batch", _text(batch(*metrics), ascii_only), monkeypatch)
+    assert got == want
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_NUMBER_TEXT, _NUMBER_TEXT, st.sampled_from(["log_batch", "log_metric"]))
+def test_numbers_as_written_are_parsed_as_json_parses_them(value, timestamp, kind):
+    import pytest as _pytest
+
+    metric = f'"key": "a", "value": {value}, "timestamp": {timestamp}'
+    body = (f'{{"run_id": "r1", "metrics": [{{{metric}}}]}}' if kind == "log_batch"
+            else f'{{"run_id": "r1", "run_uuid": "r1", {metric}}}').encode()
+    with _pytest.MonkeyPatch.context() as monkeypatch:
+        got, want = _both(kind, body, monkeypatch)
+    assert got == want
+
+
+@pytest.mark.parametrize("body", [
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": 18446744073709551616, "timestamp": 1}]}',
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": -9223372036854775809, "timestamp": 1}]}',
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": 1, "timestamp": 18446744073709551616}]}',
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": 1e400, "timestamp": 1}]}',
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": NaN, "timestamp": 1}]}',
+    b'{"run_id": "r1", "metrics": [{"key": "\\ud800", "value": 1, "timestamp": 1}]}',
+    b'\xef\xbb\xbf{"run_id": "r1", "metrics": [{"key": "a", "value": 1, "timestamp": 1}]}',
+    '{"run_id": "r1", "metrics": [{"key": "a", "value": 1, "timestamp": 1}]}'.encode("utf-16"),
+    b'{"run_id": "r1", "run_id": "r2", "metrics": [{"key": "a", "value": 1.5, "timestamp": 1}]}',
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": 1.5, "timestamp": 1}]} ',
+    b'{"run_id": "r1", "metrics": [{"key": "a", "value": 1.5, "timestamp": 1}]}x',
+    b'{"run_id": "r1", "metrics": [{"key": "\xc0\x80", "value": 1.5, "timestamp": 1}]}',
+])
+def test_bodies_orjson_refuses_or_reads_otherwise_are_jsons(body, monkeypatch):
+    got, want = _both("log_batch", body, monkeypatch)
+    assert got == want
