@@ -2,7 +2,8 @@
 statement's rows) finds exactly what MLflow's own _search_runs finds, on one database, so ties
 broken by run id are compared too: filters, orders, page tokens walked to the end, view types,
 deleted runs, runs a dataset filter joins twice, runs with dataset inputs and logged-model
-outputs, max_results edges, and MLflow's errors for what it refuses."""
+outputs, max_results edges, and MLflow's errors for what it refuses; each request asked twice,
+the second time from the statement kept for it."""
 
 from __future__ import annotations
 
@@ -83,7 +84,13 @@ def _both(store, exp_ids, case, max_results, page_token=None):
 
     args = (exp_ids, case.get("filter_string", ""), getattr(ViewType, case.get("run_view_type", "ACTIVE_ONLY")),
             max_results, case.get("order_by", []), page_token)
-    return [_outcome(lambda: SqlAlchemyStore._search_runs(store, *args)), _outcome(lambda: store._search_runs(*args))]
+    mlflows, ours = _outcome(lambda: SqlAlchemyStore._search_runs(store, *args)), _outcome(lambda: store._search_runs(*args))
+    # again: the statement built for this request the first time (search_query's per-store cache)
+    assert _outcome(lambda: store._search_runs(*args)) == ours
+    key = search_query.request_key(*args)
+    if key is not None and mlflows[0] != "error":
+        assert key in store._search_statements
+    return [mlflows, ours]
 
 
 def _outcome(call):
@@ -106,7 +113,8 @@ def test_whole_and_paged_searches_are_mlflows(seeded, case):
     while True:  # walked in pages of 4 with the tokens each gives
         mlflows, ours = _both(store, [exp], case, 4, token)
         assert ours == mlflows, pages
-        token, pages = mlflows[1], pages + 1
+        # as text, as MLflow's REST handler passes a token (the store gives bytes)
+        token, pages = mlflows[1] and mlflows[1].decode(), pages + 1
         if not token:
             break
     assert pages >= 1
@@ -129,7 +137,22 @@ def test_found_runs_carry_mlflows_values(seeded):
     (50001, None, ""), (5, "not-a-token", ""), (5, None, "metrics.m <<< 1"), (5, None, "nope.x = 1"),
 ])
 def test_edges_and_refusals_are_mlflows(seeded, max_results, page_token, filter_string):
+    from mlflow.entities import ViewType
+
     store, exp, _ = seeded
     mlflows, ours = _both(store, [exp], dict(filter_string=filter_string), max_results, page_token)
     assert ours == mlflows
+    key = search_query.request_key([exp], filter_string, ViewType.ACTIVE_ONLY, max_results, [], page_token)
+    assert (key in store._search_statements) == (mlflows[0] != "error")  # a refusal is never kept
+
+
+def test_requests_of_other_types_are_not_kept():
+    key = search_query.request_key
+    assert key(["1"], "", 1, 100, ["m DESC"], None) == (("1",), "", 1, 100, ("m DESC",), None)
+    assert key(["1"], "", 1, 100, None, "tok") == (("1",), "", 1, 100, None, "tok")
+    # 1, 1.0 and True are one dict key, and MLflow answers them differently
+    for args in ((["1"], "", 1, 1.0, [], None), (["1"], "", 1, True, [], None), ([1], "", 1, 5, [], None),
+                 (["1"], None, 1, 5, [], None), (["1"], "", True, 5, [], None), (None, "", 1, 5, [], None),
+                 (["1"], "", 1, 5, [b"m"], None), (["1"], "", 1, 5, [], b"tok")):
+        assert key(*args) is None, args
 
