@@ -738,7 +738,48 @@ def trace_workload(url: str) -> dict:
     out["errors"]["unknown_trace"] = attempt(lambda: client.get_trace("tr-" + "0" * 32))
     out["errors"]["bad_filter"] = attempt(lambda: client.search_traces(locations=[exp], filter_string="trace.nope = 1"))
     out["errors"]["unknown_tag_delete"] = norm(attempt(lambda: client.delete_trace_tag(by_case["c1"], "absent")))
+    out["edges"] = edge_batch_gets(url, client, exp, by_case, norm_text)
     return out
+
+
+def edge_batch_gets(url: str, client, exp: str, by_case: dict, norm_text) -> dict:
+    """Batch-gets that server/trace_reads.py answers with fewer traces or leaves to MLflow's own
+    path: a trace with an assessment, a deleted trace, a trace whose spans never arrived (with and
+    without the spans-location tag), another experiment's scope, and tags and metadata changed
+    since the traces were written. Assessments carry random ids and clock times: replaced."""
+    import json as jsonlib
+
+    import requests
+
+    base = f"{url}/api/3.0/mlflow/traces"
+    for trace_id, tags in (("tr-" + "ab" * 16, {"mlflow.trace.spansLocation": "TRACKING_STORE"}), ("tr-" + "cd" * 16, {})):
+        info = {"trace_id": trace_id, "request_time": "2024-01-01T00:00:00Z", "execution_duration": "1s", "state": "OK",
+                "trace_location": {"type": "MLFLOW_EXPERIMENT", "mlflow_experiment": {"experiment_id": exp}},
+                "trace_metadata": {"mlflow.trace.sizeStats": '{"num_spans": 2}', "m": "posted"}, "tags": tags}
+        assert requests.post(base, json={"trace": {"trace_info": info}}).status_code == 200
+    other = client.create_experiment("other-traces")
+    client.set_trace_tag(by_case["c0"], "added", "later")
+    client.delete_traces(exp, trace_ids=[by_case["c5"]])
+    mlflow.log_feedback(trace_id=by_case["c4"], name="quality", value=True, rationale="fine")
+
+    def get(ids, **params):
+        resp = requests.get(f"{base}/batchGet", params={"trace_ids": ids, **params})
+        text = norm_text(resp.content.decode())
+        text = re.sub(r'"(assessment_id|create_time|last_update_time)":"[^"]*"', r'"\1":"X"', text)
+        tree = jsonlib.loads(text)
+        for trace in tree.get("traces", []):  # map entries in key order (see raw_trace_answers)
+            for key in ("tags", "trace_metadata"):
+                trace["trace_info"][key] = sorted(trace["trace_info"].get(key, {}).items())
+        return resp.status_code, tree
+
+    c = [by_case[f"c{n}"] for n in range(TRACE_CASES)]
+    return {
+        "deleted_and_spanless": get([c[0], c[5], "tr-" + "ab" * 16, c[1]]),
+        "assessed": get([c[4], c[0]]),
+        "no_spans_location": get([c[0], "tr-" + "cd" * 16]),
+        "other_experiment": get(c[:2], experiment_ids=[other]),
+        "both_experiments": get(c[:3], experiment_ids=[other, exp]),
+    }
 
 
 def raw_trace_answers(url: str, exp: str, c_ids: list[str], norm_text) -> dict:
@@ -781,7 +822,9 @@ def test_traces_answer_as_stock(servers):
     assert stock["searches"]["status_error"] == ["c3"]
     assert stock["raw"]["batch_get"][0] == 200 and len(stock["raw"]["batch_get"][2][0][1]) == TRACE_CASES
     assert "batch-get traces' spans written from their stored JSON" in our_server.output()  # server/trace_answers.py is on
-    for section in ("searches", "get", "errors", "raw"):
+    assert len(stock["edges"]["deleted_and_spanless"][1]["traces"]) == 2  # c0, c1: the others left out
+    assert stock["edges"]["assessed"][1]["traces"][0]["trace_info"]["assessments"]
+    for section in ("searches", "get", "errors", "raw", "edges"):
         for key in stock[section]:
             assert ours[section][key] == stock[section][key], f"{section}/{key} differs"
     for n, trace in enumerate(stock["all"]):
