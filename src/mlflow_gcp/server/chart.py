@@ -173,7 +173,9 @@ def answer(store, request: dict) -> bytes:
 def _spare_connection(store) -> bool:
     """Whether the store's pool has room for a second connection now (ours already checked
     out) without waiting: an idle one or one it may open within its budgeted size. Never past
-    pool_size (the budget's; the overflow is 0 there), never on a pool of one."""
+    pool_size (the budget's; the overflow is 0 there), never on a pool of one. Two connections
+    for one request are within the worker's budget: server/app.py admits connections // 2
+    database requests at a time (CONNECTIONS_PER_REQUEST, for MLflow's nested log_batch session)."""
     pool = store.engine.pool
     try:
         return pool.size() >= 2 and pool.checkedout() < pool.size()
