@@ -41,7 +41,7 @@ def attribute(rng):
     if roll < 0.7:
         return json.dumps(json_value(rng), allow_nan=True)  # how MLflow stores them
     if roll < 0.8:
-        return rng.choice(STRINGS)  # a raw string that may not be JSON
+        return rng.choice(STRINGS + [" 1 ", "[1] x", "\ufeff1", '"a"\n'])  # a raw string that may not be JSON
     return json_value(rng)  # a raw value (OTLP ingest of other producers)
 
 
