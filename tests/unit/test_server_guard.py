@@ -4,11 +4,11 @@ tests/integration/test_server_guard.py)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from mlflow_gcp.server import guard
+
+from tests.support.asgi_call import call
 
 HOST = "mlflow.example"
 REACHED = b"reached"
@@ -17,25 +17,6 @@ REACHED = b"reached"
 async def _inner(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": REACHED})
-
-
-def call(app, method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()], "scheme": "http",
-             "http_version": "1.1", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 1), "root_path": ""}
-    out = {"status": None, "body": b""}
-
-    async def receive():
-        return {"type": "http.request", "body": b"{}", "more_body": False}
-
-    async def send(message):
-        if message["type"] == "http.response.start":
-            out["status"] = message["status"]
-        else:
-            out["body"] += message.get("body", b"")
-
-    asyncio.run(app(scope, receive, send))
-    return out["status"], out["body"]
 
 
 @pytest.fixture

@@ -174,7 +174,8 @@ def _build_app():
 
     compacted = compact_json()
 
-    from mlflow_gcp.server import artifacts_stream, compress, fastpath, guard, history, search, trace_answers, uiassets
+    from mlflow_gcp.server import (artifacts_stream, compress, fastpath, guard, history, plain_middleware, search,
+                                   trace_answers, uiassets)
 
     permit = None
     if with_permissions:
@@ -190,6 +191,8 @@ def _build_app():
         permit = permissions.FastPathCheck()
     # MLflow's security middleware moves out of its app to the guard around everything below.
     guard.take_from(app)
+    # MLflow's two http middleware functions as plain ASGI for the usual request (server/plain_middleware.py).
+    plain_middleware.install(app)
     if not with_permissions:
         # gs:// downloads streamed from the bucket, not staged on the (in-memory) disk first.
         # (Not with permissions: it answers before MLflow's permission checks.)
