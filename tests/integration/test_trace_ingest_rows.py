@@ -184,7 +184,7 @@ def our_paths(monkeypatch):
     """Counts of our span upserts and light experiment reads (server/trace_writes.py)."""
     from mlflow_gcp.server import trace_writes
 
-    seen = {"upserts": 0, "experiments": 0}
+    seen = {"upserts": 0, "experiments": 0, "bumps": 0}
     upsert, execute = trace_writes.upsert_statements, store_mod._execute
 
     def counting_upsert(*args):
@@ -193,6 +193,7 @@ def our_paths(monkeypatch):
 
     def counting_execute(session, statement, params=None):
         seen["experiments"] += statement == trace_writes.EXPERIMENT_ROW
+        seen["bumps"] += statement == trace_writes.BUMP_GENERATIONS
         return execute(session, statement, params)
 
     monkeypatch.setattr(trace_writes, "upsert_statements", counting_upsert)
@@ -208,10 +209,12 @@ def test_ingest_leaves_mlflows_rows(stores, order, our_paths):
     stock, ours, (stock_root, ours_root) = stores
     base = 100 * (1 + ORDERS.index(order))
     ingest(stock, f"rows-{order}", order, base)
-    assert our_paths == {"upserts": 0, "experiments": 0}  # MLflow's store keeps its own code
+    assert our_paths == {"upserts": 0, "experiments": 0, "bumps": 0}  # MLflow's store keeps its own code
     ingest(ours, f"rows-{order}", order, base)
     batches = sum(len(trace_case(n, base)[1]) for n in range(8))
     assert our_paths["upserts"] == batches
+    # the payload generation bump: once per log_spans, once per start_trace that finds its trace
+    assert our_paths["bumps"] == batches + (8 if order == "spans_first" else 0)
     # one per start_trace, one per log_spans that creates its trace
     assert our_paths["experiments"] == {"spans_first": 16, "start_first": 8, "spans_only": 8}[order]
     expected, got = dump(stock, stock_root), dump(ours, ours_root)
@@ -281,3 +284,36 @@ def test_trace_writes_to_missing_or_deleted_experiments_fail_as_mlflows(stores):
     expected = refusals(stock, stock_root)
     assert expected[0][1] == "RESOURCE_DOES_NOT_EXIST" and expected[2][1] == "INVALID_PARAMETER_VALUE"
     assert refusals(ours, ours_root) == expected
+
+
+def spans_elsewhere(store, root: str) -> list:
+    """MLflow's answers to spans and start_trace for traces whose spans MLflow keeps outside the
+    tracking store (its spans-location tag), and the trace rows after them."""
+    from sqlalchemy import text
+
+    exp = store.create_experiment("spans-elsewhere")
+    out = []
+    for n, location in enumerate(["ARTIFACT_REPO", "ARCHIVE_REPO", "TRACKING_STORE"]):
+        trace_hex, batches, info = trace_case(n, 3000)
+        log_batch(store, exp, batches[0], None)
+        with store.engine.begin() as conn:
+            conn.execute(text('INSERT INTO trace_tags (request_id, "key", "value") VALUES (:r, :k, :v) '
+                              'ON CONFLICT (request_id, "key") DO UPDATE SET "value" = EXCLUDED."value"'),
+                         {"v": location, "r": f"tr-{trace_hex}", "k": "mlflow.trace.spansLocation"})
+        for write in (lambda: log_batch(store, exp, batches[-1], None), lambda: start_trace(store, exp, trace_hex, info)):
+            try:
+                write()
+                out.append("accepted")
+            except Exception as err:
+                out.append((type(err).__name__, getattr(err, "error_code", None), str(err).replace(root, "ROOT")))
+    return out
+
+
+def test_writes_to_traces_whose_spans_are_elsewhere_fail_as_mlflows(stores, our_paths):
+    stock, ours, (stock_root, ours_root) = stores
+    expected = spans_elsewhere(stock, stock_root)
+    assert expected.count("accepted") < len(expected)
+    assert spans_elsewhere(ours, ours_root) == expected
+    assert our_paths["bumps"] > 0
+    got, want = dump(ours, ours_root), dump(stock, stock_root)
+    assert got == want

@@ -300,6 +300,21 @@ def _make_class():
                     return super().get_experiment(experiment_id)
                 return trace_write_hooks(self, experiment_id)
 
+            def _advance_db_payload_generations_for_db_span_writes(self, session, trace_ids):
+                # MLflow's ORM UPDATE as one plain statement while our store writes traces
+                # (server/trace_writes.py); its readers and its error when a trace is not bumped.
+                ids = list(dict.fromkeys(trace_ids))
+                if not ids or not trace_writes.writing() or session.bind.dialect.name != "postgresql":
+                    return super()._advance_db_payload_generations_for_db_span_writes(session, ids)
+                if session.autoflush:  # as the ORM UPDATE autoflushes (merges held included)
+                    session.flush()
+                if _execute(session, *trace_writes.bump_generations(ids)).rowcount == len(ids):
+                    return None
+                existing = self._get_existing_trace_ids(session, ids)
+                return self._raise_log_spans_trace_write_conflict_error(
+                    blocked_trace_ids=self._get_trace_ids_outside_tracking_store(session, ids),
+                    missing_trace_ids=[trace_id for trace_id in ids if trace_id not in existing])
+
         if trace_read is not None and hasattr(SqlAlchemyStore, "_get_spans_with_trace_info"):
 
             def batch_get_traces(self, trace_ids, location=None, experiment_ids=None):
@@ -531,12 +546,16 @@ def _trace_write_hooks(trace_writes):
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
     from mlflow.store.tracking import sqlalchemy_store as mlflow_store
-    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlSpan
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlSpan, SqlTraceInfo, SqlTraceTag
 
     parse_id = getattr(mlflow_store, "_parse_experiment_id", None)
     original = getattr(mlflow_store, "_bulk_upsert", None)
-    needed = ("_log_spans_once", "_start_trace_once", "get_experiment", "DEFAULT_EXPERIMENT_ID")
-    if (parse_id is None or original is None or SqlExperiment.__tablename__ != "experiments"
+    needed = ("_log_spans_once", "_start_trace_once", "get_experiment", "DEFAULT_EXPERIMENT_ID",
+              "_advance_db_payload_generations_for_db_span_writes", "_get_existing_trace_ids",
+              "_get_trace_ids_outside_tracking_store", "_raise_log_spans_trace_write_conflict_error")
+    tables = (SqlExperiment.__tablename__, SqlTraceInfo.__tablename__, SqlTraceTag.__tablename__)
+    if (parse_id is None or original is None or tables != ("experiments", "trace_info", "trace_tags")
+            or "db_payload_generation" not in SqlTraceInfo.__table__.columns
             or not all(hasattr(mlflow_store.SqlAlchemyStore, name) for name in needed)):
         return None
     if not getattr(original, "mlflow_gcp", False):
