@@ -19,6 +19,8 @@ client's CPU on this machine's shared CPUs does not bound the figure (on Cloud R
 are on the users' machines; issue 17's goals are per instance). Stock and ours run one after the other,
 never at the same time. Then ours runs once more with one worker (WORKERS=1, Cloud Run's 1 vCPU)
 through the same loads at quick counts, for its idle and peak RSS (absolute limits, issue 17).
+After each load that seeds rows for the reads (search_runs' runs, the traces, the long histories)
+the database is ANALYZEd, as Cloud SQL's autovacuum would have done by then (servers.analyze).
 Prints a markdown table with the ratio ours/stock.
 """
 
@@ -188,6 +190,7 @@ def measure(server: Server, counts: dict, pg_limit: bool = False) -> tuple[dict[
                                      (SEARCH_B, R_SEARCH_B, "search_runs_by_start", 10)):
         search_exp = client.experiment(f"bench-{op}-{server.kind}")
         loads.seed_search(base, search_exp, counts["search_runs"], tags=tags)
+        servers.analyze(server.database)
         cpu_before = server.cpu_seconds()
         r = clients.run(base, op, 4, counts["search"], deadline, search_exp)
         server_cpu, db_cpu = cpu_spent(cpu_before, server.cpu_seconds())
@@ -210,6 +213,7 @@ def measure(server: Server, counts: dict, pg_limit: bool = False) -> tuple[dict[
         errors += r.errors
         log(f"{server.kind}: artifacts x{n}: {r.per_second:.1f} ops/s ({r.errors} err)")
     seeded = history.seed(base, server.database)
+    servers.analyze(server.database)
     figures[HISTORY] = history.get_metric_history(base, seeded, counts["history_tries"])
     figures[FLOOR] = history.client_floor(base, seeded, counts["history_tries"])
     figures[R_HISTORY], row = replay.history(server, seeded["long_run"], "loss", counts["replay"]["history"])
@@ -245,6 +249,7 @@ def trace_figures(server: Server, counts: dict) -> dict[str, float]:
     exp = loads.Client(server.url).experiment(f"bench-traces-{server.kind}")
     r = traces.ingest(server.url, server.database, exp, 8, counts["traces"], counts["deadline"])
     log(f"{server.kind}: trace ingest {r.per_second:.0f} spans/s ({r.ops} spans in {r.seconds:.1f} s, {r.errors} err)")
+    servers.analyze(server.database)
     s = clients.run(server.url, "search_traces", 4, counts["search_traces"], counts["deadline"], exp)
     log(f"{server.kind}: search_traces {s.per_second:.2f} req/s ({s.ops} req, {s.errors} err)")
     row = replay.search(server, "search_traces", exp, 4, counts["replay"]["search_traces"], counts["deadline"])
