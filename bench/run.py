@@ -20,7 +20,8 @@ are on the users' machines; issue 17's goals are per instance). Stock and ours r
 never at the same time. Then ours runs once more with one worker (WORKERS=1, Cloud Run's 1 vCPU)
 through the same loads at quick counts, for its idle and peak RSS (absolute limits, issue 17).
 After each load that seeds rows for the reads (search_runs' runs, the traces, the long histories)
-the database is ANALYZEd, as Cloud SQL's autovacuum would have done by then (servers.analyze).
+the database is vacuumed and ANALYZEd, as Cloud SQL's autovacuum would have done by then
+(servers.analyze).
 Prints a markdown table with the ratio ours/stock.
 """
 
