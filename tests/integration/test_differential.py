@@ -632,6 +632,7 @@ def trace_workload(url: str) -> dict:
     import json as jsonlib
 
     from mlflow import MlflowClient
+    from mlflow.entities import SpanEvent, SpanStatus, SpanStatusCode
 
     mlflow.set_tracking_uri(url)  # also resets the client's tracer provider to this server
     client = MlflowClient(url)
@@ -643,9 +644,18 @@ def trace_workload(url: str) -> dict:
             f"root-{n}", span_type="AGENT", inputs={"question": f"q{n}", "n": n}, attributes={"k": n},
             tags={"case": f"c{n}", "group": "ab"[n % 2]}, metadata={"m": str(n % 3)}, experiment_id=exp,
             start_time_ns=at)
+        # Attributes of every JSON kind (server/trace_answers.py writes them as text): nested
+        # objects and lists, empty ones, unicode, floats, big ints, booleans, null.
         child = mlflow.start_span_no_context("retrieve", span_type="RETRIEVER", parent_span=root,
-                                             inputs={"query": f"q{n}"}, start_time_ns=at + 1000)
+                                             inputs={"query": f"q{n}"}, start_time_ns=at + 1000, attributes={
+                                                 "nested": {"a": [1, 2.5, {"b": "é😀\u2028\"\\"}], "e": {}, "l": []},
+                                                 "floats": [0.1 + 0.2, 1e-300, -0.0, 1e16], "big": 2**62 + n,
+                                                 "flag": n % 2 == 0, "nothing": None, "text": f"日本-{n}\n\t"})
         leaf = mlflow.start_span_no_context("embed", parent_span=child, inputs="text", start_time_ns=at + 2000)
+        leaf.add_event(SpanEvent("empty", timestamp=at + 2500))
+        leaf.add_event(SpanEvent("note", timestamp=at + 2600, attributes={"why": "é", "": "blank"}))
+        if n == 2:
+            leaf.set_status(SpanStatus(SpanStatusCode.ERROR, "boom é"))
         leaf.end(outputs=[0.5, n], end_time_ns=at + 3000)
         child.end(outputs=[{"doc": "d", "score": 0.25}], end_time_ns=at + 4000 + n)
         root.end(outputs={"answer": f"a{n}"}, status="ERROR" if n == 3 else "OK", end_time_ns=at + 10**6 * (n + 1))

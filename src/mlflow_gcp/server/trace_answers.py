@@ -23,9 +23,17 @@ compares raw answers with stock MLflow's.
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import inspect
 import json
+from json.encoder import encode_basestring_ascii
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from mlflow.entities import TraceState
+from mlflow.entities.trace_info_v2 import _truncate_request_metadata, _truncate_tags
+from mlflow.entities.trace_location import MlflowExperimentLocation, TraceLocationType
 
 from mlflow_gcp.server import view_swap
 from mlflow_gcp.server.jsonout import protobuf_double
@@ -35,6 +43,7 @@ _STATUS = {"STATUS_CODE_UNSET": None, "STATUS_CODE_OK": "STATUS_CODE_OK", "STATU
 _INT64 = (-(2**63), 2**63 - 1)
 _REQUEST_ID = "mlflow.traceRequestId"  # SpanAttributeKey.REQUEST_ID, checked at install
 _SCAN = json.JSONDecoder().scan_once  # what json.loads runs, as json.loads configures it
+_quoted = encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
 
 
 class _Other(Exception):
@@ -66,37 +75,53 @@ def _decoded_id(text) -> int:
     return int.from_bytes(raw, "big")
 
 
-def _any_value(value) -> dict:
+def _text(value: str) -> str:
+    """A string as protobuf's AnyValue keeps it (lone surrogates replaced), then as json.dumps
+    writes it."""
+    if not value.isascii():
+        value = value.encode("utf-8", errors="replace").decode("utf-8")
+    return _quoted(value)
+
+
+def _double(value: float) -> str:
+    special = protobuf_double(value)
+    return _quoted(special) if type(special) is str else float.__repr__(value)
+
+
+def _any_value(value) -> str:
     """`_set_otel_proto_anyvalue(AnyValue(), value)` as printed; None leaves it unset ({})."""
     kind = type(value)
-    if value is None:
-        return {}
-    if kind is bool:
-        return {"bool_value": value}
     if kind is str:
-        return {"string_value": value.encode("utf-8", errors="replace").decode("utf-8")}
+        return '{"string_value":' + _text(value) + "}"
+    if value is None:
+        return "{}"
+    if kind is bool:
+        return '{"bool_value":true}' if value else '{"bool_value":false}'
     if kind is int:
         if not _INT64[0] <= value <= _INT64[1]:
             raise _Other("int64 range")
-        return {"int_value": value}
+        return '{"int_value":' + int.__repr__(value) + "}"
     if kind is float:
-        return {"double_value": protobuf_double(value)}
+        return '{"double_value":' + _double(value) + "}"
     if kind is list:
-        values = [_any_value(item) for item in value]
-        return {"array_value": {"values": values} if values else {}}
+        if not value:
+            return '{"array_value":{}}'
+        return '{"array_value":{"values":[' + ",".join([_any_value(item) for item in value]) + "]}}"
     if kind is dict:
-        pairs = [_key_value(str(key).encode("utf-8", errors="replace").decode("utf-8"), item)
-                 for key, item in value.items()]
-        return {"kvlist_value": {"values": pairs} if pairs else {}}
+        if not value:
+            return '{"kvlist_value":{}}'
+        pairs = [_key_value(_text(str(key)), item) for key, item in value.items()]
+        return '{"kvlist_value":{"values":[' + ",".join(pairs) + "]}}"
     raise _Other(kind.__name__)
 
 
-def _key_value(key: str, value) -> dict:
-    pair = {"key": key} if key else {}
-    printed = _any_value(value)
-    if value is not None:
-        pair["value"] = printed
-    return pair
+def _key_value(key: str, value) -> str:
+    """A KeyValue as printed, `key` already written as a JSON string ('""' when empty)."""
+    if value is None:
+        return "{}" if key == '""' else '{"key":' + key + "}"
+    if key == '""':
+        return '{"value":' + _any_value(value) + "}"
+    return '{"key":' + key + ',"value":' + _any_value(value) + "}"
 
 
 def _attribute(serialized):
@@ -121,7 +146,7 @@ def _attribute(serialized):
         return serialized
 
 
-def _event(event) -> dict:
+def _event(event) -> str:
     if type(event) is not dict:
         raise _Other("event")
     name = event["name"]
@@ -129,25 +154,26 @@ def _event(event) -> dict:
     attributes = event.get("attributes", {})
     if type(name) is not str or type(attributes) is not dict or not 0 <= time_ns < 2**64:
         raise _Other("event")
-    out = {}
+    out = []
     if time_ns:
-        out["time_unix_nano"] = time_ns
+        out.append('"time_unix_nano":' + int.__repr__(time_ns))
     if name:
-        out["name"] = _utf8(name)
+        out.append('"name":' + _quoted(_utf8(name)))
     if attributes:
         pairs = []
         for key, value in attributes.items():
             # Event attributes are passed on raw (not JSON-decoded); only plain strings here.
             if type(key) is not str or type(value) is not str:
                 raise _Other("event attribute")
-            pairs.append(_key_value(_utf8(key), value))
-        out["attributes"] = pairs
-    return out
+            pairs.append(_key_value(_quoted(_utf8(key)), value))
+        out.append('"attributes":[' + ",".join(pairs) + "]")
+    return "{" + ",".join(out) + "}"
 
 
-def span_json(span) -> dict | None:
-    """The dict protobuf's printer with MLflow's int64 pass gives for `span.to_otel_proto()`, for a
-    LazySpan not yet materialised holding the usual stored shape; None for any other span."""
+def span_json(span) -> str | None:
+    """The JSON text protobuf's printer with MLflow's int64 pass gives for `span.to_otel_proto()`
+    (as json.dumps writes it compact), for a LazySpan not yet materialised holding the usual
+    stored shape; None for any other span."""
     from mlflow.entities.span import LazySpan
 
     if type(span) is not LazySpan or span.__dict__.get("_materialized") is not False:
@@ -161,7 +187,7 @@ def span_json(span) -> dict | None:
         return None  # MLflow's own path says what is wrong with it
 
 
-def _span_json(data) -> dict:
+def _span_json(data) -> str:
     if type(data) is not dict or "context" in data or data.get("links"):
         raise _Other("schema")
     attributes = data.get("attributes", {})
@@ -187,54 +213,147 @@ def _span_json(data) -> dict:
     if type(events) is not list:
         raise _Other("events")
 
-    out = {"trace_id": _id(trace_id, 32), "span_id": _id(span_id, 16)}
+    # Written as json.dumps(separators=(",", ":")) writes the printer's dict: fields in its order.
+    out = ['{"trace_id":"', _id(trace_id, 32), '","span_id":"', _id(span_id, 16), '"']
     if parent_id:
-        out["parent_span_id"] = _id(parent_id, 16)
+        out += ',"parent_span_id":"', _id(parent_id, 16), '"'
     if name:
-        out["name"] = _utf8(name)
+        out += ',"name":', _quoted(_utf8(name))
     if start:
-        out["start_time_unix_nano"] = start
+        out += ',"start_time_unix_nano":', int.__repr__(start)
     if end:
-        out["end_time_unix_nano"] = end
+        out += ',"end_time_unix_nano":', int.__repr__(end)
     pairs = []
     for key, value in attributes.items():
         if type(key) is not str:
             raise _Other("attribute key")
-        pairs.append(_key_value(_utf8(key), _attribute(value)))
+        pairs.append(_key_value(_quoted(_utf8(key)), _attribute(value)))
     if pairs:
-        out["attributes"] = pairs
+        out += ',"attributes":[', ",".join(pairs), "]"
     if events:
-        out["events"] = [_event(event) for event in events]
+        out += ',"events":[', ",".join([_event(event) for event in events]), "]"
     # OTel's Status keeps a description only for ERROR (and only a str); UNSET is proto3's default.
-    printed_status = {}
+    printed_status = []
     if code == "STATUS_CODE_ERROR" and message:
         if type(message) is not str:
             raise _Other("status message")
-        printed_status["message"] = _utf8(message)
+        printed_status.append('"message":' + _quoted(_utf8(message)))
     if code is not None:
-        printed_status["code"] = code
-    out["status"] = printed_status
-    return out
+        printed_status.append('"code":"' + code + '"')
+    out += ',"status":{', ",".join(printed_status), "}}"
+    return "".join(out)
+
+
+# Inside these ranges protobuf's Timestamp / Duration.FromMilliseconds and ToJsonString give what
+# `_timestamp` / `_duration` write; outside them (negative, out of range) protobuf writes or refuses.
+_LAST_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_LAST_DURATION_MS = 315_576_000_000_999
+_EPOCH = datetime.datetime(1970, 1, 1)
+
+
+def _timestamp(ms: int) -> str:
+    if not 0 <= ms <= _LAST_TIMESTAMP_MS:
+        stamp = Timestamp()
+        stamp.FromMilliseconds(ms)
+        return stamp.ToJsonString()
+    text = (_EPOCH + datetime.timedelta(seconds=ms // 1000)).isoformat()
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else text + "Z"
+
+
+def _duration(ms: int) -> str:
+    if not 0 <= ms <= _LAST_DURATION_MS:
+        duration = Duration()
+        duration.FromMilliseconds(ms)
+        return duration.ToJsonString()
+    return f"{ms // 1000}.{ms % 1000:03d}s" if ms % 1000 else f"{ms // 1000}s"
+
+
+def _string_map(pairs: dict) -> str:
+    """A map<string, string> field's entries (truncated by MLflow's own function first), or _Other."""
+    out = []
+    for key, value in pairs.items():
+        if type(key) is not str or type(value) is not str:
+            raise _Other("map entry")
+        out.append(_quoted(_utf8(key)) + ":" + _quoted(_utf8(value)))
+    return "{" + ",".join(out) + "}"
+
+
+def info_json(info) -> str | None:
+    """The JSON text `message_to_json(info.to_proto())` gives (compact; int64 either way: a
+    TraceInfoV3 without assessments has none), for a TraceInfo of an experiment's trace without
+    assessments; None for any other (MLflow's proto and printer then write it). Map entries
+    (tags, metadata) come in the dict's order: protobuf's own order differs between processes."""
+    location = info.trace_location
+    experiment = location.mlflow_experiment
+    if (info.assessments or type(info.state) is not TraceState or type(experiment) is not MlflowExperimentLocation
+            or location.type is not TraceLocationType.MLFLOW_EXPERIMENT or location.inference_table is not None
+            or location.uc_schema is not None or location.uc_table_prefix is not None):
+        return None
+    try:
+        out = []
+        # Fields in field-number order, as protobuf lists the ones that are set.
+        for name, value in (("trace_id", info.trace_id), ("client_request_id", info.client_request_id)):
+            if value is not None:
+                if type(value) is not str:
+                    raise _Other(name)
+                out.append(f'"{name}":' + _quoted(_utf8(value)))
+        if type(experiment.experiment_id) is not str:
+            raise _Other("experiment id")
+        out.append('"trace_location":{"type":"MLFLOW_EXPERIMENT","mlflow_experiment":{"experiment_id":'
+                   + _quoted(_utf8(experiment.experiment_id)) + "}}")
+        if type(info.request_time) is not int:
+            raise _Other("request time")
+        out.append('"request_time":"' + _timestamp(info.request_time) + '"')
+        if info.execution_duration is not None:
+            if type(info.execution_duration) is not int:
+                raise _Other("execution duration")
+            out.append('"execution_duration":"' + _duration(info.execution_duration) + '"')
+        out.append('"state":"' + info.state.value + '"')
+        metadata = _truncate_request_metadata(info.trace_metadata)
+        if metadata:
+            out.append('"trace_metadata":' + _string_map(metadata))
+        tags = _truncate_tags(info.tags)
+        if tags:
+            out.append('"tags":' + _string_map(tags))
+        for name, value in (("request_preview", info.request_preview), ("response_preview", info.response_preview)):
+            if value is not None:
+                if type(value) is not str:
+                    raise _Other(name)
+                out.append(f'"{name}":' + _quoted(_utf8(value)))
+    except (_Other, ValueError):
+        return None  # MLflow's proto says what is wrong with it
+    return "{" + ",".join(out) + "}"
+
+
+def _compact(as_dict: dict) -> str:
+    return json.dumps(as_dict, separators=(",", ":"))
 
 
 def traces_json(traces, walk) -> str | None:
     """The BatchGetTraces answer text for these traces, or None for MLflow's own path. `walk` is
     server/jsonout.py's message_to_dict."""
+    if not traces:
+        return "{}"
     printed = []
     for trace in traces:
-        info = walk(trace.info.to_proto())
+        info = info_json(trace.info)
         if info is None:
-            return None
+            as_dict = walk(trace.info.to_proto())
+            if as_dict is None:
+                return None
+            info = _compact(as_dict)
         spans = []
         for span in trace.data.spans:
-            as_dict = span_json(span)
-            if as_dict is None:
+            text = span_json(span)
+            if text is None:
                 as_dict = walk(span.to_otel_proto())
                 if as_dict is None:
                     return None
-            spans.append(as_dict)
-        printed.append({"trace_info": info, "spans": spans} if spans else {"trace_info": info})
-    return json.dumps({"traces": printed} if printed else {}, separators=(",", ":"))
+                text = _compact(as_dict)
+            spans.append(text)
+        info_text = '{"trace_info":' + info
+        printed.append(info_text + ',"spans":[' + ",".join(spans) + "]}" if spans else info_text + "}")
+    return '{"traces":[' + ",".join(printed) + "]}"
 
 
 def _batch_get_traces(handlers, walk):
