@@ -175,8 +175,9 @@ def test_install_routes_mlflows_batch_get_view_here():
         "from mlflow_gcp.server import app, trace_answers\n"
         "assert not trace_answers.install()  # not before the compact message_to_json\n"
         "assert app.compact_json() and trace_answers.install()\n"
-        "views = [f for f in flask_app.view_functions.values() if getattr(f, '__wrapped__', None) is handlers._batch_get_traces]\n"
-        "assert len(views) >= 1, views\n"
+        "for original in (handlers._batch_get_traces, handlers._search_traces_v3):\n"
+        "    views = [f for f in flask_app.view_functions.values() if getattr(f, '__wrapped__', None) is original]\n"
+        "    assert len(views) >= 1, (original, views)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -222,3 +223,29 @@ def test_random_trace_infos_print_as_mlflows(numbers):
         assert _maps_sorted(printed) == _maps_sorted(expected), (n, info)
         assert printed == json.dumps(json.loads(printed), separators=(",", ":"))  # literals as json.dumps writes them
     assert fast > 400
+
+
+def test_search_answer_text_is_mlflows():
+    from mlflow.entities import Assessment, AssessmentSource, Feedback, TraceInfo, TraceLocation, TraceState
+    from mlflow.protos.service_pb2 import SearchTracesV3
+    from mlflow.utils.proto_json_utils import message_to_json
+
+    def answer(infos, token):
+        message = SearchTracesV3.Response(traces=[i.to_proto() for i in infos])
+        if token:
+            message.next_page_token = token
+        return message_to_json(message, pretty=False, convert_int64_to_number=False)
+
+    infos = [TraceInfo(trace_id=f"tr-{n}", trace_location=TraceLocation.from_experiment_id("3"), request_time=1_700_000_000_000 + n,
+                       state=TraceState.OK, execution_duration=n * 1001 or None, trace_metadata={"m": str(n)},
+                       tags={"t": "é", "u": str(n)} if n % 2 else {}, request_preview='{"q": 1}' if n else None)
+             for n in range(5)]
+    for chosen, token in ((infos, "eyJvZmZzZXQiOiA1fQ=="), (infos[:1], None), ([], None), ([], "t")):
+        printed = trace_answers.search_json(chosen, token)
+        assert _maps_sorted(printed) == _maps_sorted(answer(chosen, token))
+        assert printed == json.dumps(json.loads(printed), separators=(",", ":"))
+    # A trace with assessments goes to MLflow's proto and printer.
+    feedback = Feedback(name="q", value=True, source=AssessmentSource(source_type="HUMAN", source_id="u"), trace_id="tr-1")
+    assessed = TraceInfo(trace_id="tr-1", trace_location=TraceLocation.from_experiment_id("3"), request_time=1,
+                         state=TraceState.OK, assessments=[feedback])
+    assert isinstance(feedback, Assessment) and trace_answers.search_json([infos[0], assessed], None) is None

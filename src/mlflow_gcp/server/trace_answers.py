@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import datetime
 import functools
+import hashlib
 import inspect
 import json
 from json.encoder import encode_basestring_ascii
@@ -387,12 +388,106 @@ def _batch_get_traces(handlers, walk):
     return _batch_get_traces
 
 
+# sha256 of MLflow 3.17.2's `_search_traces_v3` handler source (decorators included), the one
+# `_search_traces_v3` below follows.
+SEARCH_SOURCE = "7e3c0710e7ebfabd96cfce7db52d4e33301399aa30d2efb59fb20064253d866a"
+
+
+def search_json(traces, token) -> str | None:
+    """The SearchTracesV3 answer text for these TraceInfos and page token, or None for MLflow's
+    own path."""
+    infos = []
+    for info in traces:
+        text = info_json(info)
+        if text is None:
+            return None
+        infos.append(text)
+    fields = ['"traces":[' + ",".join(infos) + "]"] if infos else []
+    if token:
+        fields.append('"next_page_token":' + _quoted(_utf8(token)))
+    return "{" + ",".join(fields) + "}"
+
+
+def _search_traces_v3(handlers):
+    """MLflow 3.17.2's `_search_traces_v3` handler, its answer written by `search_json`."""
+    from mlflow.protos.service_pb2 import SearchTracesV3
+
+    @handlers.catch_mlflow_exception
+    @handlers._disable_if_artifacts_only
+    def _search_traces_v3():
+        # MLflow's code, line for line, up to its answer.
+        request_message = handlers._get_request_message(
+            SearchTracesV3(),
+            schema={
+                "locations": [handlers._assert_array, handlers._assert_required],
+                "filter": [handlers._assert_string],
+                "max_results": [
+                    handlers._assert_intlike,
+                    lambda x: handlers._assert_less_than_or_equal(int(x), 500),
+                ],
+                "order_by": [handlers._assert_array, handlers._assert_item_type_string],
+                "page_token": [handlers._assert_string],
+            },
+        )
+        experiment_ids = [
+            location.mlflow_experiment.experiment_id
+            for location in request_message.locations
+            if location.HasField("mlflow_experiment")
+        ]
+
+        traces, token = handlers._get_tracking_store().search_traces(
+            locations=experiment_ids,
+            filter_string=request_message.filter,
+            max_results=request_message.max_results,
+            order_by=request_message.order_by,
+            page_token=request_message.page_token or None,
+        )
+        text = search_json(traces, token)
+        if text is not None:
+            return handlers._wrap_trace_info_response(Answer(text))
+        response_message = SearchTracesV3.Response()
+        response_message.traces.extend([e.to_proto() for e in traces])
+        if token:
+            response_message.next_page_token = token
+        return handlers._wrap_trace_info_response(response_message)
+
+    return _search_traces_v3
+
+
+def _compact_json_on(handlers) -> bool:
+    """handlers.message_to_json is server/jsonout.py's (it passes an Answer through)."""
+    return getattr(handlers.message_to_json, "func", None) is not None
+
+
+@view_swap.announced("search_traces' trace infos written as JSON text (server/trace_answers.py)",
+                     "search traces path off")
+def _install_search() -> bool:
+    from mlflow.server import handlers
+
+    original = getattr(handlers, "_search_traces_v3", None)
+    try:
+        source = inspect.getsource(inspect.unwrap(original))
+    except (OSError, TypeError):
+        return False
+    if hashlib.sha256(source.encode()).hexdigest() != SEARCH_SOURCE or not _compact_json_on(handlers):
+        return False
+    return view_swap.serve_with(original, functools.wraps(original)(_search_traces_v3(handlers)))
+
+
+def install() -> bool:
+    """Route MLflow's REST batch-get and SearchTracesV3 views through this module (each only where
+    MLflow's pieces are the expected ones); False when neither was. Call only once
+    handlers.message_to_json is server/jsonout.py's (it passes an Answer through)."""
+    batch_get = _install_batch_get()
+    search = _install_search()
+    return batch_get or search
+
+
 @view_swap.announced("batch-get traces' spans written from their stored JSON (server/trace_answers.py)",
                      "batch-get traces path off")
-def install() -> bool:
-    """Route MLflow's REST batch-get view through this path; False (nothing changed) where
-    MLflow's pieces are not the expected ones. Call only once handlers.message_to_json is
-    server/jsonout.py's (it passes an Answer through)."""
+def _install_batch_get() -> bool:
+    """MLflow's REST batch-get view through `_batch_get_traces`; False (nothing changed) where
+    MLflow's pieces are not the expected ones."""
     from mlflow.server import handlers
     from mlflow.tracing.constant import SpanAttributeKey
 
@@ -405,6 +500,6 @@ def install() -> bool:
     for const in (code.co_consts if code is not None else ()):
         names |= set(getattr(const, "co_names", ()))  # the list comprehension's names
     if (original is None or SpanAttributeKey.REQUEST_ID != _REQUEST_ID or not wanted <= names
-            or getattr(handlers.message_to_json, "func", None) is None):
+            or not _compact_json_on(handlers)):
         return False
     return view_swap.serve_with(original, functools.wraps(original)(_batch_get_traces(handlers, message_to_dict)))
