@@ -832,6 +832,7 @@ def test_traces_answer_as_stock(servers):
     assert stock["searches"]["status_error"] == ["c3"]
     assert stock["raw"]["batch_get"][0] == 200 and len(stock["raw"]["batch_get"][2][0][1]) == TRACE_CASES
     assert "batch-get traces' spans written from their stored JSON" in our_server.output()  # server/trace_answers.py is on
+    assert "search_traces' trace infos written as JSON text" in our_server.output()
     assert len(stock["edges"]["deleted_and_spanless"][1]["traces"]) == 2  # c0, c1: the others left out
     assert stock["edges"]["assessed"][1]["traces"][0]["trace_info"]["assessments"]
     for section in ("searches", "get", "errors", "raw", "edges"):

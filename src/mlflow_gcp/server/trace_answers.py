@@ -1,23 +1,32 @@
-"""BatchGetTraces answered with its spans written straight from their stored JSON: the same bytes
-MLflow's handler answers, without building an OpenTelemetry span per stored span.
+"""BatchGetTraces and SearchTracesV3 answered as JSON text written straight from the stored spans
+and the TraceInfos: the same bytes MLflow's handlers answer (map entries aside, see below),
+without building an OpenTelemetry span per stored span, a protobuf message per trace, or the
+dicts json.dumps would then walk.
 
 Why: MLflow's client's `search_traces(max_results=100)` is one search and ten batch-gets of 10
 traces; in each batch-get MLflow's store reads every span's stored JSON into a LazySpan, and the
 handler's `Trace.to_proto` turns each into an OpenTelemetry SDK span (`Span.from_dict`: contexts,
 status, attribute registry) and then into an OTLP protobuf message, which is then printed as JSON
 again. That round trip was ~20% of the server's CPU per batch-get. Here each span's stored dict
-is printed as what that round trip prints, field by field (MLflow 3.17.2's `Span.from_dict`,
+is written as what that round trip prints, field by field (MLflow 3.17.2's `Span.from_dict`,
 `Span.to_otel_proto`, `_set_otel_proto_anyvalue`, OTel's `Status`, then protobuf's printer with
 MLflow's int64 pass: fields in field-number order, proto3 defaults left out, oneof members kept,
-int64 as numbers, bytes as base64).
+int64 as numbers, bytes as base64), as text: building the printer's dicts and then json.dumps
+of the ~85 KB answer were each ~10% of a batch-get. Each TraceInfo (batch-get and search) is
+written the same way as `TraceInfo.to_proto` then the printer give it: Timestamp and Duration
+as protobuf writes them, tags and metadata truncated by MLflow's own functions. Map entries
+come in the dict's order; protobuf's own iteration order differs between processes (stock's
+answers differ from one another there too).
 
 Only the usual shape is written here: a stored span of MLflow 3's schema (base64 ids, OTLP
-status names, attributes a dict, no links, event attributes of plain strings). Any other span -
-older schemas, links, odd types, values protobuf would refuse (out-of-range ints, strings that
-are not UTF-8) - goes through MLflow's own `to_otel_proto` and server/jsonout.py's walk, and an
-answer the walk cannot print goes down MLflow's own path, so errors stay MLflow's.
-tests/unit/test_trace_answers.py compares both on random span dicts; the differential test
-compares raw answers with stock MLflow's.
+status names, attributes a dict, no links, event attributes of plain strings), a TraceInfo of an
+experiment's trace without assessments. Any other span - older schemas, links, odd types, values
+protobuf would refuse (out-of-range ints, strings that are not UTF-8) - goes through MLflow's own
+`to_otel_proto` and server/jsonout.py's walk, any other TraceInfo through its `to_proto` and
+the walk, and an answer the walk cannot print goes down MLflow's own path, so errors stay
+MLflow's. The search view is MLflow's handler copied, used only while MLflow's source is the one
+copied (sha256). tests/unit/test_trace_answers.py compares both with MLflow's on random spans
+and infos; the differential test compares raw answers with stock MLflow's.
 """
 
 from __future__ import annotations
@@ -357,20 +366,23 @@ def traces_json(traces, walk) -> str | None:
     return '{"traces":[' + ",".join(printed) + "]}"
 
 
+def _view(handlers, message_class, schema: dict, answer):
+    """A view as MLflow's trace handlers are built: its two decorators, then the request parsed
+    and checked by MLflow's `_get_request_message`, then `answer(request_message)`."""
+
+    @handlers.catch_mlflow_exception
+    @handlers._disable_if_artifacts_only
+    def view():
+        return answer(handlers._get_request_message(message_class(), schema=schema))
+
+    return view
+
+
 def _batch_get_traces(handlers, walk):
     """MLflow 3.17.2's `_batch_get_traces` handler, its answer written by `traces_json`."""
     from mlflow.protos.service_pb2 import BatchGetTraces
 
-    @handlers.catch_mlflow_exception
-    @handlers._disable_if_artifacts_only
-    def _batch_get_traces():
-        request_message = handlers._get_request_message(
-            BatchGetTraces(),
-            schema={
-                "trace_ids": [handlers._assert_array, handlers._assert_required, handlers._assert_item_type_string],
-                "experiment_ids": [handlers._assert_array, handlers._assert_item_type_string],
-            },
-        )
+    def answer(request_message):
         store = handlers._get_tracking_store()
         experiment_ids_field = request_message.DESCRIPTOR.fields_by_name["experiment_ids"]
         if handlers._raw_request_has_field(experiment_ids_field):
@@ -385,7 +397,10 @@ def _batch_get_traces(handlers, walk):
             return handlers._wrap_response(response_message, pretty=False)
         return handlers._wrap_response(Answer(text), pretty=False)
 
-    return _batch_get_traces
+    return _view(handlers, BatchGetTraces, {
+        "trace_ids": [handlers._assert_array, handlers._assert_required, handlers._assert_item_type_string],
+        "experiment_ids": [handlers._assert_array, handlers._assert_item_type_string],
+    }, answer)
 
 
 # sha256 of MLflow 3.17.2's `_search_traces_v3` handler source (decorators included), the one
@@ -398,12 +413,19 @@ def search_json(traces, token) -> str | None:
     own path."""
     infos = []
     for info in traces:
-        text = info_json(info)
+        text = info_json(info)  # None: MLflow's proto and printer, errors included
         if text is None:
             return None
         infos.append(text)
     fields = ['"traces":[' + ",".join(infos) + "]"] if infos else []
     if token:
+        if type(token) is bytes:  # MLflow's page tokens are base64 bytes; protobuf takes UTF-8 ones
+            try:
+                token = token.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        elif type(token) is not str:
+            return None
         fields.append('"next_page_token":' + _quoted(_utf8(token)))
     return "{" + ",".join(fields) + "}"
 
@@ -412,23 +434,8 @@ def _search_traces_v3(handlers):
     """MLflow 3.17.2's `_search_traces_v3` handler, its answer written by `search_json`."""
     from mlflow.protos.service_pb2 import SearchTracesV3
 
-    @handlers.catch_mlflow_exception
-    @handlers._disable_if_artifacts_only
-    def _search_traces_v3():
-        # MLflow's code, line for line, up to its answer.
-        request_message = handlers._get_request_message(
-            SearchTracesV3(),
-            schema={
-                "locations": [handlers._assert_array, handlers._assert_required],
-                "filter": [handlers._assert_string],
-                "max_results": [
-                    handlers._assert_intlike,
-                    lambda x: handlers._assert_less_than_or_equal(int(x), 500),
-                ],
-                "order_by": [handlers._assert_array, handlers._assert_item_type_string],
-                "page_token": [handlers._assert_string],
-            },
-        )
+    def answer(request_message):
+        # MLflow's code, line for line, after its request parse and up to its answer.
         experiment_ids = [
             location.mlflow_experiment.experiment_id
             for location in request_message.locations
@@ -451,7 +458,13 @@ def _search_traces_v3(handlers):
             response_message.next_page_token = token
         return handlers._wrap_trace_info_response(response_message)
 
-    return _search_traces_v3
+    return _view(handlers, SearchTracesV3, {
+        "locations": [handlers._assert_array, handlers._assert_required],
+        "filter": [handlers._assert_string],
+        "max_results": [handlers._assert_intlike, lambda x: handlers._assert_less_than_or_equal(int(x), 500)],
+        "order_by": [handlers._assert_array, handlers._assert_item_type_string],
+        "page_token": [handlers._assert_string],
+    }, answer)
 
 
 def _compact_json_on(handlers) -> bool:
