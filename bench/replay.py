@@ -311,7 +311,7 @@ def measured(server, connections, per_conn: int, deadline_s: float, **kw) -> Row
     return Row(r, *(s / max(r.ops, 1) * 1000 for s in spent))
 
 
-def _failed(what: str, err: Exception) -> Row:
+def failed(what: str, err: Exception) -> Row:
     """A capture that failed (the client's own call raised): one error, no figure, the bench goes on."""
     print(f"{what}: capture failed: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     return Row(Result(ops=0, seconds=0.0, errors=1, latencies=[]), float("nan"), float("nan"))
@@ -323,7 +323,7 @@ def log_batch(server, experiment_id: str, connections: int, per_conn: int, deadl
     try:
         per_run = _log_batch_bodies(server.url, experiment_id, connections, per_conn)
     except Exception as err:
-        return _failed("log_batch", err)
+        return failed("log_batch", err)
     return measured(server, per_run, per_conn, deadline_s, repeat=False)
 
 
@@ -352,7 +352,7 @@ def search(server, op: str, experiment_id: str, connections: int, per_conn: int,
     try:
         call = capture(server.url, lambda c: clients.OPS[op](c, experiment_id)(0))
     except Exception as err:
-        return _failed(op, err)
+        return failed(op, err)
     # One untimed call per connection: the server's workers already ran the client rows' calls.
     return measured(server, [[call]] * connections, per_conn, deadline_s, warm_up=1)
 
@@ -363,7 +363,7 @@ def history(server, run_id: str, key: str, tries: int) -> tuple[float, Row]:
     try:
         call = capture(server.url, lambda c: c.get_metric_history(run_id, key))
     except Exception as err:
-        return float("nan"), _failed("get_metric_history", err)
+        return float("nan"), failed("get_metric_history", err)
     row = measured(server, [[call]], tries, 600.0, warm_up=0)
     lat = row.result.latencies
     return (statistics.median(lat) if lat else float("nan")), row

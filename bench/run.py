@@ -12,13 +12,14 @@ after the other: log-batch, log-metric and search_runs through MLflow's own clie
 in client processes, bench/clients.py), trace ingest and search_traces through it too
 (bench/traces.py), artifact put+get as raw REST calls (bench/loads.py; marked
 "raw" in the table, not a figure of MLflow's client). Next to the log_batch (16 clients),
-search_runs, search_traces and get_metric_history rows, the server alone (bench/replay.py, rows
-"...: captured client requests replayed"): the requests MLflow's client sent, captured from it,
-replayed by a load generator whose own CPU per call is printed under each row, so that the
-client's CPU on this machine's shared CPUs does not bound the figure (on Cloud Run the clients
-are on the users' machines; issue 17's goals are per instance). Stock and ours run one after the other,
-never at the same time. Then ours runs once more with one worker (WORKERS=1, Cloud Run's 1 vCPU)
-through the same loads at quick counts, for its idle and peak RSS (absolute limits, issue 17).
+search_runs, trace ingest, search_traces and get_metric_history rows, the server alone
+(bench/replay.py, bench/trace_replay.py, rows "...: captured client requests replayed"): the
+requests MLflow's client sent, captured from it, replayed by a load generator whose own CPU per
+call is printed under each row, so that the client's CPU on this machine's shared CPUs does not
+bound the figure (on Cloud Run the clients are on the users' machines; issue 17's goals are per
+instance). Stock and ours run one after the other, never at the same time. Then ours runs once
+more with one worker (WORKERS=1, Cloud Run's 1 vCPU) through the same loads at quick counts, for
+its idle and peak RSS (absolute limits, issue 17).
 After each load that seeds rows for the reads (search_runs' runs, the traces, the long histories)
 the database is vacuumed and ANALYZEd, as Cloud SQL's autovacuum would have done by then
 (servers.analyze).
@@ -35,7 +36,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
-from bench import clients, history, loads, pglimit, replay, servers, traces, ui
+from bench import clients, history, loads, pglimit, replay, servers, trace_replay, traces, ui
 from bench.servers import Server, cpu_spent
 
 PEAK = "peak RSS during the loads, whole process tree (sampled every 0.25 s)"
@@ -67,6 +68,7 @@ REPLAYED = ": captured client requests replayed"
 R_BATCH16 = f"log_batch 100 metrics, 16 connections{REPLAYED}"
 R_SEARCH_A = f"search_runs 100 runs, 4 connections{REPLAYED}"
 R_SEARCH_B = f"search_runs 100 runs by start time (10 params, 10 tags), 4 connections{REPLAYED}"
+R_TRACE_INGEST = f"trace ingest (8-span traces, each replayed as a new trace), 8 connections{REPLAYED}"
 R_SEARCH_TRACES = f"search_traces 100 traces with spans, 4 connections{REPLAYED}"
 R_HISTORY = f"get_metric_history 100,000 points (the client's paged GETs), 1 connection{REPLAYED}"
 
@@ -74,7 +76,7 @@ R_HISTORY = f"get_metric_history 100,000 points (the client's paged GETs), 1 con
 def replayer(row: str) -> str:
     """The row under `row` with the replayer's own CPU per call."""
     short = {R_BATCH16: "log_batch", R_SEARCH_A: "search_runs", R_SEARCH_B: "search_runs by start time",
-             R_SEARCH_TRACES: "search_traces", R_HISTORY: "get_metric_history"}[row]
+             R_TRACE_INGEST: "trace ingest", R_SEARCH_TRACES: "search_traces", R_HISTORY: "get_metric_history"}[row]
     return f"  the replayer's own CPU per call ({short}, replayed)"
 
 
@@ -98,6 +100,8 @@ FIGURES = [
     (R_SEARCH_B, "req/s", "higher", 8.0),
     (replayer(R_SEARCH_B), "ms", "lower", None),
     (TRACE_INGEST, "spans/s", "higher", 4.0),
+    (R_TRACE_INGEST, "spans/s", "higher", 4.0),
+    (replayer(R_TRACE_INGEST), "ms", "lower", None),
     (SEARCH_TRACES, "req/s", "higher", 3.0),
     (R_SEARCH_TRACES, "req/s", "higher", 3.0),
     (replayer(R_SEARCH_TRACES), "ms", "lower", None),
@@ -123,11 +127,11 @@ FIGURES = [
 FULL = {"batch": {1: 60, 4: 40, 16: 40}, "pglimit": 2000, "metric": 300, "search_runs": 200, "search": 40,
         "artifacts": {1: 100, 4: 40, 16: 25}, "deadline": 60.0, "cold_tries": 2, "settle": 8.0,
         "ui_tries": 2, "history_tries": 5, "traces": 25, "search_traces": 10,
-        "replay": {"batch": 40, "search": 20, "search_traces": 5, "history": 3}}
+        "replay": {"batch": 40, "search": 20, "search_traces": 5, "history": 3, "trace_ingest": 40}}
 QUICK = {"batch": {1: 15, 4: 8, 16: 4}, "pglimit": 400, "metric": 60, "search_runs": 100, "search": 4,
          "artifacts": {1: 25, 4: 10, 16: 4}, "deadline": 20.0, "cold_tries": 1, "settle": 5.0,
          "ui_tries": 1, "history_tries": 2, "traces": 13, "search_traces": 3,
-         "replay": {"batch": 8, "search": 5, "search_traces": 2, "history": 1}}
+         "replay": {"batch": 8, "search": 5, "search_traces": 2, "history": 1, "trace_ingest": 10}}
 
 
 def log(msg: str) -> None:
@@ -246,7 +250,8 @@ def one_worker_memory(ours_env: dict[str, str], errors: dict[str, int]) -> dict[
 
 def trace_figures(server: Server, counts: dict) -> dict[str, float]:
     """Trace ingest through MLflow's client, then search_traces over the traces it left (at
-    least 100: 8 clients x 13 traces in the quick run)."""
+    least 100: 8 clients x 13 traces in the quick run), then trace ingest replayed (into an
+    experiment of its own: the searches' stays as the client left it)."""
     exp = loads.Client(server.url).experiment(f"bench-traces-{server.kind}")
     r = traces.ingest(server.url, server.database, exp, 8, counts["traces"], counts["deadline"])
     log(f"{server.kind}: trace ingest {r.per_second:.0f} spans/s ({r.ops} spans in {r.seconds:.1f} s, {r.errors} err)")
@@ -255,8 +260,13 @@ def trace_figures(server: Server, counts: dict) -> dict[str, float]:
     log(f"{server.kind}: search_traces {s.per_second:.2f} req/s ({s.ops} req, {s.errors} err)")
     row = replay.search(server, "search_traces", exp, 4, counts["replay"]["search_traces"], counts["deadline"])
     log(f"{server.kind}: search_traces replayed: {row.result.per_second:.2f} req/s ({row.describe()})")
+    replayed_exp = loads.Client(server.url).experiment(f"bench-traces-replayed-{server.kind}")
+    spans, ingest = trace_replay.ingest(server, replayed_exp, counts["replay"]["trace_ingest"], counts["deadline"])
+    log(f"{server.kind}: trace ingest replayed: {spans:.0f} spans/s ({ingest.describe()})")
     return {TRACE_INGEST: r.per_second, SEARCH_TRACES: s.per_second, R_SEARCH_TRACES: row.result.per_second,
-            replayer(R_SEARCH_TRACES): row.result.client_cpu_ms, "errors": r.errors + s.errors + row.result.errors}
+            replayer(R_SEARCH_TRACES): row.result.client_cpu_ms, R_TRACE_INGEST: spans,
+            replayer(R_TRACE_INGEST): ingest.result.client_cpu_ms,
+            "errors": r.errors + s.errors + row.result.errors + ingest.result.errors}
 
 
 class PeakRss:

@@ -72,19 +72,32 @@ def _traced_functions():
     return agent  # agent, retrieve, embed, 3 tools, llm, parse: SPANS_PER_TRACE spans
 
 
+def traced_client(base: str, experiment_id: str):
+    """This process's MLflow client set up as a user's traced job is (retries off): the traced
+    function, whose traces MLflow exports to `base`, experiment `experiment_id`."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    import mlflow
+
+    mlflow.set_tracking_uri(base)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return _traced_functions()
+
+
+def flush() -> None:
+    """Wait until MLflow's client has sent every trace made so far (its async export queue)."""
+    import mlflow
+
+    mlflow.flush_trace_async_logging()
+
+
 def _process(base, experiment_id, threads, traces_per_client, deadline_s, go, results):
     """One client process: report ("ready", 0) after a flushed warm-up trace, wait for `go`,
     then ("done", traces made, errors) or ("failed", message) at any point."""
     try:
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-        import mlflow
-
-        mlflow.set_tracking_uri(base)
-        mlflow.set_experiment(experiment_id=experiment_id)
-        agent = _traced_functions()
+        agent = traced_client(base, experiment_id)
         agent("warm-up", -1)
-        mlflow.flush_trace_async_logging()
+        flush()
     except Exception as err:
         results.put(("failed", f"setup: {type(err).__name__}: {err}"))
         return
@@ -111,14 +124,14 @@ def _process(base, experiment_id, threads, traces_per_client, deadline_s, go, re
     for w in workers:
         w.join()
     try:
-        mlflow.flush_trace_async_logging()
+        flush()
     except Exception as err:
         results.put(("failed", f"flush: {type(err).__name__}: {err}"))
         return
     results.put(("done", sum(made), sum(errors)))
 
 
-def _stored_spans(database: str, experiment_id: str) -> int:
+def stored_spans(database: str, experiment_id: str) -> int:
     """Spans the server stored for the experiment."""
     conn = psycopg2.connect(dbname=database, **PG)
     try:
@@ -145,7 +158,7 @@ def ingest(base: str, database: str, experiment_id: str, clients: int, traces_pe
     errors = 0
     try:
         _collect(results, children, "ready", SETUP_TIMEOUT)
-        before = _stored_spans(database, experiment_id)
+        before = stored_spans(database, experiment_id)
         began = time.perf_counter()
         go.set()
         made, errs = _collect(results, children, "done", deadline_s + 120)
@@ -159,7 +172,7 @@ def ingest(base: str, database: str, experiment_id: str, clients: int, traces_pe
             child.join(10)
             if child.is_alive():
                 child.kill()
-    after = _stored_spans(database, experiment_id)
+    after = stored_spans(database, experiment_id)
     arrived = after - before
     errors += max(0, made * SPANS_PER_TRACE - arrived)  # exported spans that never arrived
     return Result(ops=arrived, seconds=seconds, errors=errors, latencies=[])

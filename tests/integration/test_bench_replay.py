@@ -9,7 +9,7 @@ import time
 import psycopg2
 import pytest
 
-from bench import history, replay
+from bench import history, replay, trace_replay, traces
 from bench.servers import PG
 
 
@@ -87,6 +87,60 @@ def test_paged_history_and_search_replay_whole_answers(server):
     r = replay.replay(server.url, [[call], [searched]], per_conn=3, deadline_s=120, warm_up=1)
     assert (r.ops, r.errors) == (6, 0)
 
+
+def _stored_traces(database: str, experiment_id: str) -> dict[str, int]:
+    """Trace id -> spans stored, for every trace row of the experiment."""
+    conn = psycopg2.connect(dbname=database, **PG)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT t.request_id, (SELECT count(*) FROM spans s WHERE s.trace_id = t.request_id) "
+                        "FROM trace_info t WHERE t.experiment_id = %s", (int(experiment_id),))
+            return dict(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def _otlp_spans(body: bytes) -> list:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest.FromString(body)
+    return [span for resource in request.resource_spans for scope in resource.scope_spans for span in scope.spans]
+
+
+def test_trace_ingest_replays_each_captured_trace_as_a_new_one_with_all_its_spans(server):
+    exp = replay.client(server.url).create_experiment(f"replay-{time.time_ns()}")
+    captured = trace_replay.capture(server.url, exp, count=3)
+    assert len(captured) == 3
+    for call in captured:  # what MLflow's client sent: its span posts (all 8 spans) and one StartTraceV3
+        posts = [c for c in call if c.target == trace_replay.SPANS]
+        assert [c.target for c in call].count(trace_replay.START) == 1
+        assert all(dict(c.headers)["Content-Type"] == "application/x-protobuf" and
+                   dict(c.headers)["x-mlflow-experiment-id"] == exp for c in posts)
+        assert sum(len(_otlp_spans(c.body)) for c in posts) == traces.SPANS_PER_TRACE
+    stored = _stored_traces(server.database, exp)  # forwarded: the client got real answers
+    assert len(stored) == 4  # the capture process's warm-up trace, then the three
+
+    calls = trace_replay.new_traces(captured, connections=2, per_conn=3)
+    new_ids = set()
+    for n, per_conn in enumerate(calls):
+        for k, call in enumerate(per_conn):
+            was = captured[(n * 3 + k) % 3]
+            new = trace_replay.trace_id(call)
+            new_ids.add(f"tr-{new.hex()}")
+            assert trace_replay.renamed(call, trace_replay.trace_id(was)) == was  # only the id changed
+            spans = [span for c in call if c.target == trace_replay.SPANS for span in _otlp_spans(c.body)]
+            assert len(spans) == traces.SPANS_PER_TRACE
+            for span in spans:
+                assert span.trace_id == new
+                attrs = {a.key: a.value.string_value for a in span.attributes}
+                assert attrs["mlflow.traceRequestId"] == f"tr-{new.hex()}"
+    assert len(new_ids) == 6 and not new_ids & set(stored)
+
+    r = replay.replay(server.url, calls, per_conn=3, deadline_s=120, warm_up=0, repeat=False)
+    assert (r.ops, r.errors) == (6, 0)
+    after = _stored_traces(server.database, exp)
+    assert {t: after[t] for t in new_ids if t in after} == dict.fromkeys(new_ids, traces.SPANS_PER_TRACE)
+    assert len(after) == len(stored) + 6
 
 
 def test_capture_also_records_what_mlflow_sends_through_the_tracking_uri(server, tmp_path):
