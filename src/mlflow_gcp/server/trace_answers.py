@@ -53,6 +53,7 @@ _STATUS = {"STATUS_CODE_UNSET": None, "STATUS_CODE_OK": "STATUS_CODE_OK", "STATU
 _INT64 = (-(2**63), 2**63 - 1)
 _REQUEST_ID = "mlflow.traceRequestId"  # SpanAttributeKey.REQUEST_ID, checked at install
 _SCAN = json.JSONDecoder().scan_once  # what json.loads runs, as json.loads configures it
+_NO_PARENT = base64.b64encode(bytes(8)).decode("ascii")
 _quoted = encode_basestring_ascii  # a str as json.dumps writes it (ensure_ascii)
 
 
@@ -70,19 +71,24 @@ def _utf8(text: str) -> str:
     return text
 
 
-def _id(value: int, digits: int) -> str:
-    # bytes.fromhex(format_trace_id / format_span_id(...)) printed as base64
-    return base64.b64encode(bytes.fromhex(format(value, f"0{digits}x"))).decode("ascii")
+def _id(raw: bytes, size: int) -> str:
+    """bytes.fromhex(format_trace_id / format_span_id(int of `raw`)) printed as base64: `size`
+    bytes, big-endian (an id stored at that size is those very bytes)."""
+    if len(raw) != size:
+        value = int.from_bytes(raw, "big")
+        if value.bit_length() > size * 8:
+            raise _Other("id width")
+        raw = value.to_bytes(size, "big")
+    return base64.b64encode(raw).decode("ascii")
 
 
-def _decoded_id(text) -> int:
+def _decoded_id(text) -> bytes:
     if type(text) is not str:
         raise _Other("id")
     try:
-        raw = base64.b64decode(text, validate=True)
+        return base64.b64decode(text, validate=True)
     except Exception:
         raise _Other("id not base64") from None  # MLflow 3.5's hex form and others
-    return int.from_bytes(raw, "big")
 
 
 def _text(value: str) -> str:
@@ -217,16 +223,15 @@ def _span_json(data) -> str:
     end = int(end) if end else None
     if type(name) is not str or not 0 <= start < 2**64 or (end is not None and not 0 <= end < 2**64):
         raise _Other("name or times")
-    if trace_id.bit_length() > 128 or span_id.bit_length() > 64 or (parent_id or 0).bit_length() > 64:
-        raise _Other("id width")
     events = data.get("events", [])
     if type(events) is not list:
         raise _Other("events")
 
     # Written as json.dumps(separators=(",", ":")) writes the printer's dict: fields in its order.
-    out = ['{"trace_id":"', _id(trace_id, 32), '","span_id":"', _id(span_id, 16), '"']
-    if parent_id:
-        out += ',"parent_span_id":"', _id(parent_id, 16), '"'
+    out = ['{"trace_id":"', _id(trace_id, 16), '","span_id":"', _id(span_id, 8), '"']
+    parent = _id(parent_id, 8) if parent_id is not None else None
+    if parent is not None and parent != _NO_PARENT:  # an all-zero id is proto3's default
+        out += ',"parent_span_id":"', parent, '"'
     if name:
         out += ',"name":', _quoted(_utf8(name))
     if start:
