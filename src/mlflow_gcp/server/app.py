@@ -171,11 +171,12 @@ def _build_app():
             deferred_alembic.stand_ins(), lazy_url_builders.rules():
         from mlflow.server.fastapi_app import app
     optional_modules.complete()
+    mlflow_app = app
 
     compacted = compact_json()
 
-    from mlflow_gcp.server import (artifacts_stream, compress, fastpath, guard, history, plain_middleware, search,
-                                   trace_answers, uiassets)
+    from mlflow_gcp.server import (artifacts_stream, compress, fastpath, flask_direct, guard, history, otlp_ingest,
+                                   plain_middleware, search, trace_answers, uiassets)
 
     permit = None
     if with_permissions:
@@ -207,6 +208,12 @@ def _build_app():
             trace_answers.install()
     # The UI's files from gzip copies made once (inside the caller check: they need a caller too).
     app = uiassets.wrap(app)
+    if not with_permissions:
+        # MLflow's client's OTLP span exports past FastAPI's routing (MLflow's handler body, same
+        # store call, same answer; with permissions, MLflow's checks stay on its own path).
+        app = otlp_ingest.wrap(app, mlflow_app)
+        # StartTraceV3 run by MLflow's Flask app without FastAPI and the WSGI bridge (same answer).
+        app = flask_direct.wrap(app, mlflow_app)
     # Plain log-batch / log-metric calls straight to the store (same store call, same answer).
     app = fastpath.wrap(app, permit=permit)
     # Who is calling (verified Google identity), attribution and the audit log.

@@ -20,7 +20,7 @@ import json
 import sys
 
 from mlflow_gcp.server import identity
-from mlflow_gcp.server.fastpath import _replay
+from mlflow_gcp.server.fastpath import replay
 
 CALLER_KEY = "mlflow_gcp.caller"
 OPEN_PATHS = ("/health", "/version")
@@ -120,7 +120,7 @@ class CallerGate:
                         body = json.dumps(doc).encode()
                         scope["headers"] = [(k, v) for k, v in headers if k != b"content-length"]
                         scope["headers"].append((b"content-length", str(len(body)).encode()))
-            receive = _replay(body, more, receive)
+            receive = replay(body, more, receive)
         status = 0
 
         async def send_seen(message):

@@ -193,18 +193,12 @@ class FastWrites:
         await self.app(scope, receive, send)
 
     async def _handle(self, scope, receive, send):
-        chunks, size, more = [], 0, True
-        while more and size <= MAX_BODY:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        body, more = await read_body(receive)
+        if body is None:
+            return  # the client went away
         if not more and await self._answer(scope, body, send):
             return
-        await self.app(scope, _replay(body, more, receive), send)
+        await self.app(scope, replay(body, more, receive), send)
 
     async def _answer(self, scope, body: bytes, send) -> bool:
         """True when answered here; False leaves the request to MLflow."""
@@ -277,7 +271,22 @@ def _mlflow_error_answer(err, kind: str) -> tuple[int, bytes]:
     return status, err.serialize_as_json().encode()
 
 
-def _replay(body: bytes, more: bool, receive):
+async def read_body(receive) -> tuple[bytes | None, bool]:
+    """(the request's body, whether more follows): read until its end or past MAX_BODY (then
+    `more` is True and the rest is still to receive); (None, False) when the client went away."""
+    chunks, size, more = [], 0, True
+    while more and size <= MAX_BODY:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, False
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        more = message.get("more_body", False)
+    return b"".join(chunks), more
+
+
+def replay(body: bytes, more: bool, receive):
+    """`receive` for the app behind: `body` (what was read) first, then the rest."""
     sent = False
 
     async def replay():
