@@ -156,3 +156,27 @@ def test_requests_of_other_types_are_not_kept():
                  (["1"], "", 1, 5, [b"m"], None), (["1"], "", 1, 5, [], b"tok")):
         assert key(*args) is None, args
 
+
+
+def test_a_store_that_filters_experiments_itself_has_its_statement_built_each_time(seeded):
+    """MLflow's workspace store overrides _filter_experiment_ids and reads the database there:
+    the ids it gives (and so the statement) may change between two identical requests."""
+    from mlflow.entities import ViewType
+
+    store, exp, other = seeded
+    visible = [exp]
+
+    class Filtering(type(store)):
+        def _filter_experiment_ids(self, session, experiment_ids, lifecycle_stage=None):
+            return [e for e in experiment_ids if str(e) in visible]
+
+    filtering = object.__new__(Filtering)  # the seeded store's engine and sessions, nothing kept
+    filtering.__dict__.update({k: v for k, v in vars(store).items() if k != "_search_statements"})
+    args = ([exp, other], "", ViewType.ALL, 100, [], None)
+    store._search_runs(*args)  # kept for the plain store
+    assert search_query.request_key(*args) in store._search_statements
+    first = {r.info.experiment_id for r in filtering._search_runs(*args)[0]}
+    visible[:] = [other]
+    second = {r.info.experiment_id for r in filtering._search_runs(*args)[0]}
+    assert (first, second) == ({exp}, {other})
+    assert not vars(filtering).get("_search_statements")

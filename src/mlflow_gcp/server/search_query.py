@@ -14,7 +14,10 @@ The statement MLflow builds depends on the request alone (its helpers build subq
 session without running them), so each store keeps it per request (`request_key`: experiments,
 filter, view type, max_results, order, page token, each of the type MLflow's REST handler gives):
 a repeated request, such as a page a client polls, skips MLflow's filter parse and statement
-build. A request MLflow refuses raises as before and is never kept.
+build. A request MLflow refuses raises as before and is never kept. That holds only while the
+store's `_filter_experiment_ids` is SqlAlchemyStore's own (it returns the ids it is given): a
+store that overrides it (MLflow's workspace store reads the database there) has its statement
+built for every request.
 
 Only for the _search_runs this copy follows: `reader()` compares the source of MLflow's method
 with the one copied and gives None for any other MLflow, whose own method then runs.
@@ -28,7 +31,7 @@ import inspect
 # sha256 of MLflow 3.17.2's SqlAlchemyStore._search_runs source, the one `_search_runs` follows.
 COPIED_SOURCE = "5235efb440f86762c07045c1207c96c1ce172937d4299d8ad24036aab405a7b7"
 MAX_STATEMENTS = 256  # request shapes kept per store (all dropped when full)
-_NAMES = ("LifecycleStage", "Run", "RunInputs", "RunOutputs", "SearchUtils", "SqlRun", "select",
+_NAMES = ("LifecycleStage", "Run", "RunInputs", "RunOutputs", "SearchUtils", "SqlAlchemyStore", "SqlRun", "select",
           "_get_orderby_clauses", "_get_sqlalchemy_filter_clauses", "_parse_experiment_ids")
 
 
@@ -52,8 +55,9 @@ def reader(store_class):
     return _search_runs(RunInfo, *(found[name] for name in _NAMES))
 
 
-def _search_runs(RunInfo, LifecycleStage, Run, RunInputs, RunOutputs, SearchUtils, SqlRun, select,  # noqa: N803
-                 _get_orderby_clauses, _get_sqlalchemy_filter_clauses, _parse_experiment_ids):
+def _search_runs(RunInfo, LifecycleStage, Run, RunInputs, RunOutputs, SearchUtils, SqlAlchemyStore,  # noqa: N803
+                 SqlRun, select, _get_orderby_clauses, _get_sqlalchemy_filter_clauses, _parse_experiment_ids):
+    pure_filter = SqlAlchemyStore._filter_experiment_ids  # answers from its arguments alone
     columns = ("run_uuid", "name", "experiment_id", "user_id", "status", "start_time", "end_time",
                "lifecycle_stage", "artifact_uri")
 
@@ -99,7 +103,9 @@ def _search_runs(RunInfo, LifecycleStage, Run, RunInputs, RunOutputs, SearchUtil
 
     def search(self, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
         # MLflow's statement for this request, built the first time (the module's docstring).
-        key = request_key(experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
+        key = None
+        if type(self)._filter_experiment_ids is pure_filter:  # else the statement may differ per call
+            key = request_key(experiment_ids, filter_string, run_view_type, max_results, order_by, page_token)
         built = self.__dict__.setdefault("_search_statements", {})
         found = built.get(key) if key is not None else None
         if found is None:
