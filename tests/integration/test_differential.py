@@ -1007,6 +1007,7 @@ def test_search_runs_answers_are_stocks(servers):
     stock_url, our_server = servers
     stock, ours = search_workload(stock_url), search_workload(our_server.url)
     assert "search_runs answered from rows" in our_server.output()  # server/search.py is on
+    assert "search_runs POSTs answered before Flask" in our_server.output()  # and its Front
     assert stock.keys() == ours.keys()
     assert stock["shape_a"][0] == 200 and jsonlib.loads(stock["shape_a"][2])["runs"][0]["data"]["metrics"]
     assert len(jsonlib.loads(stock["shape_b"][2])["runs"]) == 12  # 11 active + the bare run

@@ -180,3 +180,50 @@ def test_a_store_that_filters_experiments_itself_has_its_statement_built_each_ti
     second = {r.info.experiment_id for r in filtering._search_runs(*args)[0]}
     assert (first, second) == ({exp}, {other})
     assert not vars(filtering).get("_search_statements")
+
+
+def test_the_search_front_answers_plain_posts_from_the_store_and_leaves_the_rest(seeded, monkeypatch):
+    """server/search.py's Front (before the WSGI bridge): a plain POST answered with the store's
+    JSON; any other body, a refused request and other methods reach MLflow's app, body intact."""
+    import asyncio
+
+    from mlflow.entities import ViewType
+    from mlflow.server import handlers
+
+    from mlflow_gcp.server import search
+
+    store, exp, other = seeded
+    monkeypatch.setattr(handlers, "_get_tracking_store", lambda *args, **kwargs: store)
+    path = "/api/2.0/mlflow/runs/search"
+    reached = []
+
+    async def mlflows_app(scope, receive, send):
+        reached.append((scope["method"], (await receive())["body"]))
+
+    front = search.Front(mlflows_app, frozenset({path}))
+
+    def call(body: dict, method="POST"):
+        sent, raw = [], json.dumps(body).encode()
+
+        async def receive():
+            return {"type": "http.request", "body": raw, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "headers": [(b"content-type", b"application/json")]}
+        reached.clear()
+        asyncio.run(front(scope, receive, send))
+        return sent, reached[:], raw
+
+    plain = {"experiment_ids": [exp, other], "filter": "metrics.m >= 1", "run_view_type": "ALL", "max_results": 5,
+             "order_by": ["metrics.m DESC"]}
+    sent, passed, _ = call(plain)
+    want = store.search_runs_answer([exp, other], "metrics.m >= 1", ViewType.ALL, 5, ["metrics.m DESC"], None)
+    assert not passed and json.loads(want)["runs"] and json.loads(want)["next_page_token"]
+    assert sent[0]["status"] == 200 and dict(sent[0]["headers"])[b"content-type"] == b"application/json"
+    assert sent[1]["body"] == want.encode()
+    for body, method in (({**plain, "max_results": 0}, "POST"), ({**plain, "filter": "metrics.m <<< 1"}, "POST"),
+                         ({**plain, "run_view_type": 3}, "POST"), (plain, "GET")):
+        sent, passed, raw = call(body, method)
+        assert not sent and passed == [(method, raw)], body

@@ -94,3 +94,22 @@ def test_the_recorded_values_parse_as_mlflows_handler_reads_them(recorded):
     (_, (key, value, ts, step)) = fastpath.plain_request("log_metric", headers, first)[1]
     assert (key, ts, step) == ("loss", 11, 4) and math.isnan(value)
     assert fastpath.plain_request("log_metric", headers, second)[1] == (RUN_ID, ("loss", 3.0, 12, 0))
+
+
+def test_mlflows_search_runs_bodies_take_the_search_front(recorded):
+    """server/search.py's Front answers the search_runs POSTs MLflow's client sends."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from mlflow_gcp.server import search
+
+    client = MlflowClient(recorded.url)
+    client.search_runs(["1"], "metrics.m0 >= 0", max_results=100, order_by=["metrics.m0 DESC"])  # issue 17's A
+    client.search_runs(["1", "2"], max_results=100)  # B
+    client.search_runs(["1"], run_view_type=ViewType.ALL, page_token="tok")
+    searches = [(headers, body) for path, headers, body in recorded.requests if path.endswith("/runs/search")]
+    assert [search.plain_search(headers, body) for headers, body in searches] == [
+        (["1"], "metrics.m0 >= 0", "ACTIVE_ONLY", 100, ["metrics.m0 DESC"], None),
+        (["1", "2"], "", "ACTIVE_ONLY", 100, [], None),
+        (["1"], "", "ALL", 1000, [], "tok"),
+    ]

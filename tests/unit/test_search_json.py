@@ -80,3 +80,30 @@ def test_null_metric_timestamp_goes_to_mlflow():
     run, _, _, _ = random_run(random.Random(1))
     with pytest.raises(search.Fallback):
         search.run_json(run, [(run.info.run_id, "m", 1.0, None, 0, False)], [], [])
+
+
+_JSON = [(b"content-type", b"application/json")]
+_PLAIN = {"experiment_ids": ["1"], "filter": "metrics.m0 >= 0", "run_view_type": "ALL", "max_results": 100,
+          "order_by": ["metrics.m0 DESC"], "page_token": "tok"}
+
+
+@pytest.mark.parametrize("change", [
+    {"experiment_ids": "1"}, {"experiment_ids": [1]}, {"experimentIds": ["1"]}, {"filter": 5}, {"filter": None},
+    {"run_view_type": 1}, {"run_view_type": "SOMETIMES"}, {"max_results": 0}, {"max_results": 50001},
+    {"max_results": "100"}, {"max_results": 100.0}, {"max_results": True}, {"order_by": "metrics.m0"},
+    {"order_by": [None]}, {"page_token": 5}, {"unknown": 1},
+])
+def test_a_search_body_of_any_other_shape_is_mlflows(change):
+    assert search.plain_search(_JSON, json.dumps(_PLAIN).encode()) == (
+        ["1"], "metrics.m0 >= 0", "ALL", 100, ["metrics.m0 DESC"], "tok")
+    assert search.plain_search(_JSON, json.dumps({**_PLAIN, **change}).encode()) is None
+
+
+@pytest.mark.parametrize("headers, body", [
+    ([], b"{}"), ([(b"content-type", b"text/plain")], b"{}"), (_JSON + [(b"origin", b"http://x")], b"{}"),
+    (_JSON + _JSON, b"{}"), (_JSON, b"not json"), (_JSON, b"[]"), (_JSON, b'"{}"'),
+])
+def test_search_headers_and_documents_mlflow_judges(headers, body):
+    with_charset = [(b"content-type", b"application/json; charset=utf-8")]
+    assert search.plain_search(with_charset, b"{}") == ([], "", None, None, [], None)
+    assert search.plain_search(headers, body) is None

@@ -204,6 +204,8 @@ def _build_app():
             # search_runs' answer written from the store's rows (it passes through the compact
             # message_to_json; with permissions, MLflow's auth hooks stay on MLflow's own path).
             search.install()
+            # Its plain POSTs answered before the WSGI bridge and Flask (server/search.py's Front).
+            app = search.wrap(app)
             # BatchGetTraces' spans written from their stored JSON (same condition, same reason).
             trace_answers.install()
     # The UI's files from gzip copies made once (inside the caller check: they need a caller too).

@@ -113,15 +113,20 @@ def parse_log_metric(doc) -> tuple[str, tuple] | None:
     return run_id, fields[:4]
 
 
+def plain_json_headers(headers) -> bool:
+    """Whether these (lower-case name, value) byte headers are a plain JSON request's. MLflow's
+    content type rule (server/validation.py): the part before ";" exactly. Repeated content
+    types and any Origin (CORS) are MLflow's to judge."""
+    types = [value for name, value in headers if name == b"content-type"]
+    if len(types) != 1 or types[0].split(b";")[0] != b"application/json":
+        return False
+    return not any(name == b"origin" for name, _ in headers)
+
+
 def plain_request(kind: str, headers, body: bytes) -> tuple[object, tuple] | None:
     """(JSON document, parsed fields) when a `kind` request ("log_batch" | "log_metric") with
     these (lower-case name, value) byte headers and this body is answered here, else None."""
-    types = [value for name, value in headers if name == b"content-type"]
-    # MLflow's content type rule (server/validation.py): the part before ";" exactly. Repeated
-    # content types and any Origin (CORS) are MLflow's to judge.
-    if len(types) != 1 or types[0].split(b";")[0] != b"application/json":
-        return None
-    if any(name == b"origin" for name, _ in headers):
+    if not plain_json_headers(headers):
         return None
     parse = parse_log_batch if kind == "log_batch" else parse_log_metric
     doc = _fast_loads(body)

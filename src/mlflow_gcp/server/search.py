@@ -18,6 +18,14 @@ are printed by MLflow's own `to_proto` and server/jsonout.py's walk, so they are
 were. A metric row with a NULL timestamp or step (MLflow fails on those) sends the whole request
 down MLflow's own path. GraphQL calls of MLflow's `search_runs_impl` are untouched: only the
 REST view (both its /api and /ajax-api paths) sets the flag this path answers under.
+
+`Front` answers the plain POST MLflow's client sends (the proto's field names, each value of the
+type protobuf's parse and MLflow's schema take as is, a plain JSON content type, no Origin) on
+the ASGI side, with the same store call and text, so such a search skips the WSGI bridge's
+thread hop and body plumbing, Flask's dispatch and the protobuf parse (~16% of the server's
+CPU per 100-run answer: docs/benchmarks.md). The guard, the caller check, compression and the
+concurrency limit around it still run; any other body or method, a store error or a refusal
+(MLflow words it) goes to MLflow's view with the body replayed.
 tests/integration/test_differential.py compares the raw answers with stock MLflow's.
 """
 
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import threading
 
 from json.encoder import encode_basestring_ascii as _str  # json.dumps' own string writer
@@ -151,36 +160,36 @@ def _search_runs_impl(original):
         from mlflow.entities import ViewType
         from mlflow.server.handlers import _get_tracking_store
 
-        store = _get_tracking_store()
-        answer = getattr(store, "search_runs_answer", None)
-        if answer is None:
-            return original(request_message)
-        # MLflow's search_runs_impl up to the store call, line for line.
+        # MLflow's search_runs_impl up to the store call, line for line (its auth step in store_answer).
         run_view_type = ViewType.ACTIVE_ONLY
         if request_message.HasField("run_view_type"):
             run_view_type = ViewType.from_proto(request_message.run_view_type)
         filter_string = request_message.filter
         max_results = request_message.max_results
         experiment_ids = list(request_message.experiment_ids)
-        try:
-            from mlflow.server import auth
-
-            if auth.auth_config:
-                experiment_ids = auth.filter_experiment_ids(experiment_ids)
-        except ImportError:
-            pass
         order_by = request_message.order_by
-        text = answer(
-            experiment_ids=experiment_ids,
-            filter_string=filter_string,
-            run_view_type=run_view_type,
-            max_results=max_results,
-            order_by=order_by,
-            page_token=request_message.page_token or None,
-        )
+        text = store_answer(_get_tracking_store(), experiment_ids, filter_string, run_view_type, max_results,
+                            order_by, request_message.page_token or None)
         return original(request_message) if text is None else Answer(text)
 
     return search_runs_impl
+
+
+def store_answer(store, experiment_ids, filter_string, run_view_type, max_results, order_by, page_token):
+    """The answer's JSON text from `store.search_runs_answer` for the parts of MLflow's request
+    message, after MLflow's auth step (search_runs_impl's); None where that store has none."""
+    answer = getattr(store, "search_runs_answer", None)
+    if answer is None:
+        return None
+    try:  # MLflow's code, line for line
+        from mlflow.server import auth
+
+        if auth.auth_config:
+            experiment_ids = auth.filter_experiment_ids(experiment_ids)
+    except ImportError:
+        pass
+    return answer(experiment_ids=experiment_ids, filter_string=filter_string, run_view_type=run_view_type,
+                  max_results=max_results, order_by=order_by, page_token=page_token)
 
 
 def _view(original):
@@ -206,7 +215,103 @@ def install() -> bool:
     original_impl = getattr(handlers, "search_runs_impl", None)
     if original_view is None or original_impl is None or getattr(original_impl, "__wrapped__", None):
         return False
-    if not view_swap.serve_with(original_view, _view(original_view)):
+    view = _view(original_view)
+    if not view_swap.serve_with(original_view, view):
         return False
     handlers.search_runs_impl = _search_runs_impl(original_impl)
+    _SWAPPED.append(view)
     return True
+
+
+# The POST body MLflow's client sends (tests/unit/test_client_bodies.py), field by field: the
+# proto name, and the check that the value is one protobuf's parse and MLflow's schema take as is.
+_FIELDS = {
+    "experiment_ids": lambda v: type(v) is list and all(type(x) is str for x in v),
+    "filter": lambda v: type(v) is str,
+    "run_view_type": lambda v: v in ("ACTIVE_ONLY", "DELETED_ONLY", "ALL"),
+    "max_results": lambda v: type(v) is int and 0 < v <= 50000,  # MLflow's schema: <= 50000
+    "order_by": lambda v: type(v) is list and all(type(x) is str for x in v),
+    "page_token": lambda v: type(v) is str,
+}
+_SWAPPED: list = []  # the view install() put in MLflow's place
+
+
+def plain_search(headers, body: bytes) -> tuple | None:
+    """(experiment_ids, filter, run_view_type name or None, max_results or None, order_by,
+    page_token or None) for a SearchRuns body of the plain shape, else None."""
+    from mlflow_gcp.server.fastpath import plain_json_headers
+
+    if not plain_json_headers(headers):
+        return None
+    try:
+        doc = json.loads(body)  # Flask's get_json: json.loads of the body's bytes
+    except ValueError:
+        return None
+    if type(doc) is not dict or not all(name in _FIELDS and _FIELDS[name](v) for name, v in doc.items()):
+        return None
+    return (doc.get("experiment_ids", []), doc.get("filter", ""), doc.get("run_view_type"), doc.get("max_results"),
+            doc.get("order_by", []), doc.get("page_token") or None)
+
+
+def _plain_answer(request) -> str | None:
+    """In a worker thread: search_runs_impl's store call for a plain request, as JSON text; None
+    (MLflow's path then answers, its errors included) for anything else."""
+    from mlflow.entities import ViewType
+    from mlflow.protos import service_pb2
+    from mlflow.server.handlers import _get_tracking_store
+
+    experiment_ids, filter_string, view, max_results, order_by, page_token = request
+    message = service_pb2.SearchRuns()  # the defaults MLflow's handler reads from its message
+    # protobuf's parse of the enum's name, then search_runs_impl's conversion
+    run_view_type = ViewType.ACTIVE_ONLY if view is None else ViewType.from_proto(service_pb2.ViewType.Value(view))
+    try:
+        return store_answer(_get_tracking_store(), experiment_ids, filter_string, run_view_type,
+                            message.max_results if max_results is None else max_results, order_by, page_token)
+    except Exception:
+        return None
+
+
+class Front:
+    """ASGI: a plain search_runs POST answered here (no WSGI bridge, Flask or protobuf parse),
+    else `app` with the body replayed."""
+
+    def __init__(self, app, paths: frozenset[str]):
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            from mlflow_gcp.server.caller import _read
+            from mlflow_gcp.server.fastpath import MAX_BODY, _replay, _send_json
+
+            body, more = await _read(receive, MAX_BODY)
+            request = None if more else plain_search(scope["headers"], body)
+            if request is not None:
+                import anyio
+
+                text = await anyio.to_thread.run_sync(_plain_answer, request)
+                if text is not None:
+                    await _send_json(send, 200, text.encode())
+                    return
+            receive = _replay(body, more, receive)
+        await self.app(scope, receive, send)
+
+
+def wrap(app):
+    """`app` with plain search_runs POSTs in front, where install() put its view in MLflow's place
+    (MLflow's POST paths to it: a static prefix is followed) and MLflow serves no workspaces and
+    not artifacts only; else `app` itself."""
+    import os
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR
+    from mlflow.server import app as flask_app
+
+    if not _SWAPPED or MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
+        return app
+    paths = frozenset(rule.rule for rule in flask_app.url_map.iter_rules()
+                      if flask_app.view_functions.get(rule.endpoint) is _SWAPPED[-1]
+                      and "POST" in (rule.methods or ()) and not rule.arguments)
+    if not paths:
+        return app
+    print("INFO search_runs POSTs answered before Flask (server/search.py)", file=sys.stderr, flush=True)
+    return Front(app, paths)
