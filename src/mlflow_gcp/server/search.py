@@ -280,19 +280,20 @@ class Front:
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            from mlflow_gcp.server.caller import _read
-            from mlflow_gcp.server.fastpath import MAX_BODY, _replay, _send_json
+            from mlflow_gcp.server import fastpath
 
-            body, more = await _read(receive, MAX_BODY)
+            body, more = await fastpath.read_body(receive)
+            if body is None:
+                return  # the client went away
             request = None if more else plain_search(scope["headers"], body)
             if request is not None:
                 import anyio
 
                 text = await anyio.to_thread.run_sync(_plain_answer, request)
                 if text is not None:
-                    await _send_json(send, 200, text.encode())
+                    await fastpath._send_json(send, 200, text.encode())
                     return
-            receive = _replay(body, more, receive)
+            receive = fastpath.replay(body, more, receive)
         await self.app(scope, receive, send)
 
 
