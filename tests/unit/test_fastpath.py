@@ -212,3 +212,17 @@ def test_numbers_as_written_are_parsed_as_json_parses_them(value, timestamp, kin
 def test_bodies_orjson_refuses_or_reads_otherwise_are_jsons(body, monkeypatch):
     got, want = _both("log_batch", body, monkeypatch)
     assert got == want
+
+
+@pytest.mark.parametrize("values", [
+    [0.5] * 99 + [2**64],  # one integer orjson turns into a float, among many small values
+    [-0.5] * 99 + [-2**63 - 1],
+    [2**62 + 0.0] * 99 + [2**64],
+    [2**62 + 0.0] * 100,  # no such integer, though the magnitudes add up past 2**63
+    ["NaN"] * 50 + [2**64] + ["Infinity"] * 49,
+])
+def test_a_long_batch_with_integers_orjson_converts_is_jsons(values, monkeypatch):
+    metrics = [{"key": f"m{i % 10}", "value": v, "timestamp": T, "step": i} for i, v in enumerate(values)]
+    got, want = _both("log_batch", _text(batch(*metrics), True), monkeypatch)
+    assert got == want
+

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from operator import itemgetter
 
 MAX_BODY = 1 << 20  # larger bodies (1,000 metrics are ~100 KB) are MLflow's to judge
 _INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -153,6 +154,7 @@ except ImportError:  # not installed: json alone, same answers
 # 2**63: orjson turns an integer outside int64..uint64 (json: an int) into a float at least this
 # large; a metric value that big is parsed again by json.
 _CONVERTED = 9.223372036854775808e18
+_VALUE = itemgetter(1)
 
 
 def _fast_loads(body: bytes):
@@ -177,6 +179,11 @@ def _converted_int(kind: str, parsed) -> bool:
     """Whether a metric value of `parsed` may be an integer orjson turned into a float (a
     timestamp or step so turned is no int: refused by the parse either way)."""
     fields = parsed[1] if kind == "log_batch" else [parsed[1]]
+    # The sum of their magnitudes first, in C: a sum of non-negative doubles is at least its
+    # largest term, and a NaN keeps it NaN, so a sum below the bound clears every value; only a
+    # larger sum needs the loop. plain_request per 100-metric body: 88 -> 73 us (issue 17).
+    if sum(map(abs, map(_VALUE, fields))) < _CONVERTED:
+        return False
     return any(not -_CONVERTED < value < _CONVERTED for _, value, *_ in fields)
 
 
