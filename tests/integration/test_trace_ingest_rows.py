@@ -128,7 +128,7 @@ def log_batch(store, exp: str, spans: list, service: str | None):
 def start_trace(store, exp: str, trace_hex: str, info: dict):
     from mlflow.entities import TraceInfo, TraceLocation, TraceState
 
-    store.start_trace(TraceInfo(
+    return store.start_trace(TraceInfo(
         trace_id=f"tr-{trace_hex}", trace_location=TraceLocation.from_experiment_id(exp),
         request_time=info["request_time"], execution_duration=info["execution_duration"],
         state=TraceState(info["state"]), request_preview=info["preview"][0], response_preview=info["preview"][1],
@@ -164,19 +164,20 @@ def dump(store, artifact_root: str) -> dict:
     return out
 
 
-def ingest(store, name: str, order: str, base: int) -> str:
+def ingest(store, name: str, order: str, base: int) -> list:
     """All cases into a new experiment: spans before start_trace (the client's order), or
-    start_trace first, or spans only."""
+    start_trace first, or spans only. Returns start_trace's answers (as dicts)."""
     exp = store.create_experiment(name)
+    answers = []
     for n in range(8):
         trace_hex, batches, info = trace_case(n, base)
         if order == "start_first":
-            start_trace(store, exp, trace_hex, info)
+            answers.append(start_trace(store, exp, trace_hex, info).to_dict())
         for batch in batches:
             log_batch(store, exp, batch, "agent-svc" if n % 2 else None)
         if order == "spans_first":
-            start_trace(store, exp, trace_hex, info)
-    return exp
+            answers.append(start_trace(store, exp, trace_hex, info).to_dict())
+    return answers
 
 
 @pytest.fixture
@@ -184,7 +185,7 @@ def our_paths(monkeypatch):
     """Counts of our span upserts and light experiment reads (server/trace_writes.py)."""
     from mlflow_gcp.server import trace_writes
 
-    seen = {"upserts": 0, "experiments": 0, "bumps": 0}
+    seen = {"upserts": 0, "experiments": 0, "bumps": 0, "found": 0, "not_found": 0}
     upsert, execute = trace_writes.upsert_statements, store_mod._execute
 
     def counting_upsert(*args):
@@ -194,11 +195,26 @@ def our_paths(monkeypatch):
     def counting_execute(session, statement, params=None):
         seen["experiments"] += statement == trace_writes.EXPERIMENT_ROW
         seen["bumps"] += statement == trace_writes.BUMP_GENERATIONS
-        return execute(session, statement, params)
+        result = execute(session, statement, params)
+        if statement == trace_writes.TRACE_EXISTS:  # start_trace's look for its trace row
+            rows = result.fetchall()
+            seen["found" if rows else "not_found"] += 1
+            return _Rows(rows)
+        return result
 
     monkeypatch.setattr(trace_writes, "upsert_statements", counting_upsert)
     monkeypatch.setattr(store_mod, "_execute", counting_execute)
     return seen
+
+
+class _Rows:
+    """The rows of a result the counting wrapper read."""
+
+    def __init__(self, rows):
+        self.rows = rows
+
+    def first(self):
+        return self.rows[0] if self.rows else None
 
 
 ORDERS = ["spans_first", "start_first", "spans_only"]
@@ -208,9 +224,16 @@ ORDERS = ["spans_first", "start_first", "spans_only"]
 def test_ingest_leaves_mlflows_rows(stores, order, our_paths):
     stock, ours, (stock_root, ours_root) = stores
     base = 100 * (1 + ORDERS.index(order))
-    ingest(stock, f"rows-{order}", order, base)
-    assert our_paths == {"upserts": 0, "experiments": 0, "bumps": 0}  # MLflow's store keeps its own code
-    ingest(ours, f"rows-{order}", order, base)
+    stock_answers = ingest(stock, f"rows-{order}", order, base)
+    assert set(our_paths.values()) == {0}  # MLflow's store keeps its own code
+    answers = ingest(ours, f"rows-{order}", order, base)
+    assert (json.dumps(answers, sort_keys=True).replace(ours_root, "ROOT")
+            == json.dumps(stock_answers, sort_keys=True).replace(stock_root, "ROOT"))
+    assert len(answers) == (0 if order == "spans_only" else 8)
+    # start_trace's look for its trace row: found when the spans came first (no flush of the
+    # doomed INSERT), not found when start_trace comes first (MLflow's flush inserts it)
+    assert (our_paths["found"], our_paths["not_found"]) == {"spans_first": (8, 0), "start_first": (0, 8),
+                                                             "spans_only": (0, 0)}[order]
     batches = sum(len(trace_case(n, base)[1]) for n in range(8))
     assert our_paths["upserts"] == batches
     # the payload generation bump: once per log_spans, once per start_trace that finds its trace

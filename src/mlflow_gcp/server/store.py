@@ -212,6 +212,8 @@ def _make_class():
     from mlflow_gcp.server import trace_merges, trace_reads, trace_writes
 
     merge_session = trace_merges.session_class(_insert_rows)
+    if merge_session is not None:
+        merge_session = trace_writes.starting_session(merge_session, lambda *args: _execute(*args))
     trace_write_hooks = _trace_write_hooks(trace_writes)
     trace_read = trace_reads.reader(_execute)
 
@@ -292,7 +294,7 @@ def _make_class():
                     return super()._log_spans_once(*args, **kwargs)
 
             def _start_trace_once(self, *args, **kwargs):
-                with trace_writes.in_trace_write():
+                with trace_writes.in_trace_write(), trace_writes.in_start_trace():
                     return super()._start_trace_once(*args, **kwargs)
 
             def get_experiment(self, experiment_id):
