@@ -28,7 +28,6 @@ intercepted. tests/integration/test_differential.py compares answers with stock 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from operator import itemgetter
 
@@ -313,19 +312,12 @@ def replay(body: bytes, more: bool, receive):
 
 def _routes() -> dict[str, str] | None:
     """MLflow's own POST paths for the two handlers, or None where they are not plain."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR
-    from mlflow.server import app as flask_app
     from mlflow.server import handlers
 
-    if MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
-        return None
-    wanted = {getattr(handlers, "_log_batch", None): "log_batch", getattr(handlers, "_log_metric", None): "log_metric"}
-    paths = {}
-    for rule in flask_app.url_map.iter_rules():
-        kind = wanted.get(flask_app.view_functions.get(rule.endpoint))
-        if kind and "POST" in (rule.methods or ()) and not rule.arguments:
-            paths[rule.rule] = kind
+    from mlflow_gcp.server import view_swap
+
+    paths = {path: kind for kind in ("log_batch", "log_metric")
+             for path in view_swap.view_paths(getattr(handlers, f"_{kind}", None), "POST")}
     return paths if set(paths.values()) == {"log_batch", "log_metric"} else None
 
 

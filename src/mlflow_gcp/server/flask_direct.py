@@ -22,7 +22,6 @@ stock MLflow.
 
 from __future__ import annotations
 
-import os
 import sys
 
 from mlflow_gcp.server import fastpath
@@ -95,15 +94,11 @@ def _paths(flask_app, mlflow_app) -> frozenset[str] | None:
     mount of the Flask app, or None where this cannot be exact."""
     from starlette.routing import Match, Mount
 
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR, handlers
+    from mlflow.server import handlers
 
-    if MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
-        return None
-    handler = getattr(handlers, "_start_trace_v3", None)
-    paths = frozenset(rule.rule for rule in flask_app.url_map.iter_rules()
-                      if handler is not None and flask_app.view_functions.get(rule.endpoint) is handler
-                      and "POST" in (rule.methods or ()) and not rule.arguments)
+    from mlflow_gcp.server import view_swap
+
+    paths = view_swap.view_paths(getattr(handlers, "_start_trace_v3", None), "POST")
     for path in paths:
         scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": []}
         first = next((r for r in mlflow_app.routes if r.matches(scope)[0] is not Match.NONE), None)

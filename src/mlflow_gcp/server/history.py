@@ -181,22 +181,11 @@ def _bulk_store():
 
 def _routes(name: str) -> frozenset[str]:
     """MLflow's GET paths for its handler `name`, or none where they are not plain."""
-    import os
-
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR
-    from mlflow.server import app as flask_app
     from mlflow.server import handlers
 
-    if MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
-        return frozenset()
-    handler = getattr(handlers, name, None)
-    paths = frozenset(
-        rule.rule for rule in flask_app.url_map.iter_rules()
-        if handler is not None and flask_app.view_functions.get(rule.endpoint) is handler
-        and "GET" in (rule.methods or ()) and not rule.arguments
-    )
-    return paths
+    from mlflow_gcp.server import view_swap
+
+    return view_swap.view_paths(getattr(handlers, name, None), "GET")
 
 
 def wrap(app):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 import sys
 
 from mlflow_gcp.server import fastpath
@@ -199,13 +198,14 @@ def _route(mlflow_app) -> tuple[str, dict] | None:
     cannot be exact."""
     from fastapi.routing import APIRoute
 
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR, otel_api, otlp_metrics
+    from mlflow.server import otel_api, otlp_metrics
     from mlflow.tracing.utils import otlp
     from mlflow.tracking.request_header import default_request_header_provider as agent
     from mlflow.utils.workspace_utils import WORKSPACE_HEADER_NAME
 
-    if MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
+    from mlflow_gcp.server import view_swap
+
+    if not view_swap.plain_mode():
         return None
     metrics = ("SPANS_INGESTED", "INGESTION_ERRORS", "REQUEST_DURATION", "REQUEST_PAYLOAD_BYTES", "SPANS_PER_REQUEST")
     if any(getattr(otlp_metrics, name, None) is not None for name in metrics):

@@ -301,17 +301,7 @@ def wrap(app):
     """`app` with plain search_runs POSTs in front, where install() put its view in MLflow's place
     (MLflow's POST paths to it: a static prefix is followed) and MLflow serves no workspaces and
     not artifacts only; else `app` itself."""
-    import os
-
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-    from mlflow.server import ARTIFACTS_ONLY_ENV_VAR
-    from mlflow.server import app as flask_app
-
-    if not _SWAPPED or MLFLOW_ENABLE_WORKSPACES.get() or os.environ.get(ARTIFACTS_ONLY_ENV_VAR) == "true":
-        return app
-    paths = frozenset(rule.rule for rule in flask_app.url_map.iter_rules()
-                      if flask_app.view_functions.get(rule.endpoint) is _SWAPPED[-1]
-                      and "POST" in (rule.methods or ()) and not rule.arguments)
+    paths = view_swap.view_paths(_SWAPPED[-1] if _SWAPPED else None, "POST")
     if not paths:
         return app
     print("INFO search_runs POSTs answered before Flask (server/search.py)", file=sys.stderr, flush=True)
