@@ -182,19 +182,24 @@ def ingest(store, name: str, order: str, base: int) -> list:
 
 @pytest.fixture
 def our_paths(monkeypatch):
-    """Counts of our span upserts and light experiment reads (server/trace_writes.py)."""
-    from mlflow_gcp.server import trace_writes
+    """Counts of our span upserts, light experiment reads (server/trace_writes.py) and plain
+    log_spans (server/trace_spans.py)."""
+    from mlflow_gcp.server import trace_spans, trace_writes
 
-    seen = {"upserts": 0, "experiments": 0, "bumps": 0, "found": 0, "not_found": 0}
-    upsert, execute = trace_writes.upsert_statements, store_mod._execute
+    seen = {"upserts": 0, "experiments": 0, "bumps": 0, "found": 0, "not_found": 0, "plain": 0}
+    upsert, execute, aggregates = trace_writes.upsert_statements, store_mod._execute, trace_spans._aggregates
 
     def counting_upsert(*args):
         seen["upserts"] += 1
         return upsert(*args)
 
+    def counting_aggregates(*args):
+        seen["plain"] += 1
+        return aggregates(*args)
+
     def counting_execute(session, statement, params=None):
         seen["experiments"] += statement == trace_writes.EXPERIMENT_ROW
-        seen["bumps"] += statement == trace_writes.BUMP_GENERATIONS
+        seen["bumps"] += trace_writes.BUMP_GENERATIONS in statement  # alone, or last of several
         result = execute(session, statement, params)
         if statement == trace_writes.TRACE_EXISTS:  # start_trace's look for its trace row
             rows = result.fetchall()
@@ -204,6 +209,7 @@ def our_paths(monkeypatch):
 
     monkeypatch.setattr(trace_writes, "upsert_statements", counting_upsert)
     monkeypatch.setattr(store_mod, "_execute", counting_execute)
+    monkeypatch.setattr(trace_spans, "_aggregates", counting_aggregates)
     return seen
 
 
@@ -235,7 +241,7 @@ def test_ingest_leaves_mlflows_rows(stores, order, our_paths):
     assert (our_paths["found"], our_paths["not_found"]) == {"spans_first": (8, 0), "start_first": (0, 8),
                                                              "spans_only": (0, 0)}[order]
     batches = sum(len(trace_case(n, base)[1]) for n in range(8))
-    assert our_paths["upserts"] == batches
+    assert our_paths["upserts"] == our_paths["plain"] == batches
     # the payload generation bump: once per log_spans, once per start_trace that finds its trace
     assert our_paths["bumps"] == batches + (8 if order == "spans_first" else 0)
     # one per start_trace, one per log_spans that creates its trace

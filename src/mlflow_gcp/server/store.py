@@ -215,6 +215,13 @@ def _make_class():
     if merge_session is not None:
         merge_session = trace_writes.starting_session(merge_session, lambda *args: _execute(*args))
     trace_write_hooks = _trace_write_hooks(trace_writes)
+    # MLflow's _log_spans_once with its database phases as plain statements (server/trace_spans.py)
+    span_writer = None
+    if trace_write_hooks is not None:
+        from mlflow_gcp.server import trace_spans
+
+        span_writer = trace_spans.writer(SqlAlchemyStore, lambda *args: _execute(*args),
+                                         lambda *args: _insert_rows(*args), trace_write_hooks.in_session)
     trace_read = trace_reads.reader(_execute)
 
     class BulkPostgresStore(SqlAlchemyStore):
@@ -289,9 +296,11 @@ def _make_class():
         if trace_write_hooks is not None:
             # MLflow's own log_spans and start_trace, with its span upsert and its experiment read
             # done lighter while they run (server/trace_writes.py).
-            def _log_spans_once(self, *args, **kwargs):
+            def _log_spans_once(self, location, spans, tracking_uri=None):
+                if span_writer is not None and span_writer.applies(self):
+                    return span_writer(self, location, spans)
                 with trace_writes.in_trace_write():
-                    return super()._log_spans_once(*args, **kwargs)
+                    return super()._log_spans_once(location, spans, tracking_uri=tracking_uri)
 
             def _start_trace_once(self, *args, **kwargs):
                 with trace_writes.in_trace_write(), trace_writes.in_start_trace():
@@ -578,15 +587,20 @@ def _trace_write_hooks(trace_writes):
 
     def light_experiment(store, experiment_id):
         """MLflow's get_experiment's answer without the experiment's tags, or its error."""
-        experiment_id = parse_id(experiment_id or store.DEFAULT_EXPERIMENT_ID)
         with store.ManagedSessionMaker() as session:
-            row = _execute(session, trace_writes.EXPERIMENT_ROW, (experiment_id, stages)).first()
+            return experiment_in(session, experiment_id or store.DEFAULT_EXPERIMENT_ID)
+
+    def experiment_in(session, experiment_id):
+        """light_experiment's answer read on `session`."""
+        experiment_id = parse_id(experiment_id)
+        row = _execute(session, trace_writes.EXPERIMENT_ROW, (experiment_id, stages)).first()
         if row is None:
             raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
         name, artifact_location, stage, created, updated = row
         return Experiment(str(experiment_id), name, artifact_location, stage, tags=None,
                           creation_time=created, last_update_time=updated)
 
+    light_experiment.in_session = experiment_in
     return light_experiment
 
 
