@@ -253,7 +253,7 @@ def test_ingest_leaves_mlflows_rows(stores, order, our_paths):
         assert got[table] == expected[table], f"{table} differs"
 
 
-def test_concurrent_exports_of_one_trace_lose_nothing(stores):
+def test_concurrent_exports_of_one_trace_lose_nothing(stores, our_paths):
     """Both batches of each trace posted at once (two threads), then start_trace: every span is
     stored once and the trace rows are what MLflow's store leaves after the same exports."""
     stock, ours, (stock_root, ours_root) = stores
@@ -285,6 +285,7 @@ def test_concurrent_exports_of_one_trace_lose_nothing(stores):
     spans = [json.loads(r) for r in results["ours"]["spans"] if json.loads(r)["experiment_id"] == int(exp)]
     keys = [(s["trace_id"], s["span_id"]) for s in spans]
     assert len(keys) == len(set(keys)) == sum(len(b) for n in range(12) for b in trace_case(n, 1000)[1])
+    assert our_paths["plain"] >= 24  # every export of ours took the plain path
     assert results["ours"] == results["stock"]
 
 
@@ -346,3 +347,64 @@ def test_writes_to_traces_whose_spans_are_elsewhere_fail_as_mlflows(stores, our_
     assert our_paths["bumps"] > 0
     got, want = dump(ours, ours_root), dump(stock, stock_root)
     assert got == want
+
+
+def mixed_batches(store, base: int) -> list:
+    """Batches MLflow's client does not send but log_spans takes: several traces in one batch,
+    some new, some with spans stored (usage and cost recomputed over them), one started first
+    (finalized, authoritative usage); a root with a trace name and a tag that a resource attribute
+    also sets, resource attributes of other types and reserved ones, user ids known and not.
+    Returns what each call answered."""
+    from mlflow.entities import Span
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    exp = store.create_experiment("mixed")
+    cases = [trace_case(n, base) for n in range(8)]
+    start_trace(store, exp, cases[6][0], cases[6][2])  # n=6: usage, started first
+    for trace_hex, batches, _ in cases[:4]:
+        log_batch(store, exp, batches[0], "first")  # stored spans for the recompute
+    res = Resource()
+    for key, v in {"service.name": "multi", "mlflow.trace.spansLocation": "ARTIFACT_REPO", "case": "from-resource",
+                   "telemetry.sdk.name": "x", "deploy.replicas": 3, "deploy.canary": True}.items():
+        _value(res.attributes.add(key=key).value, v)
+    j = json.dumps
+    named = otlp_span(f"{base + 99:032x}", f"{(base + 99) * 100:016x}", None, "named", T0_NS, T0_NS + 10**6,
+                      {"mlflow.spanType": j("CHAIN"), "mlflow.traceTag.mlflow.traceName": "my name",
+                       "mlflow.traceTag.case": "from-root", "user.id": j("u-named"), "session.id": j("s-named"),
+                       "mlflow.chat.tokenUsage": j({"input_tokens": 3, "output_tokens": 4, "total_tokens": 7})})
+    spans = [p for _, batches, _ in cases for p in batches[-1]] + [named]
+    answers = []
+    for chunk in (spans[: len(spans) // 2], spans[len(spans) // 2:], spans[:3]):  # the last one again
+        answers.append([s.span_id for s in store.log_spans(exp, [Span.from_otel_proto(p, resource=res)
+                                                                  for p in chunk])])
+    return answers
+
+
+def test_multi_trace_batches_leave_mlflows_rows(stores, our_paths):
+    stock, ours, (stock_root, ours_root) = stores
+    expected = mixed_batches(stock, 5000)
+    assert our_paths["plain"] == 0
+    assert mixed_batches(ours, 5000) == expected
+    assert our_paths["plain"] == 4 + 3
+    got, want = dump(ours, ours_root), dump(stock, stock_root)
+    assert any("my name" in row for row in want["trace_info"])
+    assert got == want
+
+
+def test_mlflows_path_when_the_plain_one_does_not_apply(stores, our_paths, monkeypatch):
+    """With rollups on (as MLflow's switch would say), or MLflow's code not the one followed,
+    MLflow's own _log_spans_once runs, with the same rows."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from mlflow_gcp.server import trace_spans
+
+    stock, ours, (stock_root, ours_root) = stores
+    writer = type(ours)._span_writer
+    assert writer is not None
+    monkeypatch.setattr(writer.ns, "rollups_enabled", lambda: True)
+    ingest(stock, "fallback", "spans_first", 6000)
+    ingest(ours, "fallback", "spans_first", 6000)
+    assert our_paths["plain"] == 0 and our_paths["upserts"] > 0  # MLflow's, with our span upsert
+    assert dump(ours, ours_root) == dump(stock, stock_root)
+    monkeypatch.setitem(trace_spans.COPIED, "_stored_span_rows_query", "0" * 64)
+    assert trace_spans.writer(SqlAlchemyStore, None, None, None) is None

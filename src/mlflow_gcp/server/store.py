@@ -225,6 +225,8 @@ def _make_class():
     trace_read = trace_reads.reader(_execute)
 
     class BulkPostgresStore(SqlAlchemyStore):
+        _span_writer = staticmethod(span_writer) if span_writer is not None else None
+
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             # MLflow's own session factory (its __init__ without a read replica), with trace tag
@@ -297,8 +299,8 @@ def _make_class():
             # MLflow's own log_spans and start_trace, with its span upsert and its experiment read
             # done lighter while they run (server/trace_writes.py).
             def _log_spans_once(self, location, spans, tracking_uri=None):
-                if span_writer is not None and span_writer.applies(self):
-                    return span_writer(self, location, spans)
+                if self._span_writer is not None and self._span_writer.applies(self):
+                    return self._span_writer(self, location, spans)
                 with trace_writes.in_trace_write():
                     return super()._log_spans_once(location, spans, tracking_uri=tracking_uri)
 
