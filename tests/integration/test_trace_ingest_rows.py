@@ -183,14 +183,15 @@ def ingest(store, name: str, order: str, base: int) -> list:
 @pytest.fixture
 def our_paths(monkeypatch):
     """Counts of our span upserts, light experiment reads (server/trace_writes.py) and plain
-    log_spans (server/trace_spans.py)."""
-    from mlflow_gcp.server import trace_spans, trace_writes
+    log_spans (server/trace_spans.py) and start_trace (server/trace_start.py)."""
+    from mlflow_gcp.server import trace_spans, trace_start, trace_writes
 
-    seen = {"upserts": 0, "experiments": 0, "bumps": 0, "found": 0, "not_found": 0, "plain": 0}
+    seen = {"upserts": 0, "experiments": 0, "bumps": 0, "found": 0, "not_found": 0, "plain": 0,
+            "plain_found": 0, "plain_new": 0}
     upsert, execute, aggregates = trace_writes.upsert_statements, store_mod._execute, trace_spans._aggregates
 
     def counting_upsert(*args):
-        seen["upserts"] += 1
+        seen["upserts"] += args[0].name == "spans"  # log_spans' (start_trace upserts tags, metadata)
         return upsert(*args)
 
     def counting_aggregates(*args):
@@ -198,12 +199,17 @@ def our_paths(monkeypatch):
         return aggregates(*args)
 
     def counting_execute(session, statement, params=None):
-        seen["experiments"] += statement == trace_writes.EXPERIMENT_ROW
+        seen["experiments"] += statement in (trace_writes.EXPERIMENT_ROW, trace_start.EXPERIMENT_AND_TRACE)
         seen["bumps"] += trace_writes.BUMP_GENERATIONS in statement  # alone, or last of several
         result = execute(session, statement, params)
         if statement == trace_writes.TRACE_EXISTS:  # start_trace's look for its trace row
             rows = result.fetchall()
             seen["found" if rows else "not_found"] += 1
+            return _Rows(rows)
+        if statement == trace_start.EXPERIMENT_AND_TRACE:  # the plain start_trace's first statement
+            rows = result.fetchall()
+            if rows:
+                seen["plain_found" if rows[0][-1] else "plain_new"] += 1
             return _Rows(rows)
         return result
 
@@ -236,10 +242,11 @@ def test_ingest_leaves_mlflows_rows(stores, order, our_paths):
     assert (json.dumps(answers, sort_keys=True).replace(ours_root, "ROOT")
             == json.dumps(stock_answers, sort_keys=True).replace(stock_root, "ROOT"))
     assert len(answers) == (0 if order == "spans_only" else 8)
-    # start_trace's look for its trace row: found when the spans came first (no flush of the
-    # doomed INSERT), not found when start_trace comes first (MLflow's flush inserts it)
-    assert (our_paths["found"], our_paths["not_found"]) == {"spans_first": (8, 0), "start_first": (0, 8),
-                                                             "spans_only": (0, 0)}[order]
+    # the plain start_trace (server/trace_start.py) ran: its conflict path when the spans came
+    # first, its new-trace path when start_trace comes first; MLflow's method did not run
+    assert (our_paths["plain_found"], our_paths["plain_new"]) == {"spans_first": (8, 0), "start_first": (0, 8),
+                                                                   "spans_only": (0, 0)}[order]
+    assert (our_paths["found"], our_paths["not_found"]) == (0, 0)
     batches = sum(len(trace_case(n, base)[1]) for n in range(8))
     assert our_paths["upserts"] == our_paths["plain"] == batches
     # the payload generation bump: once per log_spans, once per start_trace that finds its trace
@@ -408,3 +415,183 @@ def test_mlflows_path_when_the_plain_one_does_not_apply(stores, our_paths, monke
     assert dump(ours, ours_root) == dump(stock, stock_root)
     monkeypatch.setitem(trace_spans.COPIED, "_stored_span_rows_query", "0" * 64)
     assert trace_spans.writer(SqlAlchemyStore, None, None, None) is None
+
+
+# start_trace as plain statements (server/trace_start.py): each case runs the same writes on
+# MLflow's store and ours and compares start_trace's answers (or errors) and every trace row.
+
+def _outcome(store, root: str, write) -> object:
+    try:
+        answer = write()
+    except Exception as err:
+        return (type(err).__name__, getattr(err, "error_code", None), str(err).replace(root, "ROOT"))
+    return json.loads(json.dumps(answer.to_dict(), sort_keys=True).replace(root, "ROOT"))
+
+
+def _on_both(stores, scenario) -> list:
+    """scenario(store, write) on MLflow's store, then ours (`write(fn)` records fn's answer or
+    error); asserts equal outcomes and rows, returns MLflow's outcomes."""
+    stock, ours, (stock_root, ours_root) = stores
+    outcomes = {}
+    for label, store, root in (("stock", stock, stock_root), ("ours", ours, ours_root)):
+        out = []
+        scenario(store, lambda fn, store=store, root=root, out=out: out.append(_outcome(store, root, fn)))
+        outcomes[label] = out
+    for got, want in zip(outcomes["ours"], outcomes["stock"]):
+        assert got == want, {k: (got.get(k), want.get(k)) for k in set(got) | set(want) if got.get(k) != want.get(k)} if isinstance(got, dict) and isinstance(want, dict) else (got, want)
+    assert outcomes["ours"] == outcomes["stock"]
+    assert dump(ours, ours_root) == dump(stock, stock_root)
+    return outcomes["stock"]
+
+
+def _assessments(trace_id: str, base: int, value=True):
+    from mlflow.entities import AssessmentSource, Expectation, Feedback
+
+    feedback = Feedback(name="quality", value=value, source=AssessmentSource("HUMAN", "me@x"), trace_id=trace_id,
+                        rationale="ok", metadata={"k": "v"}, create_time_ms=1_700_000_000_000 + base,
+                        last_update_time_ms=1_700_000_000_500 + base)
+    feedback.assessment_id = f"a-{base}-1"
+    expectation = Expectation(name="answer", value={"text": "42"}, source=AssessmentSource("CODE", "t"),
+                              trace_id=None, create_time_ms=1_700_000_000_001 + base,
+                              last_update_time_ms=1_700_000_000_001 + base)
+    expectation.assessment_id = f"a-{base}-2"
+    return [feedback, expectation]
+
+
+def _start(store, exp, trace_hex, info, assessments=(), **changes):
+    from mlflow.entities import TraceInfo, TraceLocation, TraceState
+
+    fields = dict(trace_id=f"tr-{trace_hex}", trace_location=TraceLocation.from_experiment_id(exp),
+                  request_time=info["request_time"], execution_duration=info["execution_duration"],
+                  state=TraceState(info["state"]), request_preview=info["preview"][0],
+                  response_preview=info["preview"][1], trace_metadata=dict(info["metadata"]),
+                  tags=dict(info["tags"]), assessments=list(assessments))
+    fields.update(changes)
+    return store.start_trace(TraceInfo(**fields))
+
+
+def test_plain_start_trace_with_assessments_overlaps_and_analytics(stores, our_paths):
+    """Conflict path (spans first) and new path (start_trace first), with assessments, tags and
+    metadata overlapping what log_spans wrote, promoted keys (tokens, cost, session), and
+    start_trace twice (assessments updated, previews kept when not sent)."""
+    j = json.dumps
+
+    def scenario(store, write):
+        exp = store.create_experiment("plain-start")
+        for n in range(8):
+            trace_hex, batches, info = trace_case(n, 14000)
+            info = dict(info, tags={**info["tags"], "case": "from-start", "extra": "x" * 300},
+                        metadata={**info["metadata"], "m": "from-start",
+                                  "mlflow.trace.session": f"s-{n}",
+                                  "mlflow.trace.tokenUsage": j({"input_tokens": 7 * n, "output_tokens": 3,
+                                                                "total_tokens": 7 * n + 3}),
+                                  "mlflow.trace.cost": j({"input_cost": 0.1 * n, "output_cost": 1e-9,
+                                                          "total_cost": 0.1 * n + 1e-9})})
+            assessments = _assessments(f"tr-{trace_hex}", 10 * n) if n % 2 else []
+            if n < 5:
+                for batch in batches:
+                    log_batch(store, exp, batch, None)
+                write(lambda: _start(store, exp, trace_hex, info, assessments))
+            else:
+                write(lambda: _start(store, exp, trace_hex, info, assessments))
+                for batch in batches:
+                    log_batch(store, exp, batch, None)
+            # again: an assessment changed, no previews, no trace name, other analytics
+            write(lambda: _start(store, exp, trace_hex, dict(info, tags={"case": "again"},
+                                                             metadata={"mlflow.trace.cost": j({"total_cost": 2.5})}),
+                                 _assessments(f"tr-{trace_hex}", 10 * n, value=0.5)[:1],
+                                 request_preview=None, response_preview=None, execution_duration=None))
+
+    outcomes = _on_both(stores, scenario)
+    assert all(isinstance(o, dict) for o in outcomes) and any(o.get("assessments") for o in outcomes)
+    assert (our_paths["plain_found"], our_paths["plain_new"]) == (13, 3)
+
+
+def test_plain_start_trace_refusals(stores, our_paths):
+    """MLflow's errors: an invalid (too long) trace name, a deleted experiment after the spans,
+    a trace whose spans live elsewhere (checked by the spans-elsewhere test too)."""
+    from sqlalchemy import text
+
+    def scenario(store, write):
+        exp = store.create_experiment("plain-start-refusals")
+        trace_hex, batches, info = trace_case(1, 15000)
+        log_batch(store, exp, batches[0], None)
+        write(lambda: _start(store, exp, trace_hex, dict(info, tags={"mlflow.traceName": "n" * 9000})))
+        trace_hex, batches, info = trace_case(2, 15000)
+        log_batch(store, exp, batches[0], None)
+        with store.engine.begin() as conn:
+            conn.execute(text('UPDATE trace_tags SET "value" = :v WHERE request_id = :r AND "key" = :k'),
+                         {"v": "ARTIFACT_REPO", "r": f"tr-{trace_hex}", "k": "mlflow.trace.spansLocation"})
+        write(lambda: _start(store, exp, trace_hex, info, _assessments(f"tr-{trace_hex}", 1)))
+        trace_hex, batches, info = trace_case(3, 15000)
+        log_batch(store, exp, batches[0], None)
+        store.delete_experiment(exp)
+        write(lambda: _start(store, exp, trace_hex, info))
+
+    outcomes = _on_both(stores, scenario)
+    assert [o[1] for o in outcomes] == ["INVALID_PARAMETER_VALUE", "INVALID_STATE", "INVALID_PARAMETER_VALUE"]
+    assert our_paths["plain_found"] == 2  # the name is refused before any statement
+
+
+def test_plain_start_trace_concurrent_with_log_spans_loses_nothing(stores, our_paths):
+    """start_trace and the trace's last span post at once (threads): which commits first is a race
+    (the trace's cost then differs, in MLflow's store too), but nothing either write sends is lost:
+    every span once, start_trace's tags and metadata, the trace's fields."""
+    _, ours, _ = stores
+    exp = ours.create_experiment("plain-start-concurrent")
+    errors = []
+    cases = [trace_case(n, 16000) for n in range(10)]
+    for trace_hex, batches, info in cases:
+        for batch in batches[:-1]:
+            log_batch(ours, exp, batch, None)
+        barrier = threading.Barrier(2)
+
+        def run(fn):
+            try:
+                barrier.wait(10)
+                fn()
+            except Exception as err:  # reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(lambda: log_batch(ours, exp, batches[-1], "svc"),)),
+                   threading.Thread(target=run, args=(lambda: _start(ours, exp, trace_hex, info),))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    assert our_paths["plain_found"] + our_paths["plain_new"] == 10
+    for trace_hex, batches, info in cases:
+        trace = ours.get_trace(f"tr-{trace_hex}")
+        assert sorted(s.span_id for s in trace.data.spans) == sorted(p.span_id.hex() for b in batches for p in b)
+        got = trace.info
+        assert {k: got.tags.get(k) for k in info["tags"]} == info["tags"]
+        assert got.trace_metadata["mlflow.trace_schema.version"] == "3" and got.trace_metadata["m"] == info["metadata"]["m"]
+        assert got.trace_metadata["mlflow.trace.infoFinalized"] == "true"
+        assert (got.request_time, got.execution_duration, got.state.value) == (
+            info["request_time"], info["execution_duration"], info["state"])
+
+
+def test_plain_start_trace_is_guarded(stores, our_paths, monkeypatch):
+    """MLflow's own method runs where the plain one does not apply (rollups on) or its sources
+    differ from the ones followed (then no plain starter is built at all)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from mlflow_gcp.server import trace_start
+
+    stock, ours, (stock_root, ours_root) = stores
+    exp = ours.create_experiment("plain-start-guard")
+    trace_hex, batches, info = trace_case(0, 17000)
+    log_batch(ours, exp, batches[0], None)
+    monkeypatch.setenv("MLFLOW_SQL_TRACE_ROLLUPS_ENABLED", "true")
+    _start(ours, exp, trace_hex, info)
+    assert (our_paths["plain_found"], our_paths["found"]) == (0, 1)  # MLflow's path, with its row look
+    monkeypatch.delenv("MLFLOW_SQL_TRACE_ROLLUPS_ENABLED")
+    _start(ours, exp, trace_hex, info)
+    assert (our_paths["plain_found"], our_paths["found"]) == (1, 1)
+
+    execute, insert = store_mod._execute, store_mod._insert_rows
+    assert trace_start.starter(SqlAlchemyStore, execute, insert) is not None
+    name = "SqlAlchemyStore._start_trace_once"
+    monkeypatch.setitem(trace_start.COPIED_SOURCES, name, "0" * 64)
+    assert trace_start.starter(SqlAlchemyStore, execute, insert) is None

@@ -54,7 +54,8 @@ def _execute(session, statement: str, params=None):
     return session.connection().exec_driver_sql(statement, params)
 
 
-def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple | None = None):
+def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple | None = None,
+                 before: list[tuple] = (), after: list[tuple] = ()):
     """Each (head, tail, rows) as `head VALUES (..),(..) tail`, all sent in one round trip and
     run in order. The VALUES are rendered by psycopg2 on the client, as its execute_values does
     (an executemany is a round trip per row; SQLAlchemy compiling 6,000 bind parameters costs
@@ -63,7 +64,10 @@ def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple |
 
     With `guard` (query, its one parameter, a value), one statement instead: the query as a CTE
     whose rows it returns, and each insert a data-modifying CTE that inserts only if the query's
-    first column has that value."""
+    first column has that value.
+
+    Without `guard`, the (statement, params) of `before` and `after` are rendered the same way and
+    sent in the same round trip, before and after the inserts; the result is the last statement's."""
     from psycopg2.extensions import encodings
     from sqlalchemy.exc import DBAPIError
 
@@ -81,11 +85,15 @@ def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple |
             query, param, wanted = guard
             with_guard = cursor.mogrify(f"WITH guard(state) AS ({query})", (param,)).decode(encoding)
             passes = cursor.mogrify("WHERE EXISTS (SELECT FROM guard WHERE state = %s)", (wanted,)).decode(encoding)
+        first = [cursor.mogrify(statement, params).decode(encoding) for statement, params in before]
+        last = [cursor.mogrify(statement, params).decode(encoding) for statement, params in after]
     finally:
         cursor.close()
     if guard is None:
-        sql = ";\n".join(f"{head} VALUES {values} {tail}" for head, values, tail in statements)
-        shown = ";\n".join(f"{head} VALUES <{len(rows)} rows> {tail}" for head, tail, rows in inserts)
+        sql = ";\n".join([*first, *(f"{head} VALUES {values} {tail}" for head, values, tail in statements), *last])
+        shown = ";\n".join([*(s for s, _ in before),
+                             *(f"{head} VALUES <{len(rows)} rows> {tail}" for head, tail, rows in inserts),
+                             *(s for s, _ in after)])
     else:
         # Each insert runs once, to completion, and all see the guard's one snapshot. PostgreSQL
         # runs data-modifying CTEs the final SELECT does not read last to first; each insert
@@ -222,6 +230,12 @@ def _make_class():
 
         span_writer = trace_spans.writer(SqlAlchemyStore, lambda *args: _execute(*args),
                                          lambda *args: _insert_rows(*args), trace_write_hooks.in_session)
+    from mlflow_gcp.server import trace_start
+
+    # start_trace as plain statements (server/trace_start.py), where MLflow's sources match
+    plain_start = (trace_start.starter(SqlAlchemyStore, lambda *args: _execute(*args),
+                                       lambda *args, **kwargs: _insert_rows(*args, **kwargs))
+                   if trace_write_hooks is not None else None)
     trace_read = trace_reads.reader(_execute)
 
     class BulkPostgresStore(SqlAlchemyStore):
@@ -304,9 +318,12 @@ def _make_class():
                 with trace_writes.in_trace_write():
                     return super()._log_spans_once(location, spans, tracking_uri=tracking_uri)
 
-            def _start_trace_once(self, *args, **kwargs):
-                with trace_writes.in_trace_write(), trace_writes.in_start_trace():
-                    return super()._start_trace_once(*args, **kwargs)
+            def _start_trace_once(self, trace_info):
+                with trace_writes.in_trace_write():
+                    if plain_start is not None and plain_start.applies(self, trace_info):
+                        return plain_start(self, trace_info)
+                    with trace_writes.in_start_trace():
+                        return super()._start_trace_once(trace_info)
 
             def get_experiment(self, experiment_id):
                 if not trace_writes.writing():
