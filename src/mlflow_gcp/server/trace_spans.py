@@ -20,9 +20,9 @@ rather than the span conversion. Here MLflow's pure-Python pre-compute runs as M
    reads next (one snapshot: the rows are locked, no other writer of these traces can commit);
 4. per trace MLflow's UPDATE (the same CASE expressions), the assessments' trace_timestamp_ms,
    the user-id metadata when there is none, then the payload generation bump (MLflow's readers and
-   error when fewer rows), all in one round trip;
-5. the tag upserts (spans location, resource attributes, root-span trace tags), the last write of
-   a key winning as MLflow's merges do.
+   error when fewer rows), all in one round trip with:
+5. in the bump's statement, the tag upserts (spans location, resource attributes, root-span trace
+   tags), the last write of a key winning as MLflow's merges do.
 
 Used only on PostgreSQL, without rollups or workspaces, and while the source of every MLflow method
 this follows is the one copied (sha256); otherwise MLflow's own _log_spans_once runs.
@@ -67,11 +67,11 @@ def copied_matches(store_class) -> bool:
     return True
 
 
-def writer(store_class, execute, insert_rows, experiment_in):
+def writer(store_class, execute, experiment_in):
     """`log_spans_once(store, location, spans)` doing what MLflow's `_log_spans_once` does, or None
     (then MLflow's own runs) when it does not apply to this call: not PostgreSQL, rollups or
     workspaces on. The whole writer is None when MLflow's sources are not the ones followed here.
-    `execute(session, sql, params)`, `insert_rows(session, *(head, tail, rows))` run statements;
+    `execute(session, sql, params)` runs statements (psycopg2 renders the parameters);
     `experiment_in(session, location)` is get_experiment's answer (or error) read on `session`."""
     if not copied_matches(store_class):
         return None
@@ -239,14 +239,20 @@ def writer(store_class, execute, insert_rows, experiment_in):
                                   (agg.min_start_ms, trace_id)))
             ids = list(dict.fromkeys(all_trace_ids))
             if ids:
-                parts.append(trace_writes.bump_generations(ids))
-                if _run(execute, session, parts).rowcount != len(ids):
+                # The bump, then the tags only when every trace was bumped (one statement: the
+                # bump's look at the spans-location tag sees the tags from before this upsert;
+                # when a trace is not bumped, nothing is upserted and MLflow's readers see them).
+                bump, bump_params = trace_writes.bump_generations(ids)
+                rows = trace_merges.ordered_rows(_trace_tags(ns, all_trace_ids, spans_by_trace, trace_aggregates))
+                parts.append((f"WITH bumped AS ({bump} RETURNING 1), tagged AS ({tag_head} SELECT * FROM (VALUES "
+                              f"{', '.join(['(%s, %s, %s)'] * len(rows))}) AS v WHERE (SELECT count(*) FROM bumped) "
+                              f"= %s {tag_tail}) SELECT count(*) FROM bumped",
+                              (*bump_params, *(v for row in rows for v in row), len(ids))))
+                if _run(execute, session, parts).scalar() != len(ids):
                     existing_ids = store._get_existing_trace_ids(session, ids)
                     store._raise_log_spans_trace_write_conflict_error(
                         blocked_trace_ids=store._get_trace_ids_outside_tracking_store(session, ids),
                         missing_trace_ids=[trace_id for trace_id in ids if trace_id not in existing_ids])
-                tags = _trace_tags(ns, all_trace_ids, spans_by_trace, trace_aggregates)
-                insert_rows(session, (tag_head, tag_tail, trace_merges.ordered_rows(tags)))
         return spans
 
     log_spans_once.applies = applies
