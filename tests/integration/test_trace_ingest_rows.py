@@ -533,6 +533,38 @@ def test_plain_start_trace_refusals(stores, our_paths):
     assert our_paths["plain_found"] == 2  # the name is refused before any statement
 
 
+def test_plain_start_trace_unbumped_takes_mlflows_bump(stores, our_paths, monkeypatch):
+    """Where the plain bump (with the tags read) updates nothing, MLflow's bump runs on the same
+    transaction (its readers and error when the trace is not bumped; here it is): same rows."""
+    from mlflow_gcp.server import trace_writes
+
+    bump = trace_writes.bump_generations
+    calls = {"on": False, "n": 0}
+
+    def first_misses(ids):
+        statement, params = bump(ids)
+        if calls["on"]:
+            calls["n"] += 1
+            if calls["n"] % 2:  # the plain path's; the next one is MLflow's (our store's) bump
+                return statement, (["no-such-trace"], *params[1:])
+        return statement, params
+
+    monkeypatch.setattr(trace_writes, "bump_generations", first_misses)
+
+    def scenario(store, write):
+        exp = store.create_experiment("plain-start-unbumped")
+        for n in range(3):
+            trace_hex, batches, info = trace_case(n, 18000)
+            for batch in batches:
+                log_batch(store, exp, batch, None)
+            calls["on"] = True
+            write(lambda: _start(store, exp, trace_hex, info, _assessments(f"tr-{trace_hex}", 18000 + n)))
+            calls["on"] = False
+
+    _on_both(stores, scenario)
+    assert calls["n"] == 6 and our_paths["plain_found"] == 3
+
+
 def test_plain_start_trace_concurrent_with_log_spans_loses_nothing(stores, our_paths):
     """start_trace and the trace's last span post at once (threads): which commits first is a race
     (the trace's cost then differs, in MLflow's store too), but nothing either write sends is lost:
@@ -595,3 +627,4 @@ def test_plain_start_trace_is_guarded(stores, our_paths, monkeypatch):
     name = "SqlAlchemyStore._start_trace_once"
     monkeypatch.setitem(trace_start.COPIED_SOURCES, name, "0" * 64)
     assert trace_start.starter(SqlAlchemyStore, execute, insert) is None
+
