@@ -28,7 +28,7 @@ import hashlib
 import inspect
 import sys
 
-from mlflow_gcp.server import fastpath
+from mlflow_gcp.server import fastpath, otlp_spans
 
 # sha256 of MLflow 3.17.2's otel_api.export_traces source, the one `_export` follows.
 COPIED_SOURCE = "74519731a555e486733b7a5dacc8b205a495320b0ef8867193ae5ab343019e0d"
@@ -112,11 +112,11 @@ def _parse(body: bytes):
     (spans, completed trace ids, service names), or _REFUSED where MLflow answers an error."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    from mlflow.entities.span import Span
     from mlflow.server.otel_api import _KNOWN_SERVICE_NAMES
     from mlflow.tracing.utils import dump_span_attribute_value
     from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
 
+    convert = otlp_spans.converter()
     parsed_request = ExportTraceServiceRequest()
     parsed_request.ParseFromString(body)
     if not parsed_request.resource_spans:
@@ -133,16 +133,14 @@ def _parse(body: bytes):
                     resource_service_name = str(value)
                     service_names.add(resource_service_name)
                 break
-        resource = resource_span.resource
-        for scope_span in resource_span.scope_spans:
-            for otel_proto_span in scope_span.spans:
-                mlflow_span = Span.from_otel_proto(otel_proto_span, resource=resource)
-                if mlflow_span.parent_id is None:
-                    completed_trace_ids.add(mlflow_span.trace_id)
-                    if resource_service_name:
-                        mlflow_span._span._attributes["service.name"] = dump_span_attribute_value(
-                            resource_service_name)
-                all_spans.append(mlflow_span)
+        # MLflow's `Span.from_otel_proto(span, resource=resource_span.resource)` for each span.
+        for mlflow_span in convert(resource_span):
+            if mlflow_span.parent_id is None:
+                completed_trace_ids.add(mlflow_span.trace_id)
+                if resource_service_name:
+                    mlflow_span._span._attributes["service.name"] = dump_span_attribute_value(
+                        resource_service_name)
+            all_spans.append(mlflow_span)
     return all_spans, completed_trace_ids, service_names
 
 
