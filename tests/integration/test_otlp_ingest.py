@@ -233,6 +233,28 @@ def test_the_plain_export_is_answered_here_and_the_rest_reaches_mlflows_app(dire
     assert status == 299 and behind.seen.pop()[1] == padded
 
 
+def test_each_answer_is_its_own_message_the_layers_outside_can_add_headers_to(direct):
+    """The 200 answer is built once; a layer outside that adds headers in place to the message
+    (as Starlette's MutableHeaders(scope=message) does) must not change the next answer."""
+    app, _, store = direct
+    exp = store.create_experiment("answers")
+    plain = requests(exp)[0][1]
+    seen = []
+
+    async def adding(scope, receive, send):
+        async def add(message):
+            if message["type"] == "http.response.start":
+                message["headers"].append((b"x-added", b"1"))
+                seen.append(list(message["headers"]))
+            await send(message)
+
+        await app(scope, receive, add)
+
+    for n in range(3):
+        assert call(adding, plain, export_body(range(n, n + 1), 500))[0] == 200
+    assert seen == [[(b"content-length", b"0"), (b"content-type", PROTOBUF.encode()), (b"x-added", b"1")]] * 3
+
+
 def start_body(trace_hex: str, exp: str, info: dict) -> bytes:
     """The StartTraceV3 body MLflow's client (RestStore.start_trace) sends for a trace."""
     from mlflow.entities import Trace, TraceData

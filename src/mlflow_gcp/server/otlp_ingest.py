@@ -24,9 +24,12 @@ rows with MLflow's path.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
+import json
 import sys
+import types
 
 from mlflow_gcp.server import fastpath, otlp_spans
 
@@ -110,14 +113,10 @@ class OtlpIngest:
 def _parse(body: bytes):
     """MLflow's parse and span conversion (export_traces' first half) for a protobuf body:
     (spans, completed trace ids, service names), or _REFUSED where MLflow answers an error."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    from mlflow.server.otel_api import _KNOWN_SERVICE_NAMES
-    from mlflow.tracing.utils import dump_span_attribute_value
-    from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
-
-    convert = otlp_spans.converter()
-    parsed_request = ExportTraceServiceRequest()
+    m = _names()
+    _KNOWN_SERVICE_NAMES, dump_span_attribute_value = m.KNOWN_SERVICE_NAMES, m.dump_span_attribute_value
+    _decode_otel_proto_anyvalue, convert = m.decode_anyvalue, m.convert
+    parsed_request = m.ExportTraceServiceRequest()
     parsed_request.ParseFromString(body)
     if not parsed_request.resource_spans:
         return _REFUSED
@@ -146,31 +145,22 @@ def _parse(body: bytes):
 
 async def _export(experiment_id: str, user_agent, all_spans, completed_trace_ids, service_names):
     """export_traces' second half (no run id, no metrics): the store call and MLflow's answer."""
-    import json
-
-    from fastapi.responses import JSONResponse, Response
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.server.handlers import _get_tracking_store
-    from mlflow.telemetry.events import TraceSource, TracesReceivedByServerEvent
-    from mlflow.telemetry.track import _record_event
-    from mlflow.tracking.request_header.default_request_header_provider import (
-        _MLFLOW_PYTHON_CLIENT_USER_AGENT_PREFIX,
-    )
-
+    m = _names()
+    MlflowException, TraceSource = m.MlflowException, m.TraceSource
     if all_spans:
-        store = _get_tracking_store()
+        store = m.handlers._get_tracking_store()
         try:
             await store.log_spans_async(experiment_id, all_spans)
         except NotImplementedError:
             return _detail(501, f"REST OTLP span logging is not supported by {store.__class__.__name__}")
         except MlflowException as e:
+            from fastapi.responses import JSONResponse
+
             return JSONResponse(status_code=e.get_http_status_code(), content=json.loads(e.serialize_as_json()))
         except Exception:
             return _detail(422, "Failed to log OpenTelemetry spans")
         if completed_trace_ids:
-            if user_agent and user_agent.startswith(_MLFLOW_PYTHON_CLIENT_USER_AGENT_PREFIX):
+            if user_agent and user_agent.startswith(m.MLFLOW_PYTHON_CLIENT_USER_AGENT_PREFIX):
                 trace_source = TraceSource.MLFLOW_PYTHON_CLIENT
             elif service_names:
                 trace_source = TraceSource.EXTERNAL_OTEL_CLIENT
@@ -179,9 +169,46 @@ async def _export(experiment_id: str, user_agent, all_spans, completed_trace_ids
             event_params: dict[str, object] = {"source": trace_source, "count": len(completed_trace_ids)}
             if service_names:
                 event_params["service_names"] = sorted(service_names)
-            _record_event(TracesReceivedByServerEvent, event_params)
-    answer = ExportTraceServiceResponse().SerializeToString()
-    return Response(content=answer, media_type="application/x-protobuf", status_code=200)
+            m.record_event(m.TracesReceivedByServerEvent, event_params)
+    return m.answer_ok
+
+
+@functools.cache
+def _names():
+    """What _parse and _export use of MLflow, imported once (not per request)."""
+    from fastapi.responses import Response
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+        ExportTraceServiceResponse,
+    )
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.server import handlers
+    from mlflow.server.otel_api import _KNOWN_SERVICE_NAMES
+    from mlflow.telemetry.events import TraceSource, TracesReceivedByServerEvent
+    from mlflow.telemetry.track import _record_event
+    from mlflow.tracing.utils import dump_span_attribute_value
+    from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
+    from mlflow.tracking.request_header.default_request_header_provider import (
+        _MLFLOW_PYTHON_CLIENT_USER_AGENT_PREFIX,
+    )
+
+    # MLflow's 200 answer: the same status, headers and body every time, built once.
+    ok = Response(content=ExportTraceServiceResponse().SerializeToString(), media_type="application/x-protobuf",
+                  status_code=200)
+    status, headers, body = ok.status_code, ok.raw_headers, ok.body
+
+    async def answer_ok(scope, receive, send):
+        # New messages and header list each time: the layers outside add headers to them in place.
+        await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+        await send({"type": "http.response.body", "body": body})
+
+    return types.SimpleNamespace(
+        ExportTraceServiceRequest=ExportTraceServiceRequest, KNOWN_SERVICE_NAMES=_KNOWN_SERVICE_NAMES,
+        dump_span_attribute_value=dump_span_attribute_value, decode_anyvalue=_decode_otel_proto_anyvalue,
+        convert=otlp_spans.converter(), MlflowException=MlflowException, handlers=handlers,
+        TraceSource=TraceSource, TracesReceivedByServerEvent=TracesReceivedByServerEvent, record_event=_record_event,
+        MLFLOW_PYTHON_CLIENT_USER_AGENT_PREFIX=_MLFLOW_PYTHON_CLIENT_USER_AGENT_PREFIX, answer_ok=answer_ok)
 
 
 def _detail(status: int, detail: str):
