@@ -23,6 +23,9 @@ import hashlib
 import inspect
 from json.encoder import encode_basestring
 
+from mlflow.tracing.utils import TraceJSONEncoder, dump_span_attribute_value
+from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
+
 # sha256 of MLflow 3.17.2's sources this follows: Span.from_otel_proto, dump_span_attribute_value,
 # TraceJSONEncoder (whose `default` a str, bool or int never reaches) and _decode_otel_proto_anyvalue.
 COPIED_SOURCES = {
@@ -58,6 +61,11 @@ def _mlflows(resource_span):
     return [Span.from_otel_proto(s, resource=resource) for scope in resource_span.scope_spans for s in scope.spans]
 
 
+# What json.dumps(value, cls=TraceJSONEncoder, ensure_ascii=False) builds per call (the encoder
+# keeps no state between calls), built once.
+_ENCODER = TraceJSONEncoder(ensure_ascii=False)
+
+
 def _attribute_text(value) -> str:
     """dump_span_attribute_value(_decode_otel_proto_anyvalue(value))."""
     kind = value.WhichOneof("value")
@@ -67,10 +75,11 @@ def _attribute_text(value) -> str:
         return "true" if value.bool_value else "false"
     if kind == "int_value":
         return int.__repr__(value.int_value)
-    from mlflow.tracing.utils import dump_span_attribute_value
-    from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
-
-    return dump_span_attribute_value(_decode_otel_proto_anyvalue(value))
+    decoded = _decode_otel_proto_anyvalue(value)
+    try:
+        return _ENCODER.encode(decoded)
+    except (ValueError, TypeError):  # MLflow's fallback (a repr) and its log line
+        return dump_span_attribute_value(decoded)
 
 
 @functools.cache
