@@ -10,7 +10,8 @@ as MLflow's conversion of the spans.
 Here the request MLflow's client sends - a protobuf body, not compressed, one experiment id
 header, no run id, no workspace header, no Origin - runs MLflow's own handler body (copied below,
 used only while export_traces' source is the one copied, by sha256): the same parse, the same
-`Span.from_otel_proto` conversion and service-name rule, the same `store.log_spans_async` call,
+Spans as `Span.from_otel_proto` builds (server/otlp_spans.py) and service-name rule, the same
+`store.log_spans_async` call,
 the same telemetry event and the same answers for the store's outcomes (200 with an empty
 ExportTraceServiceResponse, MLflow's error JSON, 501, 422). Everything else goes to MLflow's app
 with the body replayed: other content types or encodings, a run id (MLflow links the traces to

@@ -3,12 +3,14 @@
 Why: under the replayed trace ingest, py-spy put ~5% of our workers' CPU in MLflow's conversion of
 the posted spans, over half of it in the attribute loop: each value goes through WhichOneof,
 `_decode_otel_proto_anyvalue` and `dump_span_attribute_value`, which builds a JSON encoder
-(MLflow's TraceJSONEncoder) per value. MLflow's client posts every attribute as a string (its JSON
-text), and for a str, a bool or an int `json.dumps` never reaches the encoder's `default`: its
-text is the C string encoder's (ensure_ascii off), 'true'/'false' or int's repr. Those three kinds
-are written here directly; every other kind (double, bytes, array, kvlist, empty) still goes
-through MLflow's two functions. The resource, the same for every span of a ResourceSpans, is
-converted once per ResourceSpans (an immutable Resource shared by its spans) instead of per span.
+(MLflow's TraceJSONEncoder) per value. For a str, a bool or an int `json.dumps` never reaches the
+encoder's `default`: its text is the C string encoder's (ensure_ascii off), 'true'/'false' or
+int's repr, written here directly. Every other kind (MLflow's client posts inputs and outputs as
+kvlist or array values) is decoded by MLflow's function and encoded by one TraceJSONEncoder with
+json.dumps' settings, built once (it keeps no state between calls); on an error MLflow's
+`dump_span_attribute_value` runs, for its fallback. The resource, the same for every span of a
+ResourceSpans, is converted once per ResourceSpans (an immutable Resource its spans share)
+instead of once per span.
 
 Everything else is MLflow's method body (ids, request id, status, events, links, the Span built
 by `Span(ReadableSpan)`), used only while the sources it copies have the sha256s below; otherwise
