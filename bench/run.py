@@ -253,8 +253,9 @@ def trace_figures(server: Server, counts: dict) -> dict[str, float]:
     least 100: 8 clients x 13 traces in the quick run), then trace ingest replayed (into an
     experiment of its own: the searches' stays as the client left it)."""
     exp = loads.Client(server.url).experiment(f"bench-traces-{server.kind}")
-    r = traces.ingest(server.url, server.database, exp, 8, counts["traces"], counts["deadline"])
-    log(f"{server.kind}: trace ingest {r.per_second:.0f} spans/s ({r.ops} spans in {r.seconds:.1f} s, {r.errors} err)")
+    r, per_trace = traces.ingest(server, exp, 8, counts["traces"], counts["deadline"])
+    log(f"{server.kind}: trace ingest {r.per_second:.0f} spans/s ({r.ops} spans in {r.seconds:.1f} s, {r.errors} err); "
+        "CPU per trace: " + ", ".join(f"{part} {ms:.1f} ms" for part, ms in per_trace.items()))
     servers.analyze(server.database)
     s = clients.run(server.url, "search_traces", 4, counts["search_traces"], counts["deadline"], exp)
     log(f"{server.kind}: search_traces {s.per_second:.2f} req/s ({s.ops} req, {s.errors} err)")
@@ -266,7 +267,8 @@ def trace_figures(server: Server, counts: dict) -> dict[str, float]:
     return {TRACE_INGEST: r.per_second, SEARCH_TRACES: s.per_second, R_SEARCH_TRACES: row.result.per_second,
             replayer(R_SEARCH_TRACES): row.result.client_cpu_ms, R_TRACE_INGEST: spans,
             replayer(R_TRACE_INGEST): ingest.result.client_cpu_ms,
-            "errors": r.errors + s.errors + row.result.errors + ingest.result.errors}
+            "errors": r.errors + s.errors + row.result.errors + ingest.result.errors,
+            **{f"{CPU_PER_TRACE}{part}: {TRACE_INGEST}": ms for part, ms in per_trace.items()}}
 
 
 class PeakRss:
@@ -304,24 +306,28 @@ def ui_figures(server: Server, client: loads.Client, tries: int) -> dict[str, fl
 
 
 CPU_PER_CALL = "CPU ms per search answer, "
+CPU_PER_TRACE = "CPU ms per trace, "
 
 
 def client_bound(results: dict[str, dict[str, float]]) -> list[str]:
-    """Per search shape: CPU per answer (MLflow's client, the server tree, the database) for
-    stock and ours, and the largest ratio over stock that MLflow's client itself allows here.
+    """Per search shape (CPU per answer) and for trace ingest through MLflow's client (CPU per
+    trace): MLflow's client, the server tree, the database, for stock and ours, and the largest
+    ratio over stock that MLflow's client itself allows here.
 
-    Why: the 4 clients run on this machine's CPUs beside the server, and MLflow's client spends a
+    Why: the clients run on this machine's CPUs beside the server, and MLflow's client spends a
     fixed CPU time per 100-run answer (JSON -> protobuf -> entities: ~30 ms alone, measured on a
-    recorded answer). With all CPUs busy, answers/s is about CPUs / (CPU per answer, all parts),
-    so even a server and database costing nothing could not beat stock by more than stock's
-    total per answer over the client's part. CPU time, unlike wall time, is little disturbed by
-    other work on a shared machine."""
+    recorded answer) and per 8-span trace (making and exporting its spans). With
+    all CPUs busy, answers (traces)/s is about CPUs / (CPU per answer, all parts), so even a
+    server and database costing nothing could not beat stock by more than stock's total per
+    answer over the client's part. CPU time, unlike wall time, is little disturbed by other work
+    on a shared machine."""
     lines = []
-    for name in (SEARCH_A, SEARCH_B):
+    for prefix, name, unit in ((CPU_PER_CALL, SEARCH_A, "answer"), (CPU_PER_CALL, SEARCH_B, "answer"),
+                               (CPU_PER_TRACE, TRACE_INGEST, "trace")):
         parts = {}
         for kind in ("stock", "ours"):
             got = results.get(kind, {})
-            per = {p: got.get(f"{CPU_PER_CALL}{p}: {name}") for p in ("client", "server", "database")}
+            per = {p: got.get(f"{prefix}{p}: {name}") for p in ("client", "server", "database")}
             if all(v is not None and v == v for v in per.values()):
                 parts[kind] = per
         if not parts:
@@ -334,7 +340,7 @@ def client_bound(results: dict[str, dict[str, float]]) -> list[str]:
             text += (f": at most {sum(stock.values()) / client:.1f}x stock with a server and database "
                      "costing nothing")
             if "ours" in parts:
-                text += f"; {sum(stock.values()) / sum(parts['ours'].values()):.1f}x by CPU per answer"
+                text += f"; {sum(stock.values()) / sum(parts['ours'].values()):.1f}x by CPU per {unit}"
         lines.append(f"- {name}: {text}")
     return lines
 
@@ -440,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     bound = client_bound(results)
     if bound:
-        print("\nsearch_runs, CPU per answer and the bound MLflow's own client sets (clients and servers "
-              "share this machine's CPUs):")
+        print("\nsearch_runs CPU per answer, trace ingest CPU per trace, and the bound MLflow's own client "
+              "sets (clients and servers share this machine's CPUs):")
         print("\n".join(bound))
     print()
     print(limit_lines(results.get("ours", {})))

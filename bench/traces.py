@@ -8,7 +8,9 @@ and flushes it; then all start together, make their traces and call
 `mlflow.flush_trace_async_logging()`. The figure is the spans that really arrived (counted in the
 server's database, spans table) over the time from the start to the last process's flush.
 Spans that never arrived count as errors: the client's export swallows failures (it logs them),
-so a server that drops spans cannot look fast.
+so a server that drops spans cannot look fast. Over the same interval it also measures CPU per
+trace: the client processes' own (each reports its process_time from the start to its flush),
+the server tree's and its PostgreSQL backends' (bench/servers.py).
 
 The traces per process stay under what the client's default queues hold (2,048 spans in its span
 processor, 1,000 export tasks): nothing is discarded on the client side.
@@ -33,7 +35,7 @@ import psycopg2
 
 from bench import clients as clients_mod
 from bench.loads import Result
-from bench.servers import PG
+from bench.servers import PG, Server, cpu_spent
 
 SPANS_PER_TRACE = 8
 # Per process: its traces x SPANS_PER_TRACE stay below the client's span queue (2,048).
@@ -92,8 +94,9 @@ def flush() -> None:
 
 
 def _process(base, experiment_id, threads, traces_per_client, deadline_s, go, results):
-    """One client process: report ("ready", 0) after a flushed warm-up trace, wait for `go`,
-    then ("done", traces made, errors) or ("failed", message) at any point."""
+    """One client process: report ("ready", 0, 0, 0) after a flushed warm-up trace, wait for `go`,
+    then ("done", traces made, errors, its CPU seconds from `go` to its flush) or ("failed",
+    message) at any point."""
     try:
         agent = traced_client(base, experiment_id)
         agent("warm-up", -1)
@@ -101,9 +104,10 @@ def _process(base, experiment_id, threads, traces_per_client, deadline_s, go, re
     except Exception as err:
         results.put(("failed", f"setup: {type(err).__name__}: {err}"))
         return
-    results.put(("ready", 0, 0))
+    results.put(("ready", 0, 0, 0.0))
     if not go.wait(SETUP_TIMEOUT):
         return
+    cpu_began = time.process_time()  # the whole process: its export threads work for the traces too
     stop_at = time.perf_counter() + deadline_s
     made = [0] * threads
     errors = [0] * threads
@@ -128,7 +132,7 @@ def _process(base, experiment_id, threads, traces_per_client, deadline_s, go, re
     except Exception as err:
         results.put(("failed", f"flush: {type(err).__name__}: {err}"))
         return
-    results.put(("done", sum(made), sum(errors)))
+    results.put(("done", sum(made), sum(errors), time.process_time() - cpu_began))
 
 
 def stored_spans(database: str, experiment_id: str) -> int:
@@ -142,46 +146,51 @@ def stored_spans(database: str, experiment_id: str) -> int:
         conn.close()
 
 
-def ingest(base: str, database: str, experiment_id: str, clients: int, traces_per_client: int,
-           deadline_s: float) -> Result:
-    """`clients` threads over up to bench/clients.py's MAX_PROCESSES processes making traces; ops = spans arrived."""
+def ingest(server: Server, experiment_id: str, clients: int, traces_per_client: int,
+           deadline_s: float) -> tuple[Result, dict[str, float]]:
+    """`clients` threads over up to bench/clients.py's MAX_PROCESSES processes making traces into
+    `server`; ops = spans arrived. Also CPU ms per trace made: {"client", "server", "database"}."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no state from the bench
     per_proc = clients_mod.threads_per_process(clients)
     traces_per_client = min(traces_per_client, MAX_TRACES_PER_PROCESS // max(per_proc))
     go = ctx.Event()
     results = ctx.Queue()
-    children = [ctx.Process(target=_process, args=(base, experiment_id, threads, traces_per_client, deadline_s,
-                                                   go, results), daemon=True)
+    children = [ctx.Process(target=_process, args=(server.url, experiment_id, threads, traces_per_client,
+                                                   deadline_s, go, results), daemon=True)
                 for threads in per_proc]
     for child in children:
         child.start()
     errors = 0
     try:
         _collect(results, children, "ready", SETUP_TIMEOUT)
-        before = stored_spans(database, experiment_id)
+        before = stored_spans(server.database, experiment_id)
+        cpu_before = server.cpu_seconds()
         began = time.perf_counter()
         go.set()
-        made, errs = _collect(results, children, "done", deadline_s + 120)
+        made, errs, client_cpu = _collect(results, children, "done", deadline_s + 120)
         seconds = time.perf_counter() - began
+        server_cpu, db_cpu = cpu_spent(cpu_before, server.cpu_seconds())
         errors += errs
     except RuntimeError as err:
         print(f"trace ingest failed: {err}", flush=True)
-        return Result(ops=0, seconds=0.0, errors=errors + 1, latencies=[])
+        return Result(ops=0, seconds=0.0, errors=errors + 1, latencies=[]), {}
     finally:
         for child in children:
             child.join(10)
             if child.is_alive():
                 child.kill()
-    after = stored_spans(database, experiment_id)
+    after = stored_spans(server.database, experiment_id)
     arrived = after - before
     errors += max(0, made * SPANS_PER_TRACE - arrived)  # exported spans that never arrived
-    return Result(ops=arrived, seconds=seconds, errors=errors, latencies=[])
+    per_trace = {part: cpu / made * 1000 if made else float("nan")
+                 for part, cpu in (("client", client_cpu), ("server", server_cpu), ("database", db_cpu))}
+    return Result(ops=arrived, seconds=seconds, errors=errors, latencies=[], client_cpu=client_cpu), per_trace
 
 
-def _collect(results, children, kind: str, timeout: float) -> tuple[int, int]:
-    """One `kind` message per child; sums of their two counts. RuntimeError at the first failure,
-    at a child that died, or after `timeout`."""
-    got, made, errors = 0, 0, 0
+def _collect(results, children, kind: str, timeout: float) -> tuple[int, int, float]:
+    """One `kind` message per child; sums of their three counts. RuntimeError at the first
+    failure, at a child that died, or after `timeout`."""
+    got, sums = 0, [0, 0, 0.0]
     deadline = time.monotonic() + timeout
     while got < len(children):
         try:
@@ -197,6 +206,5 @@ def _collect(results, children, kind: str, timeout: float) -> tuple[int, int]:
         if message[0] != kind:
             raise RuntimeError(f"unexpected {message!r} waiting for '{kind}'")
         got += 1
-        made += message[1]
-        errors += message[2]
-    return made, errors
+        sums = [total + part for total, part in zip(sums, message[1:])]
+    return tuple(sums)
