@@ -12,6 +12,7 @@ metric statements).
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -526,3 +527,43 @@ def test_fast_path_metrics_get_mlflows_checks_and_errors(stores):
             got = outcome(lambda: bulk.store.log_metric_fields(bulk.new_run() if run == "new" else run,
                                                               [(*m, None) for m in batch]))
             assert got == want, (batch[:3], run)
+
+
+@pytest.mark.parametrize("fault", [statement_timeout, unique_violation, terminated_backend], ids=lambda f: f.__name__)
+def test_the_pooled_connection_write_fails_as_a_sqlalchemy_connection_does(new_database, fault):
+    # server/store.py PooledScope runs the metric write on the pool's psycopg2 connection, and
+    # engines with event listeners on a SQLAlchemy Connection: the same error, to the letter,
+    # for a driver error and for a connection lost mid-statement (then not handed out again).
+    from sqlalchemy import event
+    from sqlalchemy.engine import Connection
+
+    uri, admin = new_target_db(new_database, "mlflow_gcp_pooled")
+    exp = admin.create_experiment("pooled")
+    dbname = uri.rsplit("/", 1)[1]
+    plain = store_mod._bulk_class()(uri, "/tmp/mlflow-gcp-faults-artifacts")
+    # another URI: MLflow keeps one engine per URI
+    evented = store_mod._bulk_class()(uri + "?application_name=evented", "/tmp/mlflow-gcp-faults-artifacts")
+    event.listen(evented.engine, "before_cursor_execute", lambda *_args: None)
+    assert not plain.engine._has_events and evented.engine._has_events
+    executed = []
+    real = Connection.exec_driver_sql
+
+    def spy(self, statement, *args, **kwargs):
+        executed.append(statement.split(None, 1)[0])
+        return real(self, statement, *args, **kwargs)
+
+    outcomes = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Connection, "exec_driver_sql", spy)
+        for name, store in (("pooled", plain), ("connection", evented)):
+            target = Target(name, dbname, admin, store_writer(store), exp, store)
+            executed.clear()
+            outcomes[name] = fault(target, "log_batch")
+            outcomes[name + " statements"] = [s for s in executed if s in ("PREPARE", "EXECUTE")]
+    assert outcomes["pooled"][:2] == ("MlflowException", "TEMPORARILY_UNAVAILABLE" if fault is not unique_violation
+                                      else "BAD_REQUEST"), outcomes
+    def without_ids(outcome):  # each fault makes its own run
+        return tuple(re.sub(r"[0-9a-f]{32}", "<run id>", part) if isinstance(part, str) else part for part in outcome)
+
+    assert without_ids(outcomes["pooled"]) == without_ids(outcomes["connection"])
+    assert outcomes["pooled statements"] == [] and "EXECUTE" in outcomes["connection statements"]
