@@ -144,6 +144,11 @@ def test_the_spans_mlflows_client_posts_match_mlflows(tmp_path, monkeypatch):
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
     monkeypatch.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
+    # The default experiment of the fresh database: an earlier test in this process may have left
+    # mlflow.set_experiment's choice behind (its module global and MLFLOW_EXPERIMENT_ID).
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     try:
         with mlflow.start_span("agent é", span_type=SpanType.AGENT) as root:
