@@ -26,13 +26,11 @@ rows with MLflow's path.
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
 import json
 import sys
 import types
 
-from mlflow_gcp.server import fastpath, otlp_spans
+from mlflow_gcp.server import copied, fastpath, otlp_spans
 
 # sha256 of MLflow 3.17.2's otel_api.export_traces source, the one `_export` follows.
 COPIED_SOURCE = "74519731a555e486733b7a5dacc8b205a495320b0ef8867193ae5ab343019e0d"
@@ -236,8 +234,7 @@ def _route(mlflow_app) -> tuple[str, dict] | None:
     metrics = ("SPANS_INGESTED", "INGESTION_ERRORS", "REQUEST_DURATION", "REQUEST_PAYLOAD_BYTES", "SPANS_PER_REQUEST")
     if any(getattr(otlp_metrics, name, None) is not None for name in metrics):
         return None
-    source = inspect.getsource(otel_api.export_traces)
-    if hashlib.sha256(source.encode()).hexdigest() != COPIED_SOURCE:
+    if copied.digest(otel_api.export_traces) != COPIED_SOURCE:
         return None
     paths = []
     for r in mlflow_app.routes:

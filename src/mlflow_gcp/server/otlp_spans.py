@@ -21,12 +21,12 @@ Spans with MLflow's for the client's spans and every attribute kind.
 from __future__ import annotations
 
 import functools
-import hashlib
-import inspect
 from json.encoder import encode_basestring
 
 from mlflow.tracing.utils import TraceJSONEncoder, dump_span_attribute_value
 from mlflow.tracing.utils.otlp import _decode_otel_proto_anyvalue
+
+from mlflow_gcp.server import copied
 
 # sha256 of MLflow 3.17.2's sources this follows: Span.from_otel_proto, dump_span_attribute_value,
 # TraceJSONEncoder (whose `default` a str, bool or int never reaches) and _decode_otel_proto_anyvalue.
@@ -46,7 +46,7 @@ def _sources() -> dict:
     objs = {"from_otel_proto": Span.from_otel_proto, "dump_span_attribute_value": utils.dump_span_attribute_value,
             "TraceJSONEncoder": utils.TraceJSONEncoder,
             "_decode_otel_proto_anyvalue": otlp._decode_otel_proto_anyvalue}
-    return {k: hashlib.sha256(inspect.getsource(v).encode()).hexdigest() for k, v in objs.items()}
+    return {k: copied.digest(v) for k, v in objs.items()}
 
 
 def _same_sources() -> bool:

@@ -25,8 +25,8 @@ with the one copied and gives None for any other MLflow, whose own method then r
 
 from __future__ import annotations
 
-import hashlib
-import inspect
+from mlflow_gcp.server import copied
+
 
 # sha256 of MLflow 3.17.2's SqlAlchemyStore._search_runs source, the one `_search_runs` follows.
 COPIED_SOURCE = "5235efb440f86762c07045c1207c96c1ce172937d4299d8ad24036aab405a7b7"
@@ -40,11 +40,7 @@ def reader(store_class):
     page_token) -> (runs, next_page_token)` as MLflow's `store_class._search_runs` answers,
     each run with its info, inputs and outputs and no data; None when MLflow's method is not
     the one copied here."""
-    try:
-        source = inspect.getsource(store_class._search_runs)
-    except (AttributeError, OSError, TypeError):
-        return None
-    if hashlib.sha256(source.encode()).hexdigest() != COPIED_SOURCE:
+    if copied.digest(getattr(store_class, "_search_runs", None)) != COPIED_SOURCE:
         return None
     from mlflow.entities import RunInfo
     from mlflow.store.tracking import sqlalchemy_store

@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import datetime
 import functools
-import hashlib
 import inspect
 import json
 from json.encoder import encode_basestring_ascii
@@ -45,7 +44,7 @@ from mlflow.entities import TraceState
 from mlflow.entities.trace_info_v2 import _truncate_request_metadata, _truncate_tags
 from mlflow.entities.trace_location import MlflowExperimentLocation, TraceLocationType
 
-from mlflow_gcp.server import view_swap
+from mlflow_gcp.server import copied, view_swap
 from mlflow_gcp.server.jsonout import protobuf_double
 from mlflow_gcp.server.search import Answer
 
@@ -483,11 +482,7 @@ def _install_search() -> bool:
     from mlflow.server import handlers
 
     original = getattr(handlers, "_search_traces_v3", None)
-    try:
-        source = inspect.getsource(inspect.unwrap(original))
-    except (OSError, TypeError):
-        return False
-    if hashlib.sha256(source.encode()).hexdigest() != SEARCH_SOURCE or not _compact_json_on(handlers):
+    if copied.digest(inspect.unwrap(original)) != SEARCH_SOURCE or not _compact_json_on(handlers):
         return False
     return view_swap.serve_with(original, functools.wraps(original)(_search_traces_v3(handlers)))
 

@@ -31,11 +31,11 @@ tests/integration/test_trace_ingest_rows.py compares every trace table's rows wi
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 from collections import defaultdict
 from types import SimpleNamespace
+
+from mlflow_gcp.server import copied
 
 # sha256 of MLflow 3.17.2's sources this module follows (copies or replaces).
 COPIED = {
@@ -57,14 +57,7 @@ _NAMES = ("COST_COLUMN_BY_KEY", "MSSQL", "SpanAttributeKey", "GenAiSemconvKey", 
 
 
 def copied_matches(store_class) -> bool:
-    for name, digest in COPIED.items():
-        try:
-            source = inspect.getsource(getattr(store_class, name))
-        except (AttributeError, OSError, TypeError):
-            return False
-        if hashlib.sha256(source.encode()).hexdigest() != digest:
-            return False
-    return True
+    return copied.same((getattr(store_class, name, None), digest) for name, digest in COPIED.items())
 
 
 def writer(store_class, execute, experiment_in):

@@ -27,9 +27,9 @@ recorded below; tests/integration/test_trace_ingest_rows.py compares rows, answe
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 from types import SimpleNamespace
+
+from mlflow_gcp.server import copied
 
 # sha256 of MLflow 3.17.2's sources this module follows (it replicates the first three's
 # statements and builds its answer through the last ones from plain rows).
@@ -63,15 +63,8 @@ def sources_match(store_class) -> bool:
     from mlflow.store.tracking.dbmodels.models import SqlAssessments, SqlTraceInfo
 
     owners = {"SqlAlchemyStore": store_class, "SqlTraceInfo": SqlTraceInfo, "SqlAssessments": SqlAssessments}
-    for name, digest in COPIED_SOURCES.items():
-        owner, attr = name.split(".")
-        try:
-            source = inspect.getsource(getattr(owners[owner], attr))
-        except (AttributeError, OSError, TypeError):
-            return False
-        if hashlib.sha256(source.encode()).hexdigest() != digest:
-            return False
-    return True
+    return copied.same((getattr(owners[name.split(".")[0]], name.split(".")[1], None), digest)
+                       for name, digest in COPIED_SOURCES.items())
 
 
 def starter(store_class, execute, insert_rows):
