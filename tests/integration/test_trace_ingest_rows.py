@@ -12,6 +12,7 @@ import pytest
 
 from mlflow_gcp.server import store as store_mod
 
+from tests.support.otlp_values import set_value
 from tests.support.store_pair import mlflows_and_ours
 
 T0_NS = 1_700_000_000_000_000_000
@@ -23,17 +24,6 @@ def stores(new_database, tmp_path_factory):
     root = tmp_path_factory.mktemp("ingest-rows")
     with mlflows_and_ours(new_database, root, "ingest") as (stock, ours):
         yield stock, ours, (str(root / "stock"), str(root / "ours"))
-
-
-def _value(any_value, v):
-    if isinstance(v, bool):
-        any_value.bool_value = v
-    elif isinstance(v, int):
-        any_value.int_value = v
-    elif isinstance(v, float):
-        any_value.double_value = v
-    else:
-        any_value.string_value = v
 
 
 def otlp_span(trace_hex: str, span_hex: str, parent_hex: str | None, name: str, start: int, end: int,
@@ -48,7 +38,7 @@ def otlp_span(trace_hex: str, span_hex: str, parent_hex: str | None, name: str, 
     for key, v in attributes.items():
         kv = span.attributes.add()
         kv.key = key
-        _value(kv.value, v)
+        set_value(kv.value, v)
     span.status.code = status
     if status == Status.STATUS_CODE_ERROR:
         span.status.message = "boom"
@@ -57,7 +47,7 @@ def otlp_span(trace_hex: str, span_hex: str, parent_hex: str | None, name: str, 
         for key, v in ev_attrs.items():
             kv = ev.attributes.add()
             kv.key = key
-            _value(kv.value, v)
+            set_value(kv.value, v)
     return span
 
 
@@ -373,7 +363,7 @@ def mixed_batches(store, base: int) -> list:
     res = Resource()
     for key, v in {"service.name": "multi", "mlflow.trace.spansLocation": "ARTIFACT_REPO", "case": "from-resource",
                    "telemetry.sdk.name": "x", "deploy.replicas": 3, "deploy.canary": True}.items():
-        _value(res.attributes.add(key=key).value, v)
+        set_value(res.attributes.add(key=key).value, v)
     j = json.dumps
     named = otlp_span(f"{base + 99:032x}", f"{(base + 99) * 100:016x}", None, "named", T0_NS, T0_NS + 10**6,
                       {"mlflow.spanType": j("CHAIN"), "mlflow.traceTag.mlflow.traceName": "my name",
