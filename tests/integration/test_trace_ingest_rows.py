@@ -404,7 +404,7 @@ def test_mlflows_path_when_the_plain_one_does_not_apply(stores, our_paths, monke
     assert our_paths["plain"] == 0 and our_paths["upserts"] > 0  # MLflow's, with our span upsert
     assert dump(ours, ours_root) == dump(stock, stock_root)
     monkeypatch.setitem(trace_spans.COPIED, "_stored_span_rows_query", "0" * 64)
-    assert trace_spans.writer(SqlAlchemyStore, None, None) is None
+    assert trace_spans.writer(SqlAlchemyStore, None, None, None) is None
 
 
 # start_trace as plain statements (server/trace_start.py): each case runs the same writes on

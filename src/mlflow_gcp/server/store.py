@@ -229,7 +229,9 @@ def _make_class():
     if trace_write_hooks is not None:
         from mlflow_gcp.server import trace_spans
 
-        span_writer = trace_spans.writer(SqlAlchemyStore, lambda *args: _execute(*args), trace_write_hooks.in_session)
+        span_writer = trace_spans.writer(SqlAlchemyStore, lambda *args: _execute(*args),
+                                         lambda *args, **kwargs: _insert_rows(*args, **kwargs),
+                                         trace_write_hooks.in_session)
     from mlflow_gcp.server import trace_start
 
     # start_trace as plain statements (server/trace_start.py), where MLflow's sources match

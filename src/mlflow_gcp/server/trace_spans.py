@@ -60,11 +60,12 @@ def copied_matches(store_class) -> bool:
     return copied.same((getattr(store_class, name, None), digest) for name, digest in COPIED.items())
 
 
-def writer(store_class, execute, experiment_in):
+def writer(store_class, execute, insert_rows, experiment_in):
     """`log_spans_once(store, location, spans)` doing what MLflow's `_log_spans_once` does, or None
     (then MLflow's own runs) when it does not apply to this call: not PostgreSQL, rollups or
     workspaces on. The whole writer is None when MLflow's sources are not the ones followed here.
     `execute(session, sql, params)` runs statements (psycopg2 renders the parameters);
+    `insert_rows` is store._insert_rows (the span upsert's VALUES, rendered as every bulk write's);
     `experiment_in(session, location)` is get_experiment's answer (or error) read on `session`."""
     if not copied_matches(store_class):
         return None
@@ -172,16 +173,11 @@ def writer(store_class, execute, experiment_in):
             with_session = {tid for tid in all_trace_ids if trace_aggregates[tid].session_id}
             marked = sorted(with_usage | with_cost | with_session)
             stored_of = sorted((with_usage | with_cost) & preexisting)
-            parts = []
-            if all_span_rows:
-                parts = [(f"{head} VALUES {', '.join(['(' + ', '.join(['%s'] * len(rows[0])) + ')'] * len(rows))} "
-                          f"{tail}", tuple(v for row in rows for v in row))
-                         for head, tail, rows in trace_writes.upsert_statements(SqlSpan.__table__, all_span_rows)]
-            if marked:
-                parts.append((markers_and_spans, (marked, finalized_key, stored_of)))
+            upserts = trace_writes.upsert_statements(SqlSpan.__table__, all_span_rows) if all_span_rows else []
+            after = [(markers_and_spans, (marked, finalized_key, stored_of))] if marked else []
             read = []
-            if parts:
-                result = _run(execute, session, parts)
+            if upserts or after:
+                result = insert_rows(session, *upserts, after=after)
                 read = result.fetchall() if marked else []
 
             finalized = {row[0] for row in read if row[1] is None}
