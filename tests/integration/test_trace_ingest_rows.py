@@ -76,7 +76,7 @@ def trace_case(k: int, base: int = 0) -> tuple[str, list[list], dict]:
     j = json.dumps
     children = []
     for c in range(1 + n % 4):
-        attrs = {"mlflow.spanType": j("TOOL" if c % 2 else "LLM"), "mlflow.spanInputs": j({"x": c, "q": f"é日本 {n}"}),
+        attrs = {"mlflow.spanType": j("TOOL" if c % 2 else "LLM"), "mlflow.spanInputs": j({"x": c, "q": f"é日本 50% %s {n}"}),
                  "mlflow.spanOutputs": j([c, n]), "mlflow.traceRequestId": j(f"tr-{trace_hex}")}
         if n % 3 == 0:
             attrs["mlflow.chat.tokenUsage"] = j({"input_tokens": 10 + c, "output_tokens": 5, "total_tokens": 15 + c})

@@ -110,7 +110,10 @@ def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple |
         sql = one([values for _, values, _ in statements])
         shown = one([f"<{len(rows)} rows>" for _, _, rows in inserts])
     try:
-        return connection.exec_driver_sql(sql)
+        # Rendered already, but SQLAlchemy still hands psycopg2 an empty parameter mapping, and
+        # psycopg2 then reads every "%" as a placeholder: a value holding "50%" or "%s" (a span's
+        # text, a tag, a preview) failed with a TypeError. "%%" is psycopg2's escape of "%".
+        return connection.exec_driver_sql(sql.replace("%", "%%"))
     except DBAPIError as err:
         err.statement = shown
         raise
