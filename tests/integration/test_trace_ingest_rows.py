@@ -178,7 +178,7 @@ def our_paths(monkeypatch):
 
     seen = {"upserts": 0, "experiments": 0, "bumps": 0, "found": 0, "not_found": 0, "plain": 0,
             "plain_found": 0, "plain_new": 0}
-    upsert, execute, aggregates = trace_writes.upsert_statements, store_mod._execute, trace_spans._aggregates
+    upsert, execute, aggregates = trace_writes.upsert_statements, store_mod._execute_plain, trace_spans._aggregates
 
     def counting_upsert(*args):
         seen["upserts"] += args[0].name == "spans"  # log_spans' (start_trace upserts tags, metadata)
@@ -190,7 +190,8 @@ def our_paths(monkeypatch):
 
     def counting_execute(session, statement, params=None):
         seen["experiments"] += statement in (trace_writes.EXPERIMENT_ROW, trace_start.EXPERIMENT_AND_TRACE)
-        seen["bumps"] += trace_writes.BUMP_GENERATIONS in statement  # alone, or last of several
+        # alone, or last of several; the plain start_trace's first round trip bumps where it locked
+        seen["bumps"] += trace_writes.BUMP_GENERATIONS in statement and statement != trace_start.EXPERIMENT_AND_TRACE
         result = execute(session, statement, params)
         if statement == trace_writes.TRACE_EXISTS:  # start_trace's look for its trace row
             rows = result.fetchall()
@@ -200,11 +201,12 @@ def our_paths(monkeypatch):
             rows = result.fetchall()
             if rows:
                 seen["plain_found" if rows[0][-1] else "plain_new"] += 1
+                seen["bumps"] += rows[0][-2]
             return _Rows(rows)
         return result
 
     monkeypatch.setattr(trace_writes, "upsert_statements", counting_upsert)
-    monkeypatch.setattr(store_mod, "_execute", counting_execute)
+    monkeypatch.setattr(store_mod, "_execute_plain", counting_execute)
     monkeypatch.setattr(trace_spans, "_aggregates", counting_aggregates)
     return seen
 

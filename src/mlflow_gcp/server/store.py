@@ -55,12 +55,89 @@ def _execute(session, statement: str, params=None):
     return session.connection().exec_driver_sql(statement, params)
 
 
+def _execute_plain(session, statement: str, params=None):
+    """`_execute` on the DBAPI cursor of the session's connection: the same statement, parameters,
+    rows and errors (SQLAlchemy's own handling of a driver error on this connection: the same
+    wrapped error, a disconnect invalidating the connection and the pool, as PooledScope does)
+    without SQLAlchemy's execution context and result (CursorResult, its metadata) per statement.
+
+    Why: under the replayed trace ingest (~10 statements per trace), py-spy on our workers in GIL
+    mode put ~8% of their CPU in SQLAlchemy around exec_driver_sql, half of it building the
+    result's metadata. A connection with event listeners or statement logging, or whose
+    transaction SQLAlchemy would refuse, gets `_execute`: those need SQLAlchemy's path."""
+    connection = session.connection()
+    pooled = connection._dbapi_connection
+    transaction = connection._transaction
+    if (pooled is None or transaction is None or not transaction.is_active or connection._has_events
+            or connection.engine._has_events or connection.dialect._has_events or connection._echo):
+        return _execute(session, statement, params)
+    # SQLAlchemy hands psycopg2 an empty mapping where there are no parameters (its pyformat
+    # dialects): "%%" is then read as "%", as there.
+    params = {} if params is None else params
+    cursor = pooled.dbapi_connection.cursor()
+    try:
+        cursor.execute(statement, params)
+        return _Rows(cursor)
+    except BaseException as err:
+        from sqlalchemy.util import is_exit_exception
+
+        if isinstance(err, connection.dialect.loaded_dbapi.Error) or is_exit_exception(err):
+            connection._handle_dbapi_exception(err, statement, params, cursor, None)
+        raise
+    finally:
+        if not cursor.closed:
+            cursor.close()
+
+
+class _Rows:
+    """What the trace writes use of a CursorResult (first, fetchall, scalar, rowcount), over the
+    rows fetched at once; rows are named tuples (attribute access by column name, as Row's)."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, cursor):
+        self.rowcount = cursor.rowcount
+        description = cursor.description
+        if description is None:
+            self.rows = None
+        else:
+            make = _row_class(tuple(column.name for column in description))._make
+            self.rows = [make(row) for row in cursor.fetchall()]
+
+    def _fetched(self) -> list:
+        if self.rows is None:
+            from sqlalchemy.exc import ResourceClosedError
+
+            raise ResourceClosedError("This result object does not return rows. It has been closed automatically.")
+        return self.rows
+
+    def fetchall(self) -> list:
+        rows, self.rows = self._fetched(), []
+        return rows
+
+    def first(self):
+        rows = self._fetched()
+        self.rows = []
+        return rows[0] if rows else None
+
+    def scalar(self):
+        row = self.first()
+        return row[0] if row is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _row_class(names: tuple[str, ...]):
+    from collections import namedtuple
+
+    return namedtuple("Row", names, rename=True)
+
+
 def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple | None = None,
                  before: list[tuple] = (), after: list[tuple] = ()):
     """Each (head, tail, rows) as `head VALUES (..),(..) tail`, all sent in one round trip and
     run in order. The VALUES are rendered by psycopg2 on the client, as its execute_values does
     (an executemany is a round trip per row; SQLAlchemy compiling 6,000 bind parameters costs
-    more than the database work), and the statements run through SQLAlchemy (`_execute`). An
+    more than the database work), and the statements run on the session's connection (`_execute_plain`). An
     error names the statements, not their 1,000 rows.
 
     With `guard` (query, its one parameter, a value), one statement instead: the query as a CTE
@@ -113,7 +190,7 @@ def _insert_rows(session, *inserts: tuple[str, str, list[tuple]], guard: tuple |
         # Rendered already, but SQLAlchemy still hands psycopg2 an empty parameter mapping, and
         # psycopg2 then reads every "%" as a placeholder: a value holding "50%" or "%s" (a span's
         # text, a tag, a preview) failed with a TypeError. "%%" is psycopg2's escape of "%".
-        return connection.exec_driver_sql(sql.replace("%", "%%"))
+        return _execute_plain(session, sql.replace("%", "%%"))
     except DBAPIError as err:
         err.statement = shown
         raise
@@ -225,20 +302,20 @@ def _make_class():
 
     merge_session = trace_merges.session_class(_insert_rows)
     if merge_session is not None:
-        merge_session = trace_writes.starting_session(merge_session, lambda *args: _execute(*args))
+        merge_session = trace_writes.starting_session(merge_session, lambda *args: _execute_plain(*args))
     trace_write_hooks = _trace_write_hooks(trace_writes)
     # MLflow's _log_spans_once with its database phases as plain statements (server/trace_spans.py)
     span_writer = None
     if trace_write_hooks is not None:
         from mlflow_gcp.server import trace_spans
 
-        span_writer = trace_spans.writer(SqlAlchemyStore, lambda *args: _execute(*args),
+        span_writer = trace_spans.writer(SqlAlchemyStore, lambda *args: _execute_plain(*args),
                                          lambda *args, **kwargs: _insert_rows(*args, **kwargs),
                                          trace_write_hooks.in_session)
     from mlflow_gcp.server import trace_start
 
     # start_trace as plain statements (server/trace_start.py), where MLflow's sources match
-    plain_start = (trace_start.starter(SqlAlchemyStore, lambda *args: _execute(*args),
+    plain_start = (trace_start.starter(SqlAlchemyStore, lambda *args: _execute_plain(*args),
                                        lambda *args, **kwargs: _insert_rows(*args, **kwargs))
                    if trace_write_hooks is not None else None)
     trace_read = trace_reads.reader(_execute)
@@ -345,7 +422,7 @@ def _make_class():
                     return super()._advance_db_payload_generations_for_db_span_writes(session, ids)
                 if session.autoflush:  # as the ORM UPDATE autoflushes (merges held included)
                     session.flush()
-                if _execute(session, *trace_writes.bump_generations(ids)).rowcount == len(ids):
+                if _execute_plain(session, *trace_writes.bump_generations(ids)).rowcount == len(ids):
                     return None
                 existing = self._get_existing_trace_ids(session, ids)
                 return self._raise_log_spans_trace_write_conflict_error(
@@ -617,7 +694,7 @@ def _trace_write_hooks(trace_writes):
     def experiment_in(session, experiment_id):
         """light_experiment's answer read on `session`."""
         experiment_id = parse_id(experiment_id)
-        row = _execute(session, trace_writes.EXPERIMENT_ROW, (experiment_id, stages)).first()
+        row = _execute_plain(session, trace_writes.EXPERIMENT_ROW, (experiment_id, stages)).first()
         if row is None:
             raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
         name, artifact_location, stage, created, updated = row

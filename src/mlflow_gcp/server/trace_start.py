@@ -9,10 +9,12 @@ our workers (GIL samples) under the replayed ingest: ~30% of their CPU, nearly a
 ORM machinery, ~20 round trips. Here, in MLflow's managed scope (its commit, rollback and error
 translation), per start_trace after spans:
 
-1. the experiment's row and the trace row locked (FOR UPDATE), one statement;
-2. the trace's spans-location tag read and MLflow's generation bump (trace_writes.BUMP_GENERATIONS),
-   one statement, after the lock as MLflow's lazy load of the tags is;
-3. MLflow's field updates on the trace row, the tag, assessment and metadata upserts (the rows
+1. the trace row locked (FOR UPDATE), then, in the same round trip but a statement of its own (so
+   with a snapshot taken after the lock, as MLflow's lazy load of the tags is), the experiment's
+   row, the trace's tags and MLflow's generation bump (trace_writes.BUMP_GENERATIONS), the bump
+   applied only where the first statement locked the row (it says so in a transaction-local
+   setting: a row another transaction inserts in between is not this path's);
+2. MLflow's field updates on the trace row, the tag, assessment and metadata upserts (the rows
    MLflow's merges leave, key order), the spans' and assessments' experiment updates, and the
    reread for the answer: one round trip.
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from mlflow_gcp.server import copied
+from mlflow_gcp.server import copied, trace_writes
 
 # sha256 of MLflow 3.17.2's sources this module follows (it replicates the first three's
 # statements and builds its answer through the last ones from plain rows).
@@ -50,12 +52,17 @@ COPIED_SOURCES = {
         "7f48f559dece7a8df95ef69af33422206fa3eaed576b07b28f9d0c2a2b2d005b",
 }
 
-# 1: the experiment (light_experiment's columns) and its trace row, locked as MLflow's reread is.
+# 1: the trace row locked as MLflow's reread is, then the experiment (light_experiment's columns),
+# the trace's tags, MLflow's bump where the row was locked, and whether it was (the last column).
+_LOCKED = "current_setting('mlflow_gcp.start_trace_locked') = '1'"
 EXPERIMENT_AND_TRACE = (
-    "SELECT e.name, e.artifact_location, e.lifecycle_stage, e.creation_time, e.last_update_time, t.found "
-    "FROM experiments e LEFT JOIN LATERAL (SELECT true AS found FROM trace_info "
-    "WHERE request_id = %(trace)s FOR UPDATE) t ON true "
-    "WHERE e.experiment_id = %(experiment)s AND e.lifecycle_stage = ANY(%(stages)s)")
+    "SELECT set_config('mlflow_gcp.start_trace_locked', (SELECT count(*) FROM (SELECT 1 FROM trace_info "
+    "WHERE request_id = %s FOR UPDATE) AS l)::text, true);\n"
+    f"WITH bump AS ({trace_writes.BUMP_GENERATIONS} AND {_LOCKED} RETURNING 1) "
+    "SELECT e.name, e.artifact_location, e.lifecycle_stage, e.creation_time, e.last_update_time, "
+    "(SELECT json_agg(json_build_array(key, value)) FROM trace_tags WHERE request_id = %s), "
+    f"(SELECT count(*) FROM bump), {_LOCKED} "
+    "FROM experiments e WHERE e.experiment_id = %s AND e.lifecycle_stage = ANY(%s)")
 LOCK_TRACE = "SELECT 1 FROM trace_info WHERE request_id = %s FOR UPDATE"
 
 
@@ -83,8 +90,6 @@ def starter(store_class, execute, insert_rows):
     from mlflow.store.tracking.utils.sql_trace_rollups import rollups_enabled
     from mlflow.tracing.constant import TraceMetadataKey, TraceTagKey
     from sqlalchemy.exc import IntegrityError
-
-    from mlflow_gcp.server import trace_writes
 
     names = ("validate_trace_name", "analytics_columns_from_metadata", "PROMOTED_TRACE_METADATA_KEYS",
              "MLFLOW_ARTIFACT_LOCATION", "_parse_experiment_id")
@@ -133,11 +138,12 @@ def starter(store_class, execute, insert_rows):
         trace_id = trace_info.trace_id
         with store.ManagedSessionMaker(read_only=False) as session:
             experiment_id = parse_id(trace_info.experiment_id or store.DEFAULT_EXPERIMENT_ID)
+            _, bump_params = trace_writes.bump_generations([trace_id])
             row = execute(session, EXPERIMENT_AND_TRACE,
-                          {"trace": trace_id, "experiment": experiment_id, "stages": stages}).first()
+                          (trace_id, *bump_params, trace_id, experiment_id, stages)).first()
             if row is None:
                 raise MlflowException(f"No Experiment with id={experiment_id} exists", RESOURCE_DOES_NOT_EXIST)
-            name, artifact_location, stage, created, updated, found = row
+            name, artifact_location, stage, created, updated, tags_before, bumped, found = row
             experiment = Experiment(str(experiment_id), name, artifact_location, stage, tags=None,
                                     creation_time=created, last_update_time=updated)
             store._check_experiment_is_active(experiment)
@@ -170,13 +176,12 @@ def starter(store_class, execute, insert_rows):
                 if execute(session, LOCK_TRACE, (trace_id,)).first() is None:
                     raise MlflowException(f"Trace with ID '{trace_id}' no longer exists.",
                                           error_code=RESOURCE_DOES_NOT_EXIST)
+                tags_before, bumped = execute(session, tags_and_bump, (*bump_params, trace_id)).first()
 
-            # MLflow's conflict path on the locked row.
-            _, bump_params = trace_writes.bump_generations([trace_id])
-            # The trace's tags as MLflow's db-backed check loads them (after the lock); that
-            # collection, loaded, is also the one MLflow's answer shows: these keys, with the values
-            # its merges leave (tags new to the trace are merged in but not in its answer).
-            tags_before, bumped = execute(session, tags_and_bump, (*bump_params, trace_id)).first()
+            # MLflow's conflict path on the locked row. The trace's tags as MLflow's db-backed
+            # check loads them (after the lock); that collection, loaded, is also the one MLflow's
+            # answer shows: these keys, with the values its merges leave (tags new to the trace are
+            # merged in but not in its answer).
             tags_before = [SimpleNamespace(key=k, value=v) for k, v in tags_before or []]
             if not store._is_sql_trace_db_backed(SimpleNamespace(tags=tags_before)):
                 raise MlflowException(f"Cannot update traces that are no longer DB-backed: '{trace_id}'.",
