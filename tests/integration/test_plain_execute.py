@@ -69,3 +69,17 @@ def test_events_take_sqlalchemys_path(engine):
     with Session(engine) as s:
         assert _execute_plain(s, "SELECT 42").scalar() == 42
     assert seen == ["SELECT 42"]
+
+
+def test_each_transaction_finds_its_own_connection(engine):
+    with Session(engine) as s:
+        first = _execute_plain(s, "SELECT pg_current_xact_id()::text").scalar()
+        assert _execute_plain(s, "SELECT pg_current_xact_id()::text").scalar() == first
+        s.commit()
+        second = _execute_plain(s, "SELECT pg_current_xact_id()::text").scalar()
+        assert second != first
+        _execute_plain(s, "INSERT INTO plain_t VALUES ('a', 1)")
+        s.rollback()
+        _execute_plain(s, "INSERT INTO plain_t VALUES ('b', 2)")
+        s.commit()
+    assert _stored(engine) == [("b", 2)]
