@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from mlflow_gcp.server import launch, logs
+from mlflow_gcp.server import accept_balance, launch, logs
 from mlflow_gcp.server.env import settings_from_env
 from mlflow_gcp.server.local import LocalOptions, local_env
 
@@ -36,6 +36,11 @@ def test_proxied_command():
     assert env["_MLFLOW_SERVER_ARTIFACT_ROOT"] == "mlflow-artifacts:/"
     assert "MLFLOW_SERVER_ALLOWED_HOSTS" not in env  # MLflow's own localhost/private-IP default
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_connections_are_balanced_only_over_several_workers():
+    assert build(WORKERS="2")[1][accept_balance.ENV] == "1"
+    assert accept_balance.ENV not in build(WORKERS="1")[1]
 
 
 def test_direct_command():

@@ -15,11 +15,11 @@ import sys
 
 import pytest
 
-from mlflow_gcp.server import launch
+from mlflow_gcp.server import accept_balance, launch
 from mlflow_gcp.server.env import settings_from_env
 
 # Read by our own code only, or (the gateway switch) set by us where `mlflow server` has no option.
-OURS = ("MLFLOW_GCP_DB_CONCURRENCY", "MLFLOW_GCP_BULK_STORE", launch.GATEWAY_ENV)
+OURS = ("MLFLOW_GCP_DB_CONCURRENCY", "MLFLOW_GCP_BULK_STORE", launch.GATEWAY_ENV, accept_balance.ENV)
 
 RECORD = r"""
 import json, os, sys

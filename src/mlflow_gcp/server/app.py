@@ -133,6 +133,11 @@ def create_app():
     stay (a few hundred KB at most)."""
     import gc
 
+    from mlflow_gcp.server import accept_balance
+
+    if accept_balance.wanted():
+        # uvicorn calls this factory inside the worker's running loop, before it starts serving.
+        accept_balance.install()
     gc.disable()
     try:
         return _build_app()

@@ -30,7 +30,7 @@ import time
 import uuid
 
 from mlflow_gcp.budget import Pool
-from mlflow_gcp.server import logs, permissions
+from mlflow_gcp.server import accept_balance, logs, permissions
 from mlflow_gcp.server.app import CONCURRENCY_ENV, CONNECTIONS_PER_REQUEST, SCHEMA_READY_ENV
 from mlflow_gcp.server.env import LOCAL_HOSTS, Settings, redact, settings_from_env
 from mlflow_gcp.server.pool import with_pool
@@ -194,6 +194,8 @@ def build_command(settings: Settings, python: str = sys.executable) -> tuple[lis
         APP_FACTORY,
     ]
     env = {**FIXED_ENV, **mlflow_server_env(settings)}
+    if settings.workers > 1:
+        env[accept_balance.ENV] = "1"  # connections spread evenly over the workers
     if settings.db_kind == "postgresql":
         env[BULK_STORE_ENV] = "1"  # our bulk metric store (server/store.py)
     # MLflow turns its AI gateway on unless told otherwise; ours is off unless GATEWAY says on.

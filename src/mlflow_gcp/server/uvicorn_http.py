@@ -19,6 +19,8 @@ import socket
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
+from mlflow_gcp.server import accept_balance
+
 
 class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -28,4 +30,9 @@ class NoDelayHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass  # the peer is already gone; uvicorn handles that next
+        accept_balance.opened()  # the worker's share of connections (server/accept_balance.py)
         super().connection_made(transport)
+
+    def connection_lost(self, exc) -> None:  # type: ignore[override]
+        accept_balance.closed()
+        super().connection_lost(exc)
