@@ -87,3 +87,20 @@ def test_the_pause_grows_with_the_connections_held_and_stays_short():
     assert accept_balance.delay(0) == 0
     assert accept_balance.delay(1) < accept_balance.delay(4) < accept_balance.delay(8)
     assert accept_balance.delay(1000) == accept_balance.MAX_DELAY
+
+
+def test_a_loop_whose_accept_changed_is_left_alone():
+    """A future asyncio with other private accept methods serves as it would without us."""
+
+    class Changed(asyncio.SelectorEventLoop):
+        def _accept_connection(self, protocol_factory, sock, sslcontext=None, server=None, backlog=100,
+                               ssl_handshake_timeout=None, ssl_shutdown_timeout=None, context=None):
+            return super()._accept_connection(protocol_factory, sock, sslcontext, server, backlog,
+                                              ssl_handshake_timeout, ssl_shutdown_timeout)
+
+    loop = Changed()
+    try:
+        assert not accept_balance.install(loop)
+        assert "_accept_connection" not in vars(loop)
+    finally:
+        loop.close()

@@ -79,13 +79,33 @@ def wanted() -> bool:
     return os.environ.get(ENV, "") == "1"
 
 
+# The private asyncio methods this builds on, as Python 3.11 (the image's) defines them; another
+# shape skips the hook rather than break accepting.
+_SIGNATURES = {
+    "_accept_connection": ("protocol_factory", "sock", "sslcontext", "server", "backlog",
+                           "ssl_handshake_timeout", "ssl_shutdown_timeout"),
+    "_accept_connection2": ("protocol_factory", "conn", "extra", "sslcontext", "server",
+                            "ssl_handshake_timeout", "ssl_shutdown_timeout"),
+}
+
+
+def _fits(loop) -> bool:
+    import inspect
+
+    for name, params in _SIGNATURES.items():
+        method = getattr(type(loop), name, None)
+        if method is None or tuple(inspect.signature(method).parameters)[1:] != params:
+            return False
+    return True
+
+
 def install(loop: asyncio.AbstractEventLoop | None = None) -> bool:
     """Replace the loop's accept with the balanced one; False when the loop is not asyncio's
-    selector loop (nothing is changed then)."""
+    selector loop or its private accept methods changed (nothing is changed then)."""
     from asyncio import selector_events
 
     loop = loop or asyncio.get_running_loop()
-    if not isinstance(loop, selector_events.BaseSelectorEventLoop):
+    if not isinstance(loop, selector_events.BaseSelectorEventLoop) or not _fits(loop):
         return False
     if getattr(loop._accept_connection, "balanced", False):
         return True
