@@ -19,6 +19,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as queue_mod
+import sys
 import threading
 import time
 
@@ -107,6 +108,7 @@ def measure(calls, warm_ups, timed, deadline_s, barrier, results) -> None:
                 pass  # the timed calls count errors
     latencies: list[list[float]] = [[] for _ in calls]
     errors = [0] * len(calls)
+    said: list[Exception] = []
     barrier.wait()
     stop_at = time.perf_counter() + deadline_s
     cpu_began = time.process_time()
@@ -118,8 +120,13 @@ def measure(calls, warm_ups, timed, deadline_s, barrier, results) -> None:
             began = time.perf_counter()
             try:
                 calls[n](i)
-            except Exception:  # counted and shown: a benchmark reports failures, never hides them
+            except Exception as err:  # counted and shown: a benchmark reports failures, never hides them
                 errors[n] += 1
+                if not said:
+                    # The process's first failure, said once: a count alone does not tell a
+                    # timeout from a 500 (stock's search_traces failed 2 of 40 calls at 23:46).
+                    said.append(err)
+                    print(f"client error ({type(err).__name__}): {str(err)[:300]}", file=sys.stderr, flush=True)
                 continue
             latencies[n].append(time.perf_counter() - began)
 
