@@ -74,15 +74,24 @@ def _execute_plain(session, statement: str, params=None):
     # SQLAlchemy hands psycopg2 an empty mapping where there are no parameters (its pyformat
     # dialects): "%%" is then read as "%", as there.
     params = {} if params is None else params
-    cursor = pooled.dbapi_connection.cursor()
+    return _on_cursor(pooled.dbapi_connection, connection.dialect, lambda: connection, statement, params, _Rows)
+
+
+def _on_cursor(dbapi_connection, dialect, sqlalchemy_connection, statement: str, params, take):
+    """`take(cursor)` after `statement` on a new cursor of `dbapi_connection`. A driver error of
+    `dialect`'s DBAPI (or an exit exception) is handed to the SQLAlchemy Connection that
+    `sqlalchemy_connection()` gives over the same pooled connection, which wraps it as its own
+    execute would (the same message, a disconnect invalidating the connection and the pool).
+    Shared by the trace writes (`_execute_plain`) and the log-batch write (`PooledScope`)."""
+    cursor = dbapi_connection.cursor()
     try:
         cursor.execute(statement, params)
-        return _Rows(cursor)
+        return take(cursor)
     except BaseException as err:
         from sqlalchemy.util import is_exit_exception
 
-        if isinstance(err, connection.dialect.loaded_dbapi.Error) or is_exit_exception(err):
-            connection._handle_dbapi_exception(err, statement, params, cursor, None)
+        if isinstance(err, dialect.loaded_dbapi.Error) or is_exit_exception(err):
+            sqlalchemy_connection()._handle_dbapi_exception(err, statement, params, cursor, None)
         raise
     finally:
         if not cursor.closed:
@@ -100,6 +109,10 @@ def _session_connection(session):
     connection = session.connection()
     session.__dict__["_mlflow_gcp_connection"] = (session._transaction, connection)
     return connection
+
+
+def _first_row(cursor):
+    return cursor.fetchone() if cursor.description is not None else None
 
 
 class _Rows:
@@ -931,20 +944,10 @@ class PooledScope:
             result = self._connection.exec_driver_sql(statement, params)
             return result.first() if result.returns_rows else None
         from sqlalchemy.engine import Connection
-        from sqlalchemy.util import is_exit_exception
 
-        cursor = self.pooled.dbapi_connection.cursor()
-        try:
-            cursor.execute(statement, params)
-            return cursor.fetchone() if cursor.description is not None else None
-        except BaseException as err:
-            if isinstance(err, self.engine.dialect.loaded_dbapi.Error) or is_exit_exception(err):
-                # SQLAlchemy's handling of an error of its own execute, on this connection.
-                Connection(self.engine, self.pooled)._handle_dbapi_exception(err, statement, params, cursor, None)
-            raise
-        finally:
-            if not cursor.closed:
-                cursor.close()
+        # SQLAlchemy's handling of an error of its own execute, on this connection.
+        return _on_cursor(self.pooled.dbapi_connection, self.engine.dialect,
+                          lambda: Connection(self.engine, self.pooled), statement, params, _first_row)
 
 
 _RUN_DATA = ("latest_metrics", "params", "tags")
